@@ -1,0 +1,87 @@
+# Shared helpers for scripts/demo and scripts/test. Sourced, not run.
+# Everything here is idempotent: a second run skips what is already done.
+
+set -euo pipefail
+
+VT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VT_PG_MAJOR=15
+VT_PG_BIN="/usr/lib/postgresql/${VT_PG_MAJOR}/bin"
+VT_PG_CONFIG="${VT_PG_BIN}/pg_config"
+VT_PGRX_VERSION=0.18.0
+VT_WORK="${VT_WORK:-/tmp/vital_tenancy}"
+VT_FIXTURE="${VT_FIXTURE:-$(cd "${VT_ROOT}/.." && pwd)/shared/fixtures/vital-pre-migration}"
+export PATH="${HOME}/.cargo/bin:${PATH}"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+# Run a command as the postgres OS user (PostgreSQL refuses to run as root).
+as_postgres() {
+  if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+}
+
+vt_install_deps() {
+  local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libclang-dev clang sudo build-essential pkg-config)
+  local missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # Debian's postgresql package starts a cluster on 5432; we use our own private clusters.
+  if ! cargo pgrx --version 2>/dev/null | grep -q "${VT_PGRX_VERSION}"; then
+    log "cargo install cargo-pgrx ${VT_PGRX_VERSION} (takes a few minutes once)"
+    cargo install cargo-pgrx --version "${VT_PGRX_VERSION}" --locked
+  fi
+  if ! grep -qs "^pg${VT_PG_MAJOR}" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+    log "cargo pgrx init --pg${VT_PG_MAJOR}"
+    cargo pgrx init "--pg${VT_PG_MAJOR}" "${VT_PG_CONFIG}"
+  fi
+}
+
+# Build and install the extension into the server's directories.
+vt_install_extension() {
+  log "cargo pgrx install ($*)"
+  (cd "${VT_ROOT}" && cargo pgrx install --pg-config "${VT_PG_CONFIG}" "$@")
+}
+
+# Start (or reuse) a private cluster: vt_cluster_start NAME PORT.
+# Sets VT_HOST/VT_PORT and exports PGHOST/PGPORT/PGUSER for psql.
+vt_cluster_start() {
+  local name="$1" port="$2"
+  local dir="${VT_WORK}/${name}"
+  mkdir -p "${dir}/sock"
+  chown -R postgres:postgres "${dir}"
+  chmod 755 "${VT_WORK}" "${dir}"
+  if [ ! -f "${dir}/data/PG_VERSION" ]; then
+    log "initdb ${dir}/data"
+    as_postgres "${VT_PG_BIN}/initdb" -D "${dir}/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  if ! as_postgres "${VT_PG_BIN}/pg_ctl" -D "${dir}/data" status >/dev/null 2>&1; then
+    log "starting cluster ${name} on port ${port}"
+    as_postgres "${VT_PG_BIN}/pg_ctl" -D "${dir}/data" -l "${dir}/server.log" -w \
+      -o "-p ${port} -k ${dir}/sock -c listen_addresses='' -c fsync=off -c max_connections=100" start >/dev/null
+  fi
+  VT_HOST="${dir}/sock"
+  VT_PORT="${port}"
+  export PGHOST="${VT_HOST}" PGPORT="${VT_PORT}" PGUSER=postgres
+}
+
+vt_cluster_stop() {
+  local dir="${VT_WORK}/$1"
+  if [ -f "${dir}/data/PG_VERSION" ]; then
+    as_postgres "${VT_PG_BIN}/pg_ctl" -D "${dir}/data" -m fast stop >/dev/null 2>&1 || true
+  fi
+}
+
+vt_psql() { "${VT_PG_BIN}/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# Drop and re-create database $1 with the real fixture loaded.
+vt_fresh_fixture_db() {
+  local db="$1"
+  vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${db} WITH (FORCE)" -c "CREATE DATABASE ${db}"
+  PSQL="${VT_PG_BIN}/psql" bash "${VT_FIXTURE}/load.sh" "host=${VT_HOST} port=${VT_PORT} user=postgres dbname=${db}" 2>/dev/null
+}

@@ -1,0 +1,32 @@
+-- vital_tenancy bootstrap: runs before any generated function.
+-- Everything here lands in schema vital_tenancy (the control file pins it).
+
+-- Generated RLS policies call functions of this schema as ordinary roles.
+GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+
+-- Extension settings, e.g. which table is the application's tenants table
+-- (recorded by ensure_tenants). Kept by pg_dump.
+CREATE TABLE @extschema@.settings (
+    name       text PRIMARY KEY,
+    value      text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.settings IS
+    'vital_tenancy settings (name -> value); tenants_table is recorded by ensure_tenants()';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.settings', '');
+GRANT SELECT ON @extschema@.settings TO PUBLIC;
+
+-- Which user belongs to which tenant: the default membership table that tenant
+-- context checks an x-tenant-id header against. Kept by pg_dump. Not readable by
+-- PUBLIC: memberships are looked up by the extension, not by applications.
+CREATE TABLE @extschema@.tenant_members (
+    user_id    uuid NOT NULL,
+    tenant_id  uuid NOT NULL,
+    role       text NOT NULL DEFAULT 'member',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, tenant_id)
+);
+CREATE INDEX tenant_members_tenant_idx ON @extschema@.tenant_members (tenant_id);
+COMMENT ON TABLE @extschema@.tenant_members IS
+    'Tenant memberships (user_id, tenant_id, role): who may select a tenant with the x-tenant-id header';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_members', '');

@@ -1,0 +1,48 @@
+//! Raising errors the way a Postgres user expects: an `ERROR` with a proper SQLSTATE,
+//! a message naming the culprit, optional detail and hint. Never a Rust panic.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::SpiResult;
+
+/// Raise an `ERROR` with the given SQLSTATE. Does not return.
+pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
+    raise_full(code, message, None, None)
+}
+
+/// Raise an `ERROR` with detail and/or hint lines.
+pub fn raise_full(
+    code: PgSqlErrorCode,
+    message: impl Into<String>,
+    detail: Option<String>,
+    hint: Option<String>,
+) -> ! {
+    let mut report = ErrorReport::new(code, message.into(), "vital_tenancy");
+    if let Some(d) = detail {
+        report = report.set_detail(d);
+    }
+    if let Some(h) = hint {
+        report = report.set_hint(h);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+/// SPI calls fail in Rust only on an extension bug (a type mismatch between a query
+/// and the code reading it); errors raised by Postgres itself propagate as themselves.
+/// Report such a bug as an internal error with the SPI message instead of panicking.
+pub trait OrRaise<T> {
+    fn or_raise(self, what: &str) -> T;
+}
+
+impl<T> OrRaise<T> for SpiResult<T> {
+    fn or_raise(self, what: &str) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("vital_tenancy internal error while {what}: {e}"),
+            ),
+        }
+    }
+}

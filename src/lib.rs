@@ -1,0 +1,31 @@
+//! vital_tenancy: carry a single-tenant SaaS database to multi-tenancy inside PostgreSQL.
+//!
+//! Module map (one module per thing a SQL user sees; pure logic lives in [`logic`]):
+//! - [`tenants`]: the tenant registry (`platform_tenant_id()`, `ensure_tenants()`, ...).
+//! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
+
+use pgrx::prelude::*;
+
+pub mod errors;
+pub mod logic;
+pub mod tenants;
+
+::pgrx::pg_module_magic!(name, version);
+
+// Objects that are not Rust functions: grants, configuration tables, helpers.
+// `bootstrap` runs before any generated function; `finalize` runs last and documents
+// every function with COMMENT ON FUNCTION and sets their privileges.
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+/// This module is required by `cargo pgrx test` invocations.
+/// It must be visible at the root of your extension crate.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

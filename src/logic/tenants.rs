@@ -1,0 +1,218 @@
+//! The three tenants of the VITAL migration and the rules for `ensure_tenants`'s
+//! `extra` argument.
+
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// One of the tenants the migration needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantSpec {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub slug: &'static str,
+}
+
+pub const PLATFORM: TenantSpec = TenantSpec {
+    id: "00000000-0000-0000-0000-000000000001",
+    name: "Platform",
+    slug: "platform",
+};
+pub const DIGITAL_HEALTH: TenantSpec = TenantSpec {
+    id: "11111111-1111-1111-1111-111111111111",
+    name: "Digital Health Startup",
+    slug: "digital-health-startup",
+};
+pub const PHARMA: TenantSpec = TenantSpec {
+    id: "f7aa6fd4-0af9-4706-8b31-034f1f7accda",
+    name: "Pharmaceuticals",
+    slug: "pharmaceuticals",
+};
+
+/// In the order `ensure_tenants` creates and reports them.
+pub const ALL: [TenantSpec; 3] = [PLATFORM, DIGITAL_HEALTH, PHARMA];
+
+/// The columns `ensure_tenants` always sets itself.
+pub const RESERVED_COLUMNS: [&str; 3] = ["id", "name", "slug"];
+
+/// Parse a canonical uuid text into its 16 bytes.
+pub fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 || text.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Why `extra` was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraError {
+    NotAnObject(&'static str),
+    TenantValueNotObject(String),
+    Reserved { column: String, tenant: Option<String> },
+}
+
+impl fmt::Display for ExtraError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExtraError::NotAnObject(kind) => {
+                write!(f, "extra must be a JSON object, not {kind}")
+            }
+            ExtraError::TenantValueNotObject(slug) => write!(
+                f,
+                "extra key \"{slug}\" names a tenant, so its value must be a JSON object of column values"
+            ),
+            ExtraError::Reserved { column, tenant: None } => write!(
+                f,
+                "extra may not set column \"{column}\": ensure_tenants sets id, name and slug itself"
+            ),
+            ExtraError::Reserved { column, tenant: Some(t) } => write!(
+                f,
+                "extra key \"{t}\" may not set column \"{column}\": ensure_tenants sets id, name and slug itself"
+            ),
+        }
+    }
+}
+
+/// Column values for the rows `ensure_tenants` creates, resolved per tenant.
+///
+/// `extra` holds shared column values (`{"type": "industry"}`), per-tenant objects keyed
+/// by slug (`{"pharmaceuticals": {"type": "industry"}}`), or both; a per-tenant value
+/// overrides a shared one for that tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtraPlan {
+    shared: Map<String, Value>,
+    per_tenant: Vec<(&'static str, Map<String, Value>)>,
+}
+
+impl ExtraPlan {
+    pub fn parse(extra: &Value) -> Result<Self, ExtraError> {
+        let obj = match extra {
+            Value::Object(m) => m,
+            Value::Null => return Err(ExtraError::NotAnObject("null")),
+            Value::Bool(_) => return Err(ExtraError::NotAnObject("a boolean")),
+            Value::Number(_) => return Err(ExtraError::NotAnObject("a number")),
+            Value::String(_) => return Err(ExtraError::NotAnObject("a string")),
+            Value::Array(_) => return Err(ExtraError::NotAnObject("an array")),
+        };
+        let mut shared = Map::new();
+        let mut per_tenant = Vec::new();
+        for (key, value) in obj {
+            if let Some(spec) = ALL.iter().find(|t| t.slug == key) {
+                let Value::Object(cols) = value else {
+                    return Err(ExtraError::TenantValueNotObject(key.clone()));
+                };
+                if let Some(col) = cols.keys().find(|c| RESERVED_COLUMNS.contains(&c.as_str())) {
+                    return Err(ExtraError::Reserved {
+                        column: col.clone(),
+                        tenant: Some(key.clone()),
+                    });
+                }
+                per_tenant.push((spec.slug, cols.clone()));
+            } else if RESERVED_COLUMNS.contains(&key.as_str()) {
+                return Err(ExtraError::Reserved { column: key.clone(), tenant: None });
+            } else {
+                shared.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(ExtraPlan { shared, per_tenant })
+    }
+
+    /// Every column name `extra` mentions, for checking against the catalog.
+    pub fn columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = self.shared.keys().cloned().collect();
+        for (_, m) in &self.per_tenant {
+            cols.extend(m.keys().cloned());
+        }
+        cols.sort();
+        cols.dedup();
+        cols
+    }
+
+    /// The full row `ensure_tenants` inserts for `spec`: id, name and slug plus the
+    /// shared and per-tenant column values.
+    pub fn row_for(&self, spec: &TenantSpec) -> Map<String, Value> {
+        let mut row = self.shared.clone();
+        if let Some((_, m)) = self.per_tenant.iter().find(|(slug, _)| *slug == spec.slug) {
+            for (k, v) in m {
+                row.insert(k.clone(), v.clone());
+            }
+        }
+        row.insert("id".into(), Value::String(spec.id.into()));
+        row.insert("name".into(), Value::String(spec.name.into()));
+        row.insert("slug".into(), Value::String(spec.slug.into()));
+        row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_valid_uuids_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for t in ALL {
+            assert!(uuid_bytes(t.id).is_some(), "{}", t.id);
+            assert!(seen.insert(t.slug));
+        }
+        assert_eq!(uuid_bytes("not-a-uuid"), None);
+        assert_eq!(uuid_bytes("00000000-0000-0000-0000-00000000000g"), None);
+    }
+
+    #[test]
+    fn shared_extra_applies_to_every_tenant() {
+        let plan = ExtraPlan::parse(&json!({"type": "industry"})).unwrap();
+        for t in ALL {
+            let row = plan.row_for(&t);
+            assert_eq!(row["type"], json!("industry"));
+            assert_eq!(row["slug"], json!(t.slug));
+        }
+        assert_eq!(plan.columns(), vec!["type".to_string()]);
+    }
+
+    #[test]
+    fn per_tenant_extra_overrides_shared() {
+        let plan = ExtraPlan::parse(&json!({
+            "type": "industry",
+            "platform": {"type": "platform", "status": "active"}
+        }))
+        .unwrap();
+        assert_eq!(plan.row_for(&PLATFORM)["type"], json!("platform"));
+        assert_eq!(plan.row_for(&PHARMA)["type"], json!("industry"));
+        assert!(!plan.row_for(&PHARMA).contains_key("status"));
+        assert_eq!(plan.columns(), vec!["status".to_string(), "type".to_string()]);
+    }
+
+    #[test]
+    fn refuses_bad_extra() {
+        assert_eq!(ExtraPlan::parse(&json!([1])), Err(ExtraError::NotAnObject("an array")));
+        assert_eq!(ExtraPlan::parse(&json!("x")), Err(ExtraError::NotAnObject("a string")));
+        assert_eq!(
+            ExtraPlan::parse(&json!({"pharmaceuticals": "industry"})),
+            Err(ExtraError::TenantValueNotObject("pharmaceuticals".into()))
+        );
+        assert_eq!(
+            ExtraPlan::parse(&json!({"id": "x"})),
+            Err(ExtraError::Reserved { column: "id".into(), tenant: None })
+        );
+        assert_eq!(
+            ExtraPlan::parse(&json!({"platform": {"slug": "p"}})),
+            Err(ExtraError::Reserved { column: "slug".into(), tenant: Some("platform".into()) })
+        );
+        assert!(ExtraError::NotAnObject("null").to_string().contains("extra"));
+    }
+
+    #[test]
+    fn empty_extra_is_just_the_identity_columns() {
+        let plan = ExtraPlan::parse(&json!({})).unwrap();
+        let row = plan.row_for(&DIGITAL_HEALTH);
+        assert_eq!(row.len(), 3);
+        assert_eq!(row["id"], json!(DIGITAL_HEALTH.id));
+    }
+}

@@ -1,0 +1,542 @@
+//! Tenant registry: the three tenant ids and `ensure_tenants()`, which makes sure they
+//! exist in the application's tenants table.
+
+use crate::errors::{raise, raise_full, OrRaise};
+use crate::logic::ident::{parse_qualified, quote_ident, QualifiedName};
+use crate::logic::tenants::{uuid_bytes, ExtraPlan, TenantSpec, ALL, DIGITAL_HEALTH, PHARMA, PLATFORM};
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiResult, SpiTupleTable};
+use pgrx::{JsonB, Uuid};
+use serde_json::{Map, Value};
+
+fn uuid_of(spec: &TenantSpec) -> Uuid {
+    // The ids are constants checked by the unit tests; a bad one is a build bug.
+    match uuid_bytes(spec.id) {
+        Some(b) => Uuid::from_bytes(b),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("vital_tenancy: built-in tenant id {} is not a uuid", spec.id),
+        ),
+    }
+}
+
+/// The Platform tenant: shared resources, readable by every tenant.
+#[pg_extern(immutable, parallel_safe)]
+fn platform_tenant_id() -> Uuid {
+    uuid_of(&PLATFORM)
+}
+
+/// The Digital Health Startup tenant.
+#[pg_extern(immutable, parallel_safe)]
+fn digital_health_tenant_id() -> Uuid {
+    uuid_of(&DIGITAL_HEALTH)
+}
+
+/// The Pharmaceuticals tenant.
+#[pg_extern(immutable, parallel_safe)]
+fn pharma_tenant_id() -> Uuid {
+    uuid_of(&PHARMA)
+}
+
+/// One column of the tenants table as `ensure_tenants` needs to know it.
+struct Column {
+    name: String,
+    is_uuid: bool,
+    not_null: bool,
+    has_default: bool,
+    generated: bool,
+}
+
+/// Make sure the three tenants exist in the application's tenants table, creating the
+/// table if needed. Never changes an existing row. Returns what it did per tenant.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn ensure_tenants(
+    tenants_table: default!(Option<&str>, "'public.tenants'"),
+    extra: default!(Option<JsonB>, "'{}'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, Uuid),
+        name!(name, String),
+        name!(slug, String),
+        name!(action, String),
+        name!(detail, Option<String>),
+    ),
+> {
+    let Some(table_text) = tenants_table else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "tenants_table must not be NULL",
+        )
+    };
+    let table = match parse_qualified(table_text) {
+        Ok(t) => t,
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INVALID_NAME, e.to_string()),
+    };
+    let Some(JsonB(extra)) = extra else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "extra must not be NULL; pass '{}' for no extra column values",
+        )
+    };
+    let plan = match ExtraPlan::parse(&extra) {
+        Ok(p) => p,
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string()),
+    };
+
+    let rows = Spi::connect_mut(|client| {
+        let relid = resolve_or_create(client, &table);
+        let columns = load_columns(client, relid);
+        check_columns(&table, &columns, &plan);
+        let checks = load_checks(client, relid);
+        let mut out = Vec::with_capacity(ALL.len());
+        for spec in ALL.iter() {
+            out.push(ensure_one(client, &table, &columns, &checks, &plan, spec));
+        }
+        remember_tenants_table(client, &table);
+        out
+    });
+    TableIterator::new(rows)
+}
+
+fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sys::Oid {
+    let nsp: Option<pg_sys::Oid> = client
+        .select(
+            "SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1",
+            Some(1),
+            &[table.schema.as_str().into()],
+        )
+        .and_then(first_value)
+        .or_raise("looking up the schema");
+    let Some(nsp) = nsp else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            format!("schema \"{}\" of tenants table {} does not exist", table.schema, table),
+        )
+    };
+    let found = client
+        .select(
+            "SELECT oid, relkind::text FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relname = $2",
+            Some(1),
+            &[nsp.into(), table.name.as_str().into()],
+        )
+        .and_then(|t| {
+            if t.is_empty() {
+                return Ok((None, None));
+            }
+            let row = t.first();
+            Ok((row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?))
+        })
+        .or_raise("looking up the tenants table");
+    match found {
+        (Some(oid), Some(kind)) if kind == "r" || kind == "p" => {
+            // Serialise concurrent ensure_tenants() calls; readers are not blocked.
+            client
+                .update(
+                    &format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", table.quoted()),
+                    None,
+                    &[],
+                )
+                .or_raise("locking the tenants table");
+            oid
+        }
+        (Some(_), Some(kind)) => raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "tenants table {table} is a {}, not a table",
+                relkind_name(&kind)
+            ),
+        ),
+        _ => {
+            client
+                .update(
+                    &format!(
+                        "CREATE TABLE {} (
+                            id         uuid PRIMARY KEY,
+                            name       text NOT NULL,
+                            slug       text NOT NULL UNIQUE,
+                            settings   jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+                            created_at timestamptz NOT NULL DEFAULT now()
+                        )",
+                        table.quoted()
+                    ),
+                    None,
+                    &[],
+                )
+                .or_raise("creating the tenants table");
+            client
+                .select(
+                    "SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relname = $2",
+                    Some(1),
+                    &[nsp.into(), table.name.as_str().into()],
+                )
+                .and_then(first_value::<pg_sys::Oid>)
+                .or_raise("reading back the new tenants table")
+                .unwrap_or_else(|| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        format!("tenants table {table} vanished after CREATE TABLE"),
+                    )
+                })
+        }
+    }
+}
+
+/// The first column of the first row, or `None` when there is no row.
+fn first_value<A: FromDatum + IntoDatum>(t: SpiTupleTable<'_>) -> SpiResult<Option<A>> {
+    if t.is_empty() {
+        Ok(None)
+    } else {
+        t.first().get_one()
+    }
+}
+
+fn relkind_name(kind: &str) -> &'static str {
+    match kind {
+        "v" => "view",
+        "m" => "materialized view",
+        "f" => "foreign table",
+        "S" => "sequence",
+        "i" | "I" => "index",
+        "c" => "composite type",
+        "t" => "TOAST table",
+        _ => "relation of another kind",
+    }
+}
+
+fn load_columns(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<Column> {
+    let table = client
+        .select(
+            "SELECT a.attname::text,
+                    a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype,
+                    a.attnotnull,
+                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                    a.attgenerated <> '' OR a.attidentity = 'a'
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            None,
+            &[relid.into()],
+        )
+        .or_raise("reading the tenants table's columns");
+    let mut cols = Vec::new();
+    for row in table {
+        cols.push(Column {
+            name: row.get::<String>(1).or_raise("reading a column name").unwrap_or_default(),
+            is_uuid: row.get::<bool>(2).or_raise("reading a column type").unwrap_or(false),
+            not_null: row.get::<bool>(3).or_raise("reading attnotnull").unwrap_or(false),
+            has_default: row.get::<bool>(4).or_raise("reading atthasdef").unwrap_or(false),
+            generated: row.get::<bool>(5).or_raise("reading attgenerated").unwrap_or(false),
+        });
+    }
+    cols
+}
+
+fn check_columns(table: &QualifiedName, columns: &[Column], plan: &ExtraPlan) {
+    for needed in ["id", "name", "slug"] {
+        if !columns.iter().any(|c| c.name == needed) {
+            raise_full(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{needed}\" of tenants table {table} does not exist"),
+                Some("ensure_tenants needs the columns id (uuid), name and slug.".into()),
+                None,
+            );
+        }
+    }
+    if let Some(id) = columns.iter().find(|c| c.name == "id") {
+        if !id.is_uuid {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!("column \"id\" of tenants table {table} must be of type uuid"),
+            );
+        }
+    }
+    for col in plan.columns() {
+        match columns.iter().find(|c| c.name == col) {
+            None => raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{col}\" named in extra does not exist in tenants table {table}"),
+            ),
+            Some(c) if c.generated => raise(
+                PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
+                format!("column \"{col}\" of tenants table {table} is generated and cannot be set through extra"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// A CHECK constraint of the tenants table: name, expression, the columns it reads.
+struct Check {
+    name: String,
+    expr: String,
+    columns: String,
+}
+
+fn load_checks(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<Check> {
+    let table = client
+        .select(
+            "SELECT c.conname::text,
+                    pg_catalog.pg_get_expr(c.conbin, c.conrelid),
+                    (SELECT pg_catalog.string_agg(pg_catalog.format('\"%s\"', a.attname), ', ' ORDER BY a.attnum)
+                       FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey))
+               FROM pg_catalog.pg_constraint c
+              WHERE c.conrelid = $1 AND c.contype = 'c'
+              ORDER BY c.conname",
+            None,
+            &[relid.into()],
+        )
+        .or_raise("reading the tenants table's CHECK constraints");
+    let mut out = Vec::new();
+    for row in table {
+        out.push(Check {
+            name: row.get::<String>(1).or_raise("reading conname").unwrap_or_default(),
+            expr: row.get::<String>(2).or_raise("reading a CHECK expression").unwrap_or_default(),
+            columns: row.get::<String>(3).or_raise("reading CHECK columns").unwrap_or_default(),
+        });
+    }
+    out
+}
+
+fn ensure_one(
+    client: &mut SpiClient<'_>,
+    table: &QualifiedName,
+    columns: &[Column],
+    checks: &[Check],
+    plan: &ExtraPlan,
+    spec: &TenantSpec,
+) -> (Uuid, String, String, String, Option<String>) {
+    let id = uuid_of(spec);
+    let existing = client
+        .select(
+            &format!("SELECT name::text, slug::text FROM {} WHERE id = $1", table.quoted()),
+            Some(1),
+            &[id.into()],
+        )
+        .and_then(|t| {
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let row = t.first();
+            Ok(Some((row.get::<String>(1)?, row.get::<String>(2)?)))
+        })
+        .or_raise("looking up a tenant by id");
+    if let Some((name, slug)) = existing {
+        let name = name.unwrap_or_default();
+        let slug = slug.unwrap_or_default();
+        let (action, detail) = if name != spec.name {
+            (
+                "name differs",
+                Some(format!(
+                    "kept existing name \"{name}\" (slug \"{slug}\"); vital_tenancy calls it \"{}\"",
+                    spec.name
+                )),
+            )
+        } else if slug != spec.slug {
+            (
+                "slug differs",
+                Some(format!(
+                    "kept existing slug \"{slug}\"; vital_tenancy calls it \"{}\"",
+                    spec.slug
+                )),
+            )
+        } else {
+            ("already present", None)
+        };
+        return (id, name, slug, action.into(), detail);
+    }
+
+    let taken: Option<Uuid> = client
+        .select(
+            &format!("SELECT id FROM {} WHERE slug::text = $1", table.quoted()),
+            Some(1),
+            &[spec.slug.into()],
+        )
+        .and_then(first_value)
+        .or_raise("looking up a tenant by slug");
+    if let Some(other) = taken {
+        raise_full(
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            format!(
+                "slug \"{}\" of tenants table {table} is already used by tenant {other}, not by {}",
+                spec.slug, spec.id
+            ),
+            Some(format!(
+                "tenant \"{}\" must have id {}; ensure_tenants never changes an existing row's id.",
+                spec.name, spec.id
+            )),
+            Some("Rename the other tenant's slug, or give it the expected id, then run ensure_tenants again.".into()),
+        );
+    }
+
+    let row = plan.row_for(spec);
+    check_required(table, columns, &row, spec);
+    let row_json = JsonB(Value::Object(row.clone()));
+    check_constraints(client, table, checks, &row_json, spec);
+
+    let cols: Vec<String> = row.keys().map(|k| quote_ident(k)).collect();
+    let select: Vec<String> = cols.iter().map(|c| format!("r.{c}")).collect();
+    client
+        .update(
+            &format!(
+                "INSERT INTO {qt} ({}) SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{qt}, $1) r",
+                cols.join(", "),
+                select.join(", "),
+                qt = table.quoted()
+            ),
+            None,
+            &[row_json.into()],
+        )
+        .or_raise("inserting a tenant");
+    (id, spec.name.into(), spec.slug.into(), "created".into(), None)
+}
+
+/// A NOT NULL column without default that `extra` leaves empty would fail the insert
+/// with a message that does not say how to fix it: say it here.
+fn check_required(table: &QualifiedName, columns: &[Column], row: &Map<String, Value>, spec: &TenantSpec) {
+    for col in columns.iter().filter(|c| c.not_null && !c.has_default) {
+        if row.get(&col.name).is_none_or(Value::is_null) {
+            raise_full(
+                PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                format!(
+                    "cannot create tenant \"{}\" in {table}: column \"{}\" is NOT NULL and has no default",
+                    spec.slug, col.name
+                ),
+                None,
+                Some(format!(
+                    "Pass a value in extra, for every tenant ('{{\"{0}\": ...}}') or for this one ('{{\"{1}\": {{\"{0}\": ...}}}}').",
+                    col.name, spec.slug
+                )),
+            );
+        }
+    }
+}
+
+/// Evaluate the table's CHECK constraints against the row before inserting it, so the
+/// error can name the column and the tenant rather than only the constraint.
+fn check_constraints(
+    client: &SpiClient<'_>,
+    table: &QualifiedName,
+    checks: &[Check],
+    row: &JsonB,
+    spec: &TenantSpec,
+) {
+    for check in checks {
+        // The expression comes from the catalog (pg_get_expr), never from user input.
+        let ok: Option<bool> = client
+            .select(
+                &format!(
+                    "SELECT ({}) IS NOT FALSE FROM pg_catalog.jsonb_populate_record(NULL::{}, $1) r",
+                    check.expr,
+                    table.quoted()
+                ),
+                Some(1),
+                &[JsonB(row.0.clone()).into()],
+            )
+            .and_then(first_value)
+            .or_raise("evaluating a CHECK constraint");
+        if ok == Some(false) {
+            raise_full(
+                PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+                format!(
+                    "cannot create tenant \"{}\" in {table}: column {} violates check constraint \"{}\"",
+                    spec.slug, check.columns, check.name
+                ),
+                Some(format!("The constraint is CHECK ({}).", check.expr)),
+                Some("Pass a valid value in extra, for every tenant or keyed by slug.".into()),
+            );
+        }
+    }
+}
+
+fn remember_tenants_table(client: &mut SpiClient<'_>, table: &QualifiedName) {
+    client
+        .update(
+            "INSERT INTO vital_tenancy.settings (name, value) VALUES ('tenants_table', $1)
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value
+             WHERE settings.value IS DISTINCT FROM EXCLUDED.value",
+            None,
+            &[table.quoted().into()],
+        )
+        .or_raise("recording the tenants table");
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn ids_are_the_plan_ids() {
+        assert_eq!(
+            Spi::get_one::<String>("SELECT vital_tenancy.platform_tenant_id()::text").unwrap(),
+            Some("00000000-0000-0000-0000-000000000001".into())
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT vital_tenancy.digital_health_tenant_id()::text").unwrap(),
+            Some("11111111-1111-1111-1111-111111111111".into())
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT vital_tenancy.pharma_tenant_id()::text").unwrap(),
+            Some("f7aa6fd4-0af9-4706-8b31-034f1f7accda".into())
+        );
+    }
+
+    #[pg_test]
+    fn creates_table_then_is_a_no_op() {
+        Spi::run("CREATE SCHEMA vt_t1").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM vital_tenancy.ensure_tenants('vt_t1.tenants') WHERE action = 'created'"),
+            3
+        );
+        assert_eq!(count("SELECT count(*) FROM vt_t1.tenants"), 3);
+        assert_eq!(
+            count("SELECT count(*) FROM vital_tenancy.ensure_tenants('vt_t1.tenants') WHERE action = 'already present'"),
+            3
+        );
+        assert_eq!(count("SELECT count(*) FROM vt_t1.tenants"), 3);
+        assert_eq!(
+            Spi::get_one::<String>("SELECT vital_tenancy.tenants_table()::text").unwrap(),
+            Some("vt_t1.tenants".into())
+        );
+    }
+
+    #[pg_test]
+    fn existing_row_is_never_changed() {
+        Spi::run("CREATE SCHEMA vt_t2; CREATE TABLE vt_t2.tenants (id uuid PRIMARY KEY, name text NOT NULL, slug text UNIQUE NOT NULL)").unwrap();
+        Spi::run("INSERT INTO vt_t2.tenants VALUES ('00000000-0000-0000-0000-000000000001', 'VITAL Platform', 'vital-platform')").unwrap();
+        assert_eq!(
+            Spi::get_one::<String>("SELECT action FROM vital_tenancy.ensure_tenants('vt_t2.tenants') WHERE slug = 'vital-platform'").unwrap(),
+            Some("name differs".into())
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT name FROM vt_t2.tenants WHERE id = vital_tenancy.platform_tenant_id()").unwrap(),
+            Some("VITAL Platform".into())
+        );
+    }
+
+    #[pg_test(error = "slug \"pharmaceuticals\" of tenants table \"vt_t3\".\"tenants\" is already used by tenant 22222222-2222-2222-2222-222222222222, not by f7aa6fd4-0af9-4706-8b31-034f1f7accda")]
+    fn slug_taken_by_other_id_is_an_error() {
+        Spi::run("CREATE SCHEMA vt_t3; CREATE TABLE vt_t3.tenants (id uuid PRIMARY KEY, name text, slug text UNIQUE)").unwrap();
+        Spi::run("INSERT INTO vt_t3.tenants VALUES ('22222222-2222-2222-2222-222222222222', 'Pharma', 'pharmaceuticals')").unwrap();
+        Spi::run("SELECT * FROM vital_tenancy.ensure_tenants('vt_t3.tenants')").unwrap();
+    }
+
+    #[pg_test(error = "column \"slug\" of tenants table \"vt_t4\".\"tenants\" does not exist")]
+    fn table_without_slug_is_an_error() {
+        Spi::run("CREATE SCHEMA vt_t4; CREATE TABLE vt_t4.tenants (id uuid PRIMARY KEY, name text)").unwrap();
+        Spi::run("SELECT * FROM vital_tenancy.ensure_tenants('vt_t4.tenants')").unwrap();
+    }
+
+    #[pg_test(error = "cannot create tenant \"pharmaceuticals\" in \"vt_t5\".\"tenants\": column \"type\" violates check constraint \"tenants_type_check\"")]
+    fn check_violation_names_the_column() {
+        Spi::run("CREATE SCHEMA vt_t5; CREATE TABLE vt_t5.tenants (id uuid PRIMARY KEY, name text, slug text UNIQUE, type text NOT NULL CHECK (type IN ('platform', 'industry')))").unwrap();
+        Spi::run(r#"SELECT * FROM vital_tenancy.ensure_tenants('vt_t5.tenants', '{"type": "industry", "pharmaceuticals": {"type": "pharma"}}')"#).unwrap();
+    }
+}
