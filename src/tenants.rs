@@ -3,7 +3,9 @@
 
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::{parse_qualified, quote_ident, QualifiedName};
-use crate::logic::tenants::{uuid_bytes, ExtraPlan, TenantSpec, ALL, DIGITAL_HEALTH, PHARMA, PLATFORM};
+use crate::logic::tenants::{
+    uuid_bytes, ExtraPlan, TenantSpec, ALL, DIGITAL_HEALTH, PHARMA, PLATFORM,
+};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiResult, SpiTupleTable};
 use pgrx::{JsonB, Uuid};
@@ -15,7 +17,10 @@ fn uuid_of(spec: &TenantSpec) -> Uuid {
         Some(b) => Uuid::from_bytes(b),
         None => raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("vital_tenancy: built-in tenant id {} is not a uuid", spec.id),
+            format!(
+                "vital_tenancy: built-in tenant id {} is not a uuid",
+                spec.id
+            ),
         ),
     }
 }
@@ -82,7 +87,10 @@ fn ensure_tenants(
     };
     let plan = match ExtraPlan::parse(&extra) {
         Ok(p) => p,
-        Err(e) => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string()),
+        Err(e) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            e.to_string(),
+        ),
     };
 
     let rows = Spi::connect_mut(|client| {
@@ -112,7 +120,10 @@ fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sy
     let Some(nsp) = nsp else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
-            format!("schema \"{}\" of tenants table {} does not exist", table.schema, table),
+            format!(
+                "schema \"{}\" of tenants table {} does not exist",
+                table.schema, table
+            ),
         )
     };
     let found = client
@@ -223,11 +234,26 @@ fn load_columns(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<Column> {
     let mut cols = Vec::new();
     for row in table {
         cols.push(Column {
-            name: row.get::<String>(1).or_raise("reading a column name").unwrap_or_default(),
-            is_uuid: row.get::<bool>(2).or_raise("reading a column type").unwrap_or(false),
-            not_null: row.get::<bool>(3).or_raise("reading attnotnull").unwrap_or(false),
-            has_default: row.get::<bool>(4).or_raise("reading atthasdef").unwrap_or(false),
-            generated: row.get::<bool>(5).or_raise("reading attgenerated").unwrap_or(false),
+            name: row
+                .get::<String>(1)
+                .or_raise("reading a column name")
+                .unwrap_or_default(),
+            is_uuid: row
+                .get::<bool>(2)
+                .or_raise("reading a column type")
+                .unwrap_or(false),
+            not_null: row
+                .get::<bool>(3)
+                .or_raise("reading attnotnull")
+                .unwrap_or(false),
+            has_default: row
+                .get::<bool>(4)
+                .or_raise("reading atthasdef")
+                .unwrap_or(false),
+            generated: row
+                .get::<bool>(5)
+                .or_raise("reading attgenerated")
+                .unwrap_or(false),
         });
     }
     cols
@@ -292,9 +318,18 @@ fn load_checks(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<Check> {
     let mut out = Vec::new();
     for row in table {
         out.push(Check {
-            name: row.get::<String>(1).or_raise("reading conname").unwrap_or_default(),
-            expr: row.get::<String>(2).or_raise("reading a CHECK expression").unwrap_or_default(),
-            columns: row.get::<String>(3).or_raise("reading CHECK columns").unwrap_or_default(),
+            name: row
+                .get::<String>(1)
+                .or_raise("reading conname")
+                .unwrap_or_default(),
+            expr: row
+                .get::<String>(2)
+                .or_raise("reading a CHECK expression")
+                .unwrap_or_default(),
+            columns: row
+                .get::<String>(3)
+                .or_raise("reading CHECK columns")
+                .unwrap_or_default(),
         });
     }
     out
@@ -311,7 +346,10 @@ fn ensure_one(
     let id = uuid_of(spec);
     let existing = client
         .select(
-            &format!("SELECT name::text, slug::text FROM {} WHERE id = $1", table.quoted()),
+            &format!(
+                "SELECT name::text, slug::text FROM {} WHERE id = $1",
+                table.quoted()
+            ),
             Some(1),
             &[id.into()],
         )
@@ -390,12 +428,23 @@ fn ensure_one(
             &[row_json.into()],
         )
         .or_raise("inserting a tenant");
-    (id, spec.name.into(), spec.slug.into(), "created".into(), None)
+    (
+        id,
+        spec.name.into(),
+        spec.slug.into(),
+        "created".into(),
+        None,
+    )
 }
 
 /// A NOT NULL column without default that `extra` leaves empty would fail the insert
 /// with a message that does not say how to fix it: say it here.
-fn check_required(table: &QualifiedName, columns: &[Column], row: &Map<String, Value>, spec: &TenantSpec) {
+fn check_required(
+    table: &QualifiedName,
+    columns: &[Column],
+    row: &Map<String, Value>,
+    spec: &TenantSpec,
+) {
     for col in columns.iter().filter(|c| c.not_null && !c.has_default) {
         if row.get(&col.name).is_none_or(Value::is_null) {
             raise_full(
@@ -479,7 +528,8 @@ mod tests {
             Some("00000000-0000-0000-0000-000000000001".into())
         );
         assert_eq!(
-            Spi::get_one::<String>("SELECT vital_tenancy.digital_health_tenant_id()::text").unwrap(),
+            Spi::get_one::<String>("SELECT vital_tenancy.digital_health_tenant_id()::text")
+                .unwrap(),
             Some("11111111-1111-1111-1111-111111111111".into())
         );
         assert_eq!(
@@ -516,25 +566,35 @@ mod tests {
             Some("name differs".into())
         );
         assert_eq!(
-            Spi::get_one::<String>("SELECT name FROM vt_t2.tenants WHERE id = vital_tenancy.platform_tenant_id()").unwrap(),
+            Spi::get_one::<String>(
+                "SELECT name FROM vt_t2.tenants WHERE id = vital_tenancy.platform_tenant_id()"
+            )
+            .unwrap(),
             Some("VITAL Platform".into())
         );
     }
 
-    #[pg_test(error = "slug \"pharmaceuticals\" of tenants table \"vt_t3\".\"tenants\" is already used by tenant 22222222-2222-2222-2222-222222222222, not by f7aa6fd4-0af9-4706-8b31-034f1f7accda")]
+    #[pg_test(
+        error = "slug \"pharmaceuticals\" of tenants table vt_t3.tenants is already used by tenant 22222222-2222-2222-2222-222222222222, not by f7aa6fd4-0af9-4706-8b31-034f1f7accda"
+    )]
     fn slug_taken_by_other_id_is_an_error() {
         Spi::run("CREATE SCHEMA vt_t3; CREATE TABLE vt_t3.tenants (id uuid PRIMARY KEY, name text, slug text UNIQUE)").unwrap();
         Spi::run("INSERT INTO vt_t3.tenants VALUES ('22222222-2222-2222-2222-222222222222', 'Pharma', 'pharmaceuticals')").unwrap();
         Spi::run("SELECT * FROM vital_tenancy.ensure_tenants('vt_t3.tenants')").unwrap();
     }
 
-    #[pg_test(error = "column \"slug\" of tenants table \"vt_t4\".\"tenants\" does not exist")]
+    #[pg_test(error = "column \"slug\" of tenants table vt_t4.tenants does not exist")]
     fn table_without_slug_is_an_error() {
-        Spi::run("CREATE SCHEMA vt_t4; CREATE TABLE vt_t4.tenants (id uuid PRIMARY KEY, name text)").unwrap();
+        Spi::run(
+            "CREATE SCHEMA vt_t4; CREATE TABLE vt_t4.tenants (id uuid PRIMARY KEY, name text)",
+        )
+        .unwrap();
         Spi::run("SELECT * FROM vital_tenancy.ensure_tenants('vt_t4.tenants')").unwrap();
     }
 
-    #[pg_test(error = "cannot create tenant \"pharmaceuticals\" in \"vt_t5\".\"tenants\": column \"type\" violates check constraint \"tenants_type_check\"")]
+    #[pg_test(
+        error = "cannot create tenant \"pharmaceuticals\" in vt_t5.tenants: column \"type\" violates check constraint \"tenants_type_check\""
+    )]
     fn check_violation_names_the_column() {
         Spi::run("CREATE SCHEMA vt_t5; CREATE TABLE vt_t5.tenants (id uuid PRIMARY KEY, name text, slug text UNIQUE, type text NOT NULL CHECK (type IN ('platform', 'industry')))").unwrap();
         Spi::run(r#"SELECT * FROM vital_tenancy.ensure_tenants('vt_t5.tenants', '{"type": "industry", "pharmaceuticals": {"type": "pharma"}}')"#).unwrap();

@@ -15,7 +15,9 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the e2e tests through scripts/test, which starts the cluster")
+        panic!(
+            "{name} is not set: run the e2e tests through scripts/test, which starts the cluster"
+        )
     })
 }
 
@@ -56,7 +58,10 @@ impl FixtureDb {
         );
         let mut admin = connect("postgres", "postgres");
         admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .expect("drop old test database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create test database");
         let fixture = env("VT_FIXTURE");
         let mut cmd = Command::new("bash");
@@ -89,7 +94,10 @@ impl FixtureDb {
 impl Drop for FixtureDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = Client::connect(&conninfo("postgres", "postgres"), NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -109,7 +117,10 @@ pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
 pub fn message<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
     }
 }
 

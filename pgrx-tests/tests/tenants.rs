@@ -7,11 +7,14 @@ const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
 const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
 
 fn tenants(c: &mut postgres::Client) -> Vec<(String, String, String)> {
-    c.query("SELECT id::text, name::text, slug::text FROM public.tenants ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
+    c.query(
+        "SELECT id::text, name::text, slug::text FROM public.tenants ORDER BY id",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
 }
 
 #[test]
@@ -19,7 +22,11 @@ fn fixture_gets_three_tenants_and_second_run_is_a_no_op() {
     let db = FixtureDb::new("ensure");
     let mut c = db.dba();
     let before_counts = public_counts(&mut c);
-    assert_eq!(tenants(&mut c).len(), 2, "the fixture starts with two tenants");
+    assert_eq!(
+        tenants(&mut c).len(),
+        2,
+        "the fixture starts with two tenants"
+    );
 
     c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
     let rows = c
@@ -41,13 +48,28 @@ fn fixture_gets_three_tenants_and_second_run_is_a_no_op() {
     assert_eq!(
         after,
         vec![
-            (PLATFORM.into(), "VITAL Platform".into(), "vital-platform".into()),
-            (DIGITAL.into(), "Digital Health Startup".into(), "digital-health-startup".into()),
-            (PHARMA.into(), "Pharmaceuticals".into(), "pharmaceuticals".into()),
+            (
+                PLATFORM.into(),
+                "VITAL Platform".into(),
+                "vital-platform".into()
+            ),
+            (
+                DIGITAL.into(),
+                "Digital Health Startup".into(),
+                "digital-health-startup".into()
+            ),
+            (
+                PHARMA.into(),
+                "Pharmaceuticals".into(),
+                "pharmaceuticals".into()
+            ),
         ]
     );
     let pharma_type: String = c
-        .query_one("SELECT type::text FROM public.tenants WHERE id = $1::text::uuid", &[&PHARMA])
+        .query_one(
+            "SELECT type::text FROM public.tenants WHERE id = $1::text::uuid",
+            &[&PHARMA],
+        )
         .unwrap()
         .get(0);
     assert_eq!(pharma_type, "industry");
@@ -98,31 +120,97 @@ fn bad_inputs_are_errors_with_sqlstates_and_change_nothing() {
     )
     .unwrap();
     let cases: &[(&str, &str, &str)] = &[
-        ("SELECT * FROM vital_tenancy.ensure_tenants('tenants')", "42602", "\"tenants\""),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('a.b.c')", "42602", "a.b.c"),
-        ("SELECT * FROM vital_tenancy.ensure_tenants(NULL)", "22004", "tenants_table"),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', NULL)", "22004", "extra"),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('nope.tenants')", "3F000", "\"nope\""),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('bad.no_slug')", "42703", "\"slug\""),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('bad.text_id')", "42804", "\"id\""),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('bad.v')", "42809", "view"),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('bad.taken')", "23505", "\"platform\""),
-        ("SELECT * FROM vital_tenancy.ensure_tenants('public.tenants')", "23502", "\"type\""),
-        (r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"type": "pharma"}')"#, "23514", "\"type\""),
-        (r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '"industry"')"#, "22023", "extra"),
-        (r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"slug": "x"}')"#, "22023", "\"slug\""),
-        (r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"colour": "x"}')"#, "42703", "\"colour\""),
-        (r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"pharmaceuticals": 1}')"#, "22023", "\"pharmaceuticals\""),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('tenants')",
+            "42602",
+            "\"tenants\"",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('a.b.c')",
+            "42602",
+            "a.b.c",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants(NULL)",
+            "22004",
+            "tenants_table",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', NULL)",
+            "22004",
+            "extra",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('nope.tenants')",
+            "3F000",
+            "\"nope\"",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('bad.no_slug')",
+            "42703",
+            "\"slug\"",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('bad.text_id')",
+            "42804",
+            "\"id\"",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('bad.v')",
+            "42809",
+            "view",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('bad.taken')",
+            "23505",
+            "\"platform\"",
+        ),
+        (
+            "SELECT * FROM vital_tenancy.ensure_tenants('public.tenants')",
+            "23502",
+            "\"type\"",
+        ),
+        (
+            r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"type": "pharma"}')"#,
+            "23514",
+            "\"type\"",
+        ),
+        (
+            r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '"industry"')"#,
+            "22023",
+            "extra",
+        ),
+        (
+            r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"slug": "x"}')"#,
+            "22023",
+            "\"slug\"",
+        ),
+        (
+            r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"colour": "x"}')"#,
+            "42703",
+            "\"colour\"",
+        ),
+        (
+            r#"SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{"pharmaceuticals": 1}')"#,
+            "22023",
+            "\"pharmaceuticals\"",
+        ),
     ];
     for (sql, code, culprit) in cases {
         let r = c.query(*sql, &[]);
         let msg = message(c.query(*sql, &[]));
         assert_eq!(sqlstate(r), *code, "{sql}: {msg}");
-        assert!(msg.contains(culprit), "{sql}: message {msg:?} should name {culprit}");
+        assert!(
+            msg.contains(culprit),
+            "{sql}: message {msg:?} should name {culprit}"
+        );
     }
     // Nothing changed anywhere, and no table was created by the failed calls.
     assert_eq!(tenants(&mut c).len(), 2);
-    let taken: i64 = c.query_one("SELECT count(*) FROM bad.taken", &[]).unwrap().get(0);
+    let taken: i64 = c
+        .query_one("SELECT count(*) FROM bad.taken", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(taken, 1);
     let settings: i64 = c
         .query_one("SELECT count(*) FROM vital_tenancy.settings", &[])
@@ -170,7 +258,9 @@ fn application_role_uses_ids_but_not_ensure_tenants() {
 #[test]
 fn concurrent_calls_create_each_tenant_once() {
     let db = FixtureDb::new("concurrent");
-    db.dba().batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
+    db.dba()
+        .batch_execute("CREATE EXTENSION vital_tenancy")
+        .unwrap();
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let name = db.name.clone();
@@ -212,11 +302,30 @@ fn drop_extension_keeps_application_data_and_pg_dump_keeps_config_rows() {
         .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", &db.name])
         .output()
         .unwrap();
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let mut admin = vital_tenancy_e2e::connect("postgres", "postgres");
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {restored}; CREATE DATABASE {restored}")).unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {restored}"))
+        .unwrap();
     let mut child = std::process::Command::new(&psql)
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &host, "-p", &port, "-U", "postgres", "-d", &restored])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            &restored,
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -227,17 +336,25 @@ fn drop_extension_keeps_application_data_and_pg_dump_keeps_config_rows() {
     {
         let mut r = vital_tenancy_e2e::connect(&restored, "postgres");
         let members: i64 = r
-            .query_one("SELECT count(*) FROM vital_tenancy.tenant_members WHERE role = 'admin'", &[])
+            .query_one(
+                "SELECT count(*) FROM vital_tenancy.tenant_members WHERE role = 'admin'",
+                &[],
+            )
             .unwrap()
             .get(0);
-        assert_eq!(members, 1, "pg_dump keeps the extension's configuration rows");
+        assert_eq!(
+            members, 1,
+            "pg_dump keeps the extension's configuration rows"
+        );
         let table: Option<String> = r
             .query_one("SELECT vital_tenancy.tenants_table()::text", &[])
             .unwrap()
             .get(0);
         assert_eq!(table.as_deref(), Some("tenants"));
     }
-    admin.batch_execute(&format!("DROP DATABASE {restored} WITH (FORCE)")).unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE {restored} WITH (FORCE)"))
+        .unwrap();
 
     // DROP EXTENSION removes every object of the extension and nothing of the
     // application's; the schema PostgreSQL made for the control file is left empty.

@@ -25,10 +25,16 @@ impl fmt::Display for IdentError {
                 "table name \"{s}\" must be schema-qualified, for example \"public.{s}\""
             ),
             IdentError::TooManyParts(s) => {
-                write!(f, "table name \"{s}\" has too many dotted parts; expected schema.table")
+                write!(
+                    f,
+                    "table name \"{s}\" has too many dotted parts; expected schema.table"
+                )
             }
             IdentError::Unterminated(s) => {
-                write!(f, "table name \"{s}\" has an unterminated quoted identifier")
+                write!(
+                    f,
+                    "table name \"{s}\" has an unterminated quoted identifier"
+                )
             }
             IdentError::Malformed(s) => write!(f, "table name \"{s}\" is not a valid identifier"),
         }
@@ -53,7 +59,12 @@ impl QualifiedName {
 /// `"My Schema".tenants`). Never use this form in SQL text; use [`QualifiedName::quoted`].
 impl fmt::Display for QualifiedName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", display_ident(&self.schema), display_ident(&self.name))
+        write!(
+            f,
+            "{}.{}",
+            display_ident(&self.schema),
+            display_ident(&self.name)
+        )
     }
 }
 
@@ -174,19 +185,31 @@ mod tests {
     use super::*;
 
     fn q(schema: &str, name: &str) -> QualifiedName {
-        QualifiedName { schema: schema.into(), name: name.into() }
+        QualifiedName {
+            schema: schema.into(),
+            name: name.into(),
+        }
     }
 
     #[test]
     fn parses_plain_and_folds_case() {
-        assert_eq!(parse_qualified("public.tenants"), Ok(q("public", "tenants")));
-        assert_eq!(parse_qualified("Public.Tenants"), Ok(q("public", "tenants")));
+        assert_eq!(
+            parse_qualified("public.tenants"),
+            Ok(q("public", "tenants"))
+        );
+        assert_eq!(
+            parse_qualified("Public.Tenants"),
+            Ok(q("public", "tenants"))
+        );
         assert_eq!(parse_qualified("  app . tenants "), Ok(q("app", "tenants")));
     }
 
     #[test]
     fn parses_quoted_parts() {
-        assert_eq!(parse_qualified("\"My Schema\".\"Ten.ants\""), Ok(q("My Schema", "Ten.ants")));
+        assert_eq!(
+            parse_qualified("\"My Schema\".\"Ten.ants\""),
+            Ok(q("My Schema", "Ten.ants"))
+        );
         assert_eq!(parse_qualified("s.\"a\"\"b\""), Ok(q("s", "a\"b")));
     }
 
@@ -194,19 +217,49 @@ mod tests {
     fn refuses_bad_names() {
         assert_eq!(parse_qualified(""), Err(IdentError::Empty));
         assert_eq!(parse_qualified("   "), Err(IdentError::Empty));
-        assert_eq!(parse_qualified("tenants"), Err(IdentError::NotQualified("tenants".into())));
-        assert!(matches!(parse_qualified("a.b.c"), Err(IdentError::TooManyParts(_))));
-        assert!(matches!(parse_qualified("a.\"b"), Err(IdentError::Unterminated(_))));
-        assert!(matches!(parse_qualified("a..b"), Err(IdentError::Malformed(_))));
-        assert!(matches!(parse_qualified("a.b c"), Err(IdentError::Malformed(_))));
-        assert!(matches!(parse_qualified("a.\"\""), Err(IdentError::Malformed(_))));
-        assert!(matches!(parse_qualified("a.b\"c"), Err(IdentError::Malformed(_))));
-        assert!(matches!(parse_qualified("a."), Err(IdentError::Malformed(_))));
+        assert_eq!(
+            parse_qualified("tenants"),
+            Err(IdentError::NotQualified("tenants".into()))
+        );
+        assert!(matches!(
+            parse_qualified("a.b.c"),
+            Err(IdentError::TooManyParts(_))
+        ));
+        assert!(matches!(
+            parse_qualified("a.\"b"),
+            Err(IdentError::Unterminated(_))
+        ));
+        assert!(matches!(
+            parse_qualified("a..b"),
+            Err(IdentError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_qualified("a.b c"),
+            Err(IdentError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_qualified("a.\"\""),
+            Err(IdentError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_qualified("a.b\"c"),
+            Err(IdentError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_qualified("a."),
+            Err(IdentError::Malformed(_))
+        ));
     }
 
     #[test]
     fn quoting_round_trips() {
-        for name in ["tenants", "Mixed Case", "we\"ird", "a.b", "drop table x; --"] {
+        for name in [
+            "tenants",
+            "Mixed Case",
+            "we\"ird",
+            "a.b",
+            "drop table x; --",
+        ] {
             let qn = q("s", name);
             assert_eq!(parse_qualified(&qn.quoted()), Ok(qn.clone()));
         }

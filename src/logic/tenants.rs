@@ -53,7 +53,10 @@ pub fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
 pub enum ExtraError {
     NotAnObject(&'static str),
     TenantValueNotObject(String),
-    Reserved { column: String, tenant: Option<String> },
+    Reserved {
+        column: String,
+        tenant: Option<String>,
+    },
 }
 
 impl fmt::Display for ExtraError {
@@ -114,7 +117,10 @@ impl ExtraPlan {
                 }
                 per_tenant.push((spec.slug, cols.clone()));
             } else if RESERVED_COLUMNS.contains(&key.as_str()) {
-                return Err(ExtraError::Reserved { column: key.clone(), tenant: None });
+                return Err(ExtraError::Reserved {
+                    column: key.clone(),
+                    tenant: None,
+                });
             } else {
                 shared.insert(key.clone(), value.clone());
             }
@@ -186,26 +192,43 @@ mod tests {
         assert_eq!(plan.row_for(&PLATFORM)["type"], json!("platform"));
         assert_eq!(plan.row_for(&PHARMA)["type"], json!("industry"));
         assert!(!plan.row_for(&PHARMA).contains_key("status"));
-        assert_eq!(plan.columns(), vec!["status".to_string(), "type".to_string()]);
+        assert_eq!(
+            plan.columns(),
+            vec!["status".to_string(), "type".to_string()]
+        );
     }
 
     #[test]
     fn refuses_bad_extra() {
-        assert_eq!(ExtraPlan::parse(&json!([1])), Err(ExtraError::NotAnObject("an array")));
-        assert_eq!(ExtraPlan::parse(&json!("x")), Err(ExtraError::NotAnObject("a string")));
+        assert_eq!(
+            ExtraPlan::parse(&json!([1])),
+            Err(ExtraError::NotAnObject("an array"))
+        );
+        assert_eq!(
+            ExtraPlan::parse(&json!("x")),
+            Err(ExtraError::NotAnObject("a string"))
+        );
         assert_eq!(
             ExtraPlan::parse(&json!({"pharmaceuticals": "industry"})),
             Err(ExtraError::TenantValueNotObject("pharmaceuticals".into()))
         );
         assert_eq!(
             ExtraPlan::parse(&json!({"id": "x"})),
-            Err(ExtraError::Reserved { column: "id".into(), tenant: None })
+            Err(ExtraError::Reserved {
+                column: "id".into(),
+                tenant: None
+            })
         );
         assert_eq!(
             ExtraPlan::parse(&json!({"platform": {"slug": "p"}})),
-            Err(ExtraError::Reserved { column: "slug".into(), tenant: Some("platform".into()) })
+            Err(ExtraError::Reserved {
+                column: "slug".into(),
+                tenant: Some("platform".into())
+            })
         );
-        assert!(ExtraError::NotAnObject("null").to_string().contains("extra"));
+        assert!(ExtraError::NotAnObject("null")
+            .to_string()
+            .contains("extra"));
     }
 
     #[test]
