@@ -30,3 +30,17 @@ CREATE INDEX tenant_members_tenant_idx ON @extschema@.tenant_members (tenant_id)
 COMMENT ON TABLE @extschema@.tenant_members IS
     'Tenant memberships (user_id, tenant_id, role): who may select a tenant with the x-tenant-id header';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_members', '');
+
+-- Classification rules per kind (prompt, knowledge, agent); no row = built-in rules.
+-- Written with set_rules()/reset_rules(); kept by pg_dump; readable by every role
+-- because the classifiers read it (once per backend per change) as the caller.
+CREATE TABLE @extschema@.classification_rules (
+    kind       text PRIMARY KEY CHECK (kind IN ('prompt', 'knowledge', 'agent')),
+    rules      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    updated_by name NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE @extschema@.classification_rules IS
+    'Tenant classification rules per kind, replacing the built-in ones; use set_rules()/reset_rules()';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.classification_rules', '');
+GRANT SELECT ON @extschema@.classification_rules TO PUBLIC;

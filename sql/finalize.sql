@@ -19,3 +19,48 @@ COMMENT ON FUNCTION @extschema@.ensure_tenants(text, jsonb) IS
 
 -- ensure_tenants writes to the application's tenants table: for DBAs, not for PUBLIC.
 REVOKE EXECUTE ON FUNCTION @extschema@.ensure_tenants(text, jsonb) FROM PUBLIC;
+
+-- Classification -------------------------------------------------------------
+CREATE TRIGGER classification_rules_check
+    BEFORE INSERT OR UPDATE ON @extschema@.classification_rules
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.classification_rules_trigger();
+CREATE TRIGGER classification_rules_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.classification_rules
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.classification_rules_trigger();
+
+COMMENT ON FUNCTION @extschema@.classify_prompt_tenant(text, text, uuid, boolean) IS
+    'Tenant of a prompt (name, domain, created_by, is_system_prompt): PRISM name or pharma domain -> Pharmaceuticals; digital-health domain -> Digital Health; system prompt (created_by NULL or flagged) -> Platform; else Digital Health. Domains normalised; rules configurable with set_rules(''prompt'', ...).';
+COMMENT ON FUNCTION @extschema@.classify_prompt_tenant(jsonb) IS
+    'Tenant of a prompt given as its whole row (to_jsonb(p)); a missing key counts as NULL, a key of the wrong type is an ERROR.';
+COMMENT ON FUNCTION @extschema@.classify_knowledge_tenant(text, text[]) IS
+    'Tenant of a knowledge chunk (domain, tags): digital_health domain or digital_medicine tag -> Digital Health; regulatory/clinical_trials/pharmacovigilance -> Pharmaceuticals; general_medicine/healthcare_standards -> Platform; else Digital Health.';
+COMMENT ON FUNCTION @extschema@.classify_knowledge_tenant(jsonb) IS
+    'Tenant of a knowledge chunk given as its whole row; a missing key counts as NULL.';
+COMMENT ON FUNCTION @extschema@.classify_agent_tenant(text, text[]) IS
+    'Tenant of an agent (tier in any spelling: 2, ''tier_2'', ''Tier 2'', ''TIER-2'', ''tier2''; knowledge_domains): tier 0-2 -> Platform; digital-health domain -> Digital Health; pharma domain -> Pharmaceuticals; else Digital Health.';
+COMMENT ON FUNCTION @extschema@.classify_agent_tenant(integer, text[]) IS
+    'Tenant of an agent with the real schema''s integer tier (0-3; anything else is no tier).';
+COMMENT ON FUNCTION @extschema@.classify_agent_tenant(jsonb) IS
+    'Tenant of an agent given as its whole row; tier may be an integer or text; a missing key counts as NULL.';
+COMMENT ON FUNCTION @extschema@.classify_tool_tenant(uuid) IS
+    'Tenant of a tool: its own tenant_id when set, else Platform (tool definitions are shared).';
+COMMENT ON FUNCTION @extschema@.map_domain_to_suite(text) IS
+    'Prompt suite for a domain (normalised): regulatory_affairs RULES™, clinical_research TRIALS™, pharmacovigilance GUARD™, market_access VALUE™ (PRISM suites); digital_health/digital_medicine BRIDGE™; else NULL.';
+COMMENT ON FUNCTION @extschema@.tool_category_name(uuid) IS
+    'Name of a tool category in public.tool_categories (for the tools.category text column); NULL for NULL or an unknown id.';
+COMMENT ON FUNCTION @extschema@.explain_tenant(text, jsonb) IS
+    'Which tenant a row (kind prompt, knowledge, agent or tool; row as jsonb) goes to, and which rule decided.';
+COMMENT ON FUNCTION @extschema@.preview_classification(text, regclass) IS
+    'Dry run of a classifier over a table: rows per tenant and rule, with up to five sample ids. Writes nothing.';
+COMMENT ON FUNCTION @extschema@.rules() IS
+    'The classification rules in force per kind (stored, or the built-in ones with is_default).';
+COMMENT ON FUNCTION @extschema@.set_rules(text, jsonb) IS
+    'Replace the rules of one kind ({"rules": [{"name", "tenant", conditions...}], "default_tenant"}); validated first: ERROR 22023 naming the field, old rules kept.';
+COMMENT ON FUNCTION @extschema@.reset_rules(text) IS
+    'Go back to the built-in rules of one kind.';
+COMMENT ON FUNCTION @extschema@.classification_rules_trigger() IS
+    'Trigger on classification_rules: validates written rules and invalidates every backend''s rule cache.';
+
+-- Changing rules is for DBAs (the table itself is writable only by its owner).
+REVOKE EXECUTE ON FUNCTION @extschema@.set_rules(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.reset_rules(text) FROM PUBLIC;

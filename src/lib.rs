@@ -2,15 +2,23 @@
 //!
 //! Module map (one module per thing a SQL user sees; pure logic lives in [`logic`]):
 //! - [`tenants`]: the tenant registry (`platform_tenant_id()`, `ensure_tenants()`, ...).
+//! - [`classify`]: rule-driven tenant classifiers, explain/preview, configurable rules.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
 use pgrx::prelude::*;
 
+pub mod classify;
 pub mod errors;
 pub mod logic;
 pub mod tenants;
 
 ::pgrx::pg_module_magic!(name, version);
+
+/// Called once when a backend loads the library.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    classify::init();
+}
 
 // Objects that are not Rust functions: grants, configuration tables, helpers.
 // `bootstrap` runs before any generated function; `finalize` runs last and documents

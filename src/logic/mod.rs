@@ -1,5 +1,6 @@
 //! Pure Rust logic, free of pgrx: everything here is unit-tested with plain
 //! `cargo test` and never touches a Postgres server.
 
+pub mod classify;
 pub mod ident;
 pub mod tenants;
