@@ -31,3 +31,20 @@ SELECT c.relname AS table, (xpath('/row/n/text()',
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'public' AND c.relkind = 'r'
  ORDER BY 1;
+
+\echo
+\echo '## Classification preview (dry run: which rule sends how many rows where)'
+SELECT 'prompts' AS "table", tenant_name, rule, row_count
+  FROM vital_tenancy.preview_classification('prompt', 'public.prompts')
+UNION ALL
+SELECT 'agents', tenant_name, rule, row_count
+  FROM vital_tenancy.preview_classification('agent', 'public.agents')
+UNION ALL
+SELECT 'knowledge_base', tenant_name, rule, row_count
+  FROM vital_tenancy.preview_classification('knowledge', 'public.knowledge_base')
+UNION ALL
+SELECT 'knowledge_sources', tenant_name, rule, row_count
+  FROM vital_tenancy.preview_classification('knowledge', 'public.knowledge_sources')
+UNION ALL
+SELECT 'tools', tenant_name, rule, row_count
+  FROM vital_tenancy.preview_classification('tool', 'public.tools');

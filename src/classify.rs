@@ -773,3 +773,74 @@ fn classification_rules_trigger<'a>(
     }
     Ok(Some(new))
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn tenant_of(sql: &str) -> String {
+        Spi::get_one::<String>(&format!("SELECT ({sql})::text"))
+            .unwrap()
+            .unwrap()
+    }
+
+    const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
+    const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
+    const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
+
+    #[pg_test]
+    fn built_in_rules_without_a_tenants_table() {
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_prompt_tenant('PRISM x', NULL, NULL, NULL)"),
+            PHARMA
+        );
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_knowledge_tenant('General Medicine', NULL)"),
+            PLATFORM
+        );
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_agent_tenant('TIER-1', NULL)"),
+            PLATFORM
+        );
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_agent_tenant(3, ARRAY['wearables'])"),
+            DIGITAL
+        );
+    }
+
+    #[pg_test]
+    fn set_rules_takes_effect_in_the_same_transaction() {
+        Spi::run("CREATE SCHEMA vt_c1").unwrap();
+        Spi::run("SELECT * FROM vital_tenancy.ensure_tenants('vt_c1.tenants')").unwrap();
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_knowledge_tenant('oncology', NULL)"),
+            DIGITAL
+        );
+        Spi::run(&format!(
+            r#"SELECT vital_tenancy.set_rules('knowledge', '{{"rules": [{{"name": "onc", "tenant": "{PHARMA}", "domain_in": ["Oncology"]}}], "default_tenant": "{PLATFORM}"}}')"#
+        ))
+        .unwrap();
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_knowledge_tenant(' ONCOLOGY ', NULL)"),
+            PHARMA
+        );
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_knowledge_tenant('digital_health', NULL)"),
+            PLATFORM
+        );
+        Spi::run("SELECT vital_tenancy.reset_rules('knowledge')").unwrap();
+        assert_eq!(
+            tenant_of("vital_tenancy.classify_knowledge_tenant('digital_health', NULL)"),
+            DIGITAL
+        );
+    }
+
+    #[pg_test(error = "no tenants table is known, so rule tenants cannot be checked")]
+    fn set_rules_needs_a_tenants_table() {
+        Spi::run(&format!(
+            r#"SELECT vital_tenancy.set_rules('knowledge', '{{"rules": [], "default_tenant": "{PLATFORM}"}}')"#
+        ))
+        .unwrap();
+    }
+}

@@ -14,7 +14,7 @@ select p.oid::regprocedure as function, p.provolatile, p.proparallel, p.proisstr
        p.prosecdef, obj_description(p.oid, 'pg_proc') is not null as documented
   from pg_proc p
  where p.pronamespace = 'vital_tenancy'::regnamespace
- order by 1::text;
+ order by p.oid::regprocedure::text;
 
 -- Every extension object is in schema vital_tenancy (or is the schema itself).
 select count(*) as objects_outside_schema
@@ -31,7 +31,7 @@ select c.oid::regclass as config_table,
        c.oid = any (e.extconfig) as dumped_by_pg_dump
   from pg_class c, pg_extension e
  where e.extname = 'vital_tenancy' and c.relnamespace = 'vital_tenancy'::regnamespace and c.relkind = 'r'
- order by 1::text;
+ order by c.relname;
 
 -- Ordinary roles can use the schema; ensure_tenants is for DBAs only.
 select has_schema_privilege('authenticated', 'vital_tenancy', 'USAGE') as public_usage,
