@@ -62,7 +62,9 @@ vt_cluster_start() {
   fi
   if ! as_postgres "${VT_PG_BIN}/pg_ctl" -D "${dir}/data" status >/dev/null 2>&1; then
     log "starting cluster ${name} on port ${port}"
-    as_postgres "${VT_PG_BIN}/pg_ctl" -D "${dir}/data" -l "${dir}/server.log" -w \
+    # RUST_BACKTRACE in the server's environment would put Rust backtraces into the
+    # DETAIL of every error the extension raises; keep it out.
+    as_postgres env -u RUST_BACKTRACE "${VT_PG_BIN}/pg_ctl" -D "${dir}/data" -l "${dir}/server.log" -w \
       -o "-p ${port} -k ${dir}/sock -c listen_addresses='' -c fsync=off -c max_connections=100" start >/dev/null
   fi
   VT_HOST="${dir}/sock"

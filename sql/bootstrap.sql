@@ -44,3 +44,28 @@ COMMENT ON TABLE @extschema@.classification_rules IS
     'Tenant classification rules per kind, replacing the built-in ones; use set_rules()/reset_rules()';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.classification_rules', '');
 GRANT SELECT ON @extschema@.classification_rules TO PUBLIC;
+
+-- Tables under tenant RLS, with what enable_tenant_rls() found there before, so that
+-- disable_tenant_rls() can undo exactly what it did. Kept by pg_dump.
+CREATE TABLE @extschema@.rls_tables (
+    tbl             regclass PRIMARY KEY,
+    tenant_column   name NOT NULL,
+    shared          boolean NOT NULL,
+    prior_default   text,
+    created_index   name,
+    rls_was_enabled boolean NOT NULL,
+    rls_was_forced  boolean NOT NULL,
+    enabled_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.rls_tables IS
+    'Tables under vital_tenancy tenant RLS and their state before enable_tenant_rls()';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rls_tables', '');
+
+-- The platform-admin role: its members read and write every tenant's rows through
+-- their own policy. Roles are cluster-wide, so it outlives DROP EXTENSION.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_admin') THEN
+    CREATE ROLE vital_tenancy_admin NOLOGIN;
+  END IF;
+END $$;

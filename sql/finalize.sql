@@ -64,3 +64,27 @@ COMMENT ON FUNCTION @extschema@.classification_rules_trigger() IS
 -- Changing rules is for DBAs (the table itself is writable only by its owner).
 REVOKE EXECUTE ON FUNCTION @extschema@.set_rules(text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.reset_rules(text) FROM PUBLIC;
+
+-- Tenant context and RLS -----------------------------------------------------
+COMMENT ON FUNCTION @extschema@.current_tenant_id() IS
+    'The tenant of the current request: setting vital.tenant_id, else tenant_id in request.jwt.claims, else x-tenant-id in request.headers if the claims'' sub is a member, else NULL. Malformed values and unknown tenants are ERRORs. SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
+    'Set vital.tenant_id for the rest of the transaction (SET LOCAL semantics) after checking the tenant exists; NULL clears it. For trusted backends on pooled connections.';
+COMMENT ON FUNCTION @extschema@.visible_tenant_ids(boolean) IS
+    'Tenant ids the current request may read: its tenant plus Platform (only its tenant when shared is false); every tenant for vital_tenancy_admin; none without context.';
+COMMENT ON FUNCTION @extschema@.writable_tenant_ids() IS
+    'Tenant ids the current request may write: its own tenant; every tenant for vital_tenancy_admin; none without context.';
+COMMENT ON FUNCTION @extschema@.all_tenant_ids() IS
+    'Every tenant id in the tenants table (used for platform admins). SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION @extschema@.set_membership_table(regclass, text, text) IS
+    'Use another table (with uuid user and tenant columns) for the membership check of the x-tenant-id header.';
+COMMENT ON FUNCTION @extschema@.enable_tenant_rls(regclass, text, boolean) IS
+    'Enable and force RLS with tenant policies (restrictive boundary, index-friendly InitPlan shape), the column default current_tenant_id() and a tenant index. Idempotent; undone by disable_tenant_rls().';
+COMMENT ON FUNCTION @extschema@.disable_tenant_rls(regclass) IS
+    'Undo exactly what enable_tenant_rls() did to a table: its policies, the column default, its index, the RLS flags.';
+COMMENT ON FUNCTION @extschema@.rls_status() IS
+    'Tenant RLS state of every table with a tenant column: enabled, forced, policies, tenant index, and whether the policies can use it.';
+
+REVOKE EXECUTE ON FUNCTION @extschema@.enable_tenant_rls(regclass, text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.disable_tenant_rls(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.set_membership_table(regclass, text, text) FROM PUBLIC;

@@ -3,13 +3,17 @@
 //! Module map (one module per thing a SQL user sees; pure logic lives in [`logic`]):
 //! - [`tenants`]: the tenant registry (`platform_tenant_id()`, `ensure_tenants()`, ...).
 //! - [`classify`]: rule-driven tenant classifiers, explain/preview, configurable rules.
+//! - [`context`]: tenant context (`current_tenant_id()`, `set_tenant()`, visible/writable ids).
+//! - [`rls`]: `enable_tenant_rls()`, `disable_tenant_rls()`, `rls_status()`.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
 use pgrx::prelude::*;
 
 pub mod classify;
+pub mod context;
 pub mod errors;
 pub mod logic;
+pub mod rls;
 pub mod tenants;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -18,6 +22,7 @@ pub mod tenants;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     classify::init();
+    context::init();
 }
 
 // Objects that are not Rust functions: grants, configuration tables, helpers.

@@ -2,5 +2,7 @@
 //! `cargo test` and never touches a Postgres server.
 
 pub mod classify;
+pub mod context;
 pub mod ident;
+pub mod rls;
 pub mod tenants;

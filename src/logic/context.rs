@@ -1,0 +1,233 @@
+//! Where the tenant context comes from, decided from the raw settings alone.
+//!
+//! Order: (1) `vital.tenant_id`; (2) `tenant_id` in `request.jwt.claims`;
+//! (3) `x-tenant-id` in `request.headers`, which the caller must then check against
+//! the membership of the claims' `sub`; (4) nothing. An empty string is unset; a
+//! malformed value is an error naming its source. Checking that the tenant exists
+//! and that the user is a member needs the database and is the glue's job.
+
+use super::tenants::uuid_bytes;
+use serde_json::Value;
+use std::fmt;
+
+pub const TENANT_SETTING: &str = "vital.tenant_id";
+pub const CLAIMS_SETTING: &str = "request.jwt.claims";
+pub const HEADERS_SETTING: &str = "request.headers";
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// The raw values of the three settings (`None` when unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct RawContext {
+    pub tenant_setting: Option<String>,
+    pub claims: Option<String>,
+    pub headers: Option<String>,
+}
+
+/// Where the tenant came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Setting([u8; 16]),
+    Claims([u8; 16]),
+    /// A header tenant, valid only if `user` is a member of it.
+    Header { tenant: [u8; 16], user: [u8; 16] },
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextError {
+    /// 22P02: a value that should be a uuid is not; names where it came from.
+    MalformedUuid { source: String, value: String },
+    /// 22P02: a JSON setting that does not parse.
+    MalformedJson { source: String },
+    /// 42501: a tenant header with no authenticated user to check membership for.
+    HeaderWithoutUser { tenant: String },
+}
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContextError::MalformedUuid { source, value } => {
+                write!(f, "invalid tenant context: {source} is not a valid uuid: \"{value}\"")
+            }
+            ContextError::MalformedJson { source } => {
+                write!(f, "invalid tenant context: setting {source} is not valid JSON")
+            }
+            ContextError::HeaderWithoutUser { tenant } => write!(
+                f,
+                "header {TENANT_HEADER} asks for tenant {tenant}, but the request has no authenticated user (no \"sub\" in {CLAIMS_SETTING})"
+            ),
+        }
+    }
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn parse_uuid(source: &str, value: &str) -> Result<[u8; 16], ContextError> {
+    uuid_bytes(&value.to_ascii_lowercase()).ok_or_else(|| ContextError::MalformedUuid {
+        source: source.to_string(),
+        value: short(value),
+    })
+}
+
+fn parse_json(source: &str, raw: Option<&str>) -> Result<Option<serde_json::Map<String, Value>>, ContextError> {
+    let Some(raw) = raw else { return Ok(None) };
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        Ok(Value::Null) => Ok(None),
+        _ => Err(ContextError::MalformedJson { source: source.to_string() }),
+    }
+}
+
+/// A string member of a JSON object (`None` when absent, null or empty); other
+/// types are malformed.
+fn json_str<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    source: &str,
+) -> Result<Option<&'a str>, ContextError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim())),
+        Some(other) => Err(ContextError::MalformedUuid {
+            source: source.to_string(),
+            value: short(&other.to_string()),
+        }),
+    }
+}
+
+/// Decide where the tenant comes from.
+pub fn resolve(raw: &RawContext) -> Result<Source, ContextError> {
+    if let Some(v) = non_empty(&raw.tenant_setting) {
+        return Ok(Source::Setting(parse_uuid(&format!("setting {TENANT_SETTING}"), v)?));
+    }
+    let claims = parse_json(CLAIMS_SETTING, non_empty(&raw.claims))?;
+    if let Some(c) = &claims {
+        let src = format!("tenant_id in {CLAIMS_SETTING}");
+        if let Some(t) = json_str(c, "tenant_id", &src)? {
+            return Ok(Source::Claims(parse_uuid(&src, t)?));
+        }
+    }
+    let headers = parse_json(HEADERS_SETTING, non_empty(&raw.headers))?;
+    if let Some(h) = &headers {
+        let src = format!("header {TENANT_HEADER} in {HEADERS_SETTING}");
+        let value = h
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(TENANT_HEADER))
+            .map(|(_, v)| v);
+        let tenant = match value {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(Value::String(s)) => Some(parse_uuid(&src, s.trim())?),
+            Some(other) => {
+                return Err(ContextError::MalformedUuid { source: src, value: short(&other.to_string()) })
+            }
+        };
+        if let Some(tenant) = tenant {
+            let sub_src = format!("sub in {CLAIMS_SETTING}");
+            let user = match &claims {
+                Some(c) => json_str(c, "sub", &sub_src)?,
+                None => None,
+            };
+            let Some(user) = user else {
+                return Err(ContextError::HeaderWithoutUser { tenant: format_uuid(&tenant) });
+            };
+            return Ok(Source::Header { tenant, user: parse_uuid(&sub_src, user)? });
+        }
+    }
+    Ok(Source::None)
+}
+
+/// Canonical text of a uuid.
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "11111111-1111-1111-1111-111111111111";
+    const U: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+
+    fn raw(t: Option<&str>, c: Option<&str>, h: Option<&str>) -> RawContext {
+        RawContext {
+            tenant_setting: t.map(String::from),
+            claims: c.map(String::from),
+            headers: h.map(String::from),
+        }
+    }
+
+    fn b(s: &str) -> [u8; 16] {
+        uuid_bytes(s).unwrap()
+    }
+
+    #[test]
+    fn order_of_sources() {
+        let claims = format!(r#"{{"sub": "{U}", "tenant_id": "{T}"}}"#);
+        let headers = r#"{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}"#;
+        assert_eq!(
+            resolve(&raw(Some("00000000-0000-0000-0000-000000000001"), Some(&claims), Some(headers))),
+            Ok(Source::Setting(b("00000000-0000-0000-0000-000000000001")))
+        );
+        assert_eq!(resolve(&raw(Some(""), Some(&claims), Some(headers))), Ok(Source::Claims(b(T))));
+        let claims_no_tenant = format!(r#"{{"sub": "{U}"}}"#);
+        assert_eq!(
+            resolve(&raw(None, Some(&claims_no_tenant), Some(headers))),
+            Ok(Source::Header { tenant: b("f7aa6fd4-0af9-4706-8b31-034f1f7accda"), user: b(U) })
+        );
+        assert_eq!(resolve(&raw(None, Some(&claims_no_tenant), None)), Ok(Source::None));
+        assert_eq!(resolve(&raw(None, None, None)), Ok(Source::None));
+        assert_eq!(resolve(&raw(Some("  "), Some(""), Some(""))), Ok(Source::None));
+        assert_eq!(resolve(&raw(None, Some(r#"{"tenant_id": ""}"#), None)), Ok(Source::None));
+        // Header names are case-insensitive; uuids too.
+        let h = r#"{"X-Tenant-Id": "F7AA6FD4-0AF9-4706-8B31-034F1F7ACCDA"}"#;
+        assert!(matches!(resolve(&raw(None, Some(&claims_no_tenant), Some(h))), Ok(Source::Header { .. })));
+    }
+
+    #[test]
+    fn malformed_values_name_their_source() {
+        let e = resolve(&raw(Some("nope"), None, None)).unwrap_err();
+        assert!(e.to_string().contains("vital.tenant_id"), "{e}");
+        let e = resolve(&raw(None, Some(r#"{"tenant_id": "x"}"#), None)).unwrap_err();
+        assert!(e.to_string().contains("tenant_id in request.jwt.claims"), "{e}");
+        let e = resolve(&raw(None, Some(r#"{"tenant_id": 5}"#), None)).unwrap_err();
+        assert!(e.to_string().contains("request.jwt.claims"), "{e}");
+        let e = resolve(&raw(None, Some("{not json"), None)).unwrap_err();
+        assert_eq!(e, ContextError::MalformedJson { source: CLAIMS_SETTING.into() });
+        let e = resolve(&raw(None, None, Some(r#"{"x-tenant-id": "zzz"}"#))).unwrap_err();
+        assert!(e.to_string().contains("header x-tenant-id"), "{e}");
+        let e = resolve(&raw(None, Some(r#"{"sub": "bad"}"#), Some(&format!(r#"{{"x-tenant-id": "{T}"}}"#)))).unwrap_err();
+        assert!(e.to_string().contains("sub in request.jwt.claims"), "{e}");
+    }
+
+    #[test]
+    fn header_without_user_is_refused() {
+        let h = format!(r#"{{"x-tenant-id": "{T}"}}"#);
+        assert_eq!(
+            resolve(&raw(None, None, Some(&h))),
+            Err(ContextError::HeaderWithoutUser { tenant: T.into() })
+        );
+        assert_eq!(
+            resolve(&raw(None, Some(r#"{"role": "anon"}"#), Some(&h))),
+            Err(ContextError::HeaderWithoutUser { tenant: T.into() })
+        );
+    }
+
+    #[test]
+    fn uuid_formatting_round_trips() {
+        assert_eq!(format_uuid(&b(T)), T);
+        assert_eq!(format_uuid(&b(U)), U);
+    }
+}

@@ -1,0 +1,365 @@
+//! Row-level security: `enable_tenant_rls()` / `disable_tenant_rls()` and
+//! `rls_status()`. The policy text itself is `logic::rls`.
+//!
+//! Every table enabled is recorded in `vital_tenancy.rls_tables` with what was there
+//! before (column default, RLS flags, whether the extension created the index), so
+//! that `disable_tenant_rls()` undoes exactly what `enable_tenant_rls()` did, and a
+//! second `enable_tenant_rls()` replaces only the extension's own policies.
+
+use crate::errors::{raise, raise_full, OrRaise};
+use crate::logic::ident::{display_ident, quote_ident};
+use crate::logic::rls::{is_index_friendly, policies, POLICY_NAMES};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::PgRelation;
+
+/// What the catalog says about a table and its tenant column.
+struct Target {
+    oid: pg_sys::Oid,
+    /// regclass text under the pinned search_path: schema-qualified and quoted.
+    sql_name: String,
+    column: String,
+    attnum: i16,
+}
+
+fn target(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> Target {
+    let row = c
+        .select(
+            "SELECT $1::pg_catalog.regclass::pg_catalog.text, c.relkind::text
+               FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            Some(1),
+            &[oid.into()],
+        )
+        .or_raise("reading the table");
+    let first = row.first();
+    let sql_name: String = first.get(1).or_raise("reading the table name").unwrap_or_default();
+    let kind: String = first.get(2).or_raise("reading relkind").unwrap_or_default();
+    if kind != "r" && kind != "p" {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{sql_name} is not a table; tenant RLS applies to tables"),
+        );
+    }
+    let col = c
+        .select(
+            "SELECT a.attnum, a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            Some(1),
+            &[oid.into(), column.into()],
+        )
+        .or_raise("reading the tenant column");
+    if col.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("column {} of table {sql_name} does not exist", display_ident(column)),
+        );
+    }
+    let first = col.first();
+    let attnum: i16 = first.get(1).or_raise("reading attnum").unwrap_or_default();
+    if first.get::<bool>(2).or_raise("reading the column type") != Some(true) {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("tenant column {} of table {sql_name} must be of type uuid", display_ident(column)),
+        );
+    }
+    Target { oid, sql_name, column: column.to_string(), attnum }
+}
+
+fn run(c: &mut SpiClient<'_>, sql: &str, what: &str) {
+    c.update(sql, None, &[]).or_raise(what);
+}
+
+/// Drop the extension's policies on a table (and only those).
+fn drop_own_policies(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) {
+    let existing: Vec<String> = c
+        .select(
+            "SELECT polname::text FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = ANY ($2)",
+            None,
+            &[oid.into(), POLICY_NAMES.to_vec().into()],
+        )
+        .or_raise("reading the table's policies")
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect();
+    for name in existing {
+        run(c, &format!("DROP POLICY {} ON {sql_name}", quote_ident(&name)), "dropping a policy");
+    }
+}
+
+/// Whether the table has permissive policies other than the extension's own.
+fn has_own_permissive_policies(c: &SpiClient<'_>, oid: pg_sys::Oid) -> bool {
+    c.select(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_policy
+                         WHERE polrelid = $1 AND polpermissive AND polname NOT LIKE 'vt\\_%')",
+        Some(1),
+        &[oid.into()],
+    )
+    .and_then(|t| t.first().get_one::<bool>())
+    .or_raise("reading the table's policies")
+    .unwrap_or(false)
+}
+
+/// A valid index whose first key column is the tenant column.
+fn tenant_index(c: &SpiClient<'_>, oid: pg_sys::Oid, attnum: i16) -> Option<String> {
+    c.select(
+        "SELECT i.indexrelid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_index i
+          WHERE i.indrelid = $1 AND i.indisvalid AND i.indkey[0] = $2 ORDER BY i.indexrelid LIMIT 1",
+        Some(1),
+        &[oid.into(), attnum.into()],
+    )
+    .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get_one::<String>() })
+    .or_raise("looking for a tenant index")
+}
+
+/// Turn on tenant isolation for a table: ENABLE and FORCE row level security, the
+/// tenant policies, the column default and an index. Idempotent.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn enable_tenant_rls(
+    tbl: PgRelation,
+    tenant_column: default!(&str, "'tenant_id'"),
+    shared: default!(bool, true),
+) -> TableIterator<'static, (name!(action, String),)> {
+    let mut actions: Vec<String> = Vec::new();
+    // Close our reference to the relation: ALTER TABLE refuses a table this session
+    // still has open. The regclass argument already proved it exists.
+    let oid = tbl.oid();
+    drop(tbl);
+    Spi::connect_mut(|c| {
+        let t = target(c, oid, tenant_column);
+        let col = quote_ident(&t.column);
+        // What was there before, unless an earlier run already recorded it.
+        let recorded = c
+            .select("SELECT 1 FROM vital_tenancy.rls_tables WHERE tbl = $1", Some(1), &[t.oid.into()])
+            .or_raise("reading rls_tables");
+        let first_time = recorded.is_empty();
+        if first_time {
+            let prior = c
+                .select(
+                    "SELECT c.relrowsecurity, c.relforcerowsecurity,
+                            (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d
+                              WHERE d.adrelid = c.oid AND d.adnum = $2)
+                       FROM pg_catalog.pg_class c WHERE c.oid = $1",
+                    Some(1),
+                    &[t.oid.into(), t.attnum.into()],
+                )
+                .or_raise("reading the table's prior state");
+            let r = prior.first();
+            let was_enabled: bool = r.get(1).or_raise("relrowsecurity").unwrap_or(false);
+            let was_forced: bool = r.get(2).or_raise("relforcerowsecurity").unwrap_or(false);
+            let prior_default: Option<String> = r.get(3).or_raise("reading the prior default");
+            c.update(
+                "INSERT INTO vital_tenancy.rls_tables (tbl, tenant_column, shared, prior_default, rls_was_enabled, rls_was_forced)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                None,
+                &[
+                    t.oid.into(),
+                    t.column.as_str().into(),
+                    shared.into(),
+                    prior_default.into(),
+                    was_enabled.into(),
+                    was_forced.into(),
+                ],
+            )
+            .or_raise("recording the table");
+        } else {
+            c.update(
+                "UPDATE vital_tenancy.rls_tables SET tenant_column = $2, shared = $3 WHERE tbl = $1",
+                None,
+                &[t.oid.into(), t.column.as_str().into(), shared.into()],
+            )
+            .or_raise("updating the table's record");
+        }
+
+        run(c, &format!("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", t.sql_name), "enabling RLS");
+        run(c, &format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", t.sql_name), "forcing RLS");
+        actions.push("row level security enabled and forced".into());
+
+        drop_own_policies(c, t.oid, &t.sql_name);
+        let grant = !has_own_permissive_policies(c, t.oid);
+        for (name, sql) in policies(&t.sql_name, &col, shared, grant) {
+            run(c, &sql, "creating a policy");
+            actions.push(format!("policy {name}"));
+        }
+        if !grant {
+            actions.push("the table's own permissive policies decide access within the tenant".into());
+        }
+
+        run(
+            c,
+            &format!(
+                "ALTER TABLE {} ALTER COLUMN {col} SET DEFAULT vital_tenancy.current_tenant_id()",
+                t.sql_name
+            ),
+            "setting the column default",
+        );
+        actions.push(format!("{} defaults to vital_tenancy.current_tenant_id()", display_ident(&t.column)));
+
+        match tenant_index(c, t.oid, t.attnum) {
+            Some(ix) => actions.push(format!("index {ix} serves the tenant column")),
+            None => {
+                let table_name: String = c
+                    .select("SELECT relname::text FROM pg_catalog.pg_class WHERE oid = $1", Some(1), &[t.oid.into()])
+                    .and_then(|r| r.first().get_one())
+                    .or_raise("reading the table name")
+                    .unwrap_or_default();
+                let ix: String = format!("{table_name}_{}_vt_idx", t.column).chars().take(63).collect();
+                run(
+                    c,
+                    &format!("CREATE INDEX {} ON {} ({col})", quote_ident(&ix), t.sql_name),
+                    "creating the tenant index",
+                );
+                c.update(
+                    "UPDATE vital_tenancy.rls_tables SET created_index = $2 WHERE tbl = $1",
+                    None,
+                    &[t.oid.into(), ix.as_str().into()],
+                )
+                .or_raise("recording the index");
+                actions.push(format!("index {} created", display_ident(&ix)));
+            }
+        }
+    });
+    TableIterator::new(actions.into_iter().map(|a| (a,)))
+}
+
+/// Undo exactly what `enable_tenant_rls()` did to a table.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn disable_tenant_rls(tbl: PgRelation) -> TableIterator<'static, (name!(action, String),)> {
+    let mut actions = Vec::new();
+    let oid = tbl.oid();
+    drop(tbl);
+    Spi::connect_mut(|c| {
+        let rec = c
+            .select(
+                "SELECT tbl::text, tenant_column::text, prior_default, created_index::text, rls_was_enabled, rls_was_forced
+                   FROM vital_tenancy.rls_tables WHERE tbl = $1",
+                Some(1),
+                &[oid.into()],
+            )
+            .or_raise("reading rls_tables");
+        if rec.is_empty() {
+            let name: String = c
+                .select("SELECT $1::pg_catalog.regclass::pg_catalog.text", Some(1), &[oid.into()])
+                .and_then(|t| t.first().get_one())
+                .or_raise("naming the table")
+                .unwrap_or_default();
+            raise_full(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("tenant RLS was not enabled on {name} by vital_tenancy"),
+                None,
+                Some("vital_tenancy.rls_status() lists the tables it manages.".into()),
+            );
+        }
+        let r = rec.first();
+        let name: String = r.get(1).or_raise("tbl").unwrap_or_default();
+        let column: String = r.get(2).or_raise("tenant_column").unwrap_or_default();
+        let prior_default: Option<String> = r.get(3).or_raise("prior_default");
+        let created_index: Option<String> = r.get(4).or_raise("created_index");
+        let was_enabled: bool = r.get(5).or_raise("rls_was_enabled").unwrap_or(false);
+        let was_forced: bool = r.get(6).or_raise("rls_was_forced").unwrap_or(false);
+        drop_own_policies(c, oid, &name);
+        actions.push("vital_tenancy policies dropped".to_string());
+        let col = quote_ident(&column);
+        match &prior_default {
+            // The prior default is deparsed catalog text (pg_get_expr), not user input.
+            Some(d) => run(c, &format!("ALTER TABLE {name} ALTER COLUMN {col} SET DEFAULT {d}"), "restoring the default"),
+            None => run(c, &format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT"), "dropping the default"),
+        }
+        actions.push(match prior_default {
+            Some(d) => format!("default of {} restored to {d}", display_ident(&column)),
+            None => format!("default of {} dropped", display_ident(&column)),
+        });
+        if let Some(ix) = created_index {
+            let ns: String = c
+                .select(
+                    "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                    Some(1),
+                    &[oid.into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("reading the schema")
+                .unwrap_or_default();
+            run(c, &format!("DROP INDEX IF EXISTS {ns}.{}", quote_ident(&ix)), "dropping the index");
+            actions.push(format!("index {} dropped", display_ident(&ix)));
+        }
+        if !was_forced {
+            run(c, &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY"), "unforcing RLS");
+        }
+        if !was_enabled {
+            run(c, &format!("ALTER TABLE {name} DISABLE ROW LEVEL SECURITY"), "disabling RLS");
+        }
+        actions.push(format!(
+            "row level security back to {}{}",
+            if was_enabled { "enabled" } else { "disabled" },
+            if was_forced { ", forced" } else { "" }
+        ));
+        c.update("DELETE FROM vital_tenancy.rls_tables WHERE tbl = $1", None, &[oid.into()])
+            .or_raise("forgetting the table");
+    });
+    TableIterator::new(actions.into_iter().map(|a| (a,)))
+}
+
+// pgrx needs the name!() tuple spelled out in the signature (it rejects a type alias).
+#[allow(clippy::type_complexity)]
+/// Tenant RLS state of every table with a tenant column (`tenant_id`, or the column a
+/// table was enabled with), outside the system schemas and the extension's own.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn rls_status() -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(tenant_column, String),
+        name!(rls_enabled, bool),
+        name!(rls_forced, bool),
+        name!(policies, i64),
+        name!(tenant_index, bool),
+        name!(index_usable_policy, bool),
+    ),
+> {
+    let rows = Spi::connect(|c| {
+        let t = c
+            .select(
+                "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text, c.relrowsecurity, c.relforcerowsecurity,
+                        (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid),
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                 WHERE i.indrelid = c.oid AND i.indisvalid AND i.indkey[0] = a.attnum),
+                        ARRAY(SELECT COALESCE(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '')
+                                FROM pg_catalog.pg_policy p
+                               WHERE p.polrelid = c.oid AND p.polcmd IN ('r', '*'))
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
+                  WHERE c.relkind IN ('r', 'p')
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy')
+                    AND n.nspname NOT LIKE 'pg\\_%'
+                    AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+                  ORDER BY 1",
+                None,
+                &[],
+            )
+            .or_raise("reading tables with a tenant column");
+        let mut out = Vec::new();
+        for r in t {
+            let name: String = r.get(1).or_raise("table").unwrap_or_default();
+            let column: String = r.get(2).or_raise("column").unwrap_or_default();
+            let enabled: bool = r.get(3).or_raise("relrowsecurity").unwrap_or(false);
+            let forced: bool = r.get(4).or_raise("relforcerowsecurity").unwrap_or(false);
+            let n: i64 = r.get(5).or_raise("policies").unwrap_or(0);
+            let index: bool = r.get(6).or_raise("index").unwrap_or(false);
+            let quals: Vec<String> = r.get(7).or_raise("policy expressions").unwrap_or_default();
+            // Usable: an index on the column, and every read policy that mentions the
+            // column compares it with a once-per-statement sub-select.
+            let mentioning: Vec<&String> = quals.iter().filter(|q| q.contains(column.as_str())).collect();
+            let usable = index
+                && !mentioning.is_empty()
+                && mentioning.iter().all(|q| is_index_friendly(q, &column));
+            out.push((name, column, enabled, forced, n, index, usable));
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
