@@ -8,7 +8,9 @@
 //! inserted row costs a setting read and a string compare, not a query.
 
 use crate::errors::{raise, raise_full, OrRaise};
-use crate::logic::context::{format_uuid, resolve, ContextError, RawContext, Source, TENANT_SETTING};
+use crate::logic::context::{
+    format_uuid, resolve, ContextError, RawContext, Source, TENANT_SETTING,
+};
 use crate::logic::ident::display_ident;
 use crate::logic::rls::ADMIN_ROLE;
 use pgrx::prelude::*;
@@ -22,11 +24,18 @@ thread_local! {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     use pg_sys::XactEvent::*;
     if matches!(
         event,
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
     ) {
         CONTEXT_CACHE.with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
@@ -103,7 +112,10 @@ fn require_tenant(id: [u8; 16], source: &str) {
     if !tenant_exists(&table, id) {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("tenant {} from {source} does not exist in {table}", format_uuid(&id)),
+            format!(
+                "tenant {} from {source} does not exist in {table}",
+                format_uuid(&id)
+            ),
         );
     }
 }
@@ -125,8 +137,10 @@ fn membership_sql() -> (String, String, String) {
         let r = t.first();
         (
             r.get::<String>(1).or_raise("reading membership_table"),
-            r.get::<String>(2).or_raise("reading membership_user_column"),
-            r.get::<String>(3).or_raise("reading membership_tenant_column"),
+            r.get::<String>(2)
+                .or_raise("reading membership_user_column"),
+            r.get::<String>(3)
+                .or_raise("reading membership_tenant_column"),
         )
     });
     match row {
@@ -148,7 +162,10 @@ fn is_member(user: [u8; 16], tenant: [u8; 16]) -> bool {
         c.select(
             &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {ucol} = $1 AND {tcol} = $2)"),
             Some(1),
-            &[Uuid::from_bytes(user).into(), Uuid::from_bytes(tenant).into()],
+            &[
+                Uuid::from_bytes(user).into(),
+                Uuid::from_bytes(tenant).into(),
+            ],
         )
         .and_then(|t| t.first().get_one::<bool>())
         .or_raise("checking tenant membership")
@@ -235,7 +252,9 @@ fn set_tenant(tenant: Option<Uuid>) -> Option<Uuid> {
             "Call it after BEGIN; the setting ends with the transaction, so a pooled connection never carries it to the next client."
         );
     }
-    let text = tenant.map(|t| format_uuid(t.as_bytes())).unwrap_or_default();
+    let text = tenant
+        .map(|t| format_uuid(t.as_bytes()))
+        .unwrap_or_default();
     Spi::connect(|c| {
         c.select(
             "SELECT pg_catalog.set_config('vital.tenant_id', $1, true)",
@@ -280,7 +299,9 @@ fn query_uuid_array(sql: &str) -> Vec<Uuid> {
 #[search_path(pg_catalog, pg_temp)]
 fn all_tenant_ids() -> Vec<Uuid> {
     let table = tenants_table_sql();
-    query_uuid_array(&format!("SELECT COALESCE(pg_catalog.array_agg(id ORDER BY id), '{{}}') FROM {table}"))
+    query_uuid_array(&format!(
+        "SELECT COALESCE(pg_catalog.array_agg(id ORDER BY id), '{{}}') FROM {table}"
+    ))
 }
 
 fn context_tenant() -> Option<Uuid> {
@@ -301,7 +322,9 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
     if current_user_is_admin() {
         return query_uuid_array("SELECT vital_tenancy.all_tenant_ids()");
     }
-    let Some(t) = context_tenant() else { return Vec::new() };
+    let Some(t) = context_tenant() else {
+        return Vec::new();
+    };
     let platform = Uuid::from_bytes(
         crate::logic::tenants::uuid_bytes(crate::logic::tenants::PLATFORM.id).unwrap_or_default(),
     );
@@ -333,10 +356,14 @@ fn set_membership_table(
 ) {
     let oid = tbl.oid();
     let name: String = Spi::connect(|c| {
-        c.select("SELECT $1::pg_catalog.regclass::pg_catalog.text", Some(1), &[oid.into()])
-            .and_then(|t| t.first().get_one())
-            .or_raise("naming the membership table")
-            .unwrap_or_default()
+        c.select(
+            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+            Some(1),
+            &[oid.into()],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("naming the membership table")
+        .unwrap_or_default()
     });
     for col in [user_column, tenant_column] {
         let is_uuid: Option<bool> = Spi::connect(|c| {
@@ -352,11 +379,17 @@ fn set_membership_table(
         match is_uuid {
             None => raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("column {} of membership table {name} does not exist", display_ident(col)),
+                format!(
+                    "column {} of membership table {name} does not exist",
+                    display_ident(col)
+                ),
             ),
             Some(false) => raise(
                 PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                format!("column {} of membership table {name} must be of type uuid", display_ident(col)),
+                format!(
+                    "column {} of membership table {name} must be of type uuid",
+                    display_ident(col)
+                ),
             ),
             Some(true) => {}
         }

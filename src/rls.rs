@@ -32,7 +32,10 @@ fn target(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> Target {
         )
         .or_raise("reading the table");
     let first = row.first();
-    let sql_name: String = first.get(1).or_raise("reading the table name").unwrap_or_default();
+    let sql_name: String = first
+        .get(1)
+        .or_raise("reading the table name")
+        .unwrap_or_default();
     let kind: String = first.get(2).or_raise("reading relkind").unwrap_or_default();
     if kind != "r" && kind != "p" {
         raise(
@@ -52,7 +55,10 @@ fn target(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> Target {
     if col.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!("column {} of table {sql_name} does not exist", display_ident(column)),
+            format!(
+                "column {} of table {sql_name} does not exist",
+                display_ident(column)
+            ),
         );
     }
     let first = col.first();
@@ -60,10 +66,18 @@ fn target(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> Target {
     if first.get::<bool>(2).or_raise("reading the column type") != Some(true) {
         raise(
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!("tenant column {} of table {sql_name} must be of type uuid", display_ident(column)),
+            format!(
+                "tenant column {} of table {sql_name} must be of type uuid",
+                display_ident(column)
+            ),
         );
     }
-    Target { oid, sql_name, column: column.to_string(), attnum }
+    Target {
+        oid,
+        sql_name,
+        column: column.to_string(),
+        attnum,
+    }
 }
 
 fn run(c: &mut SpiClient<'_>, sql: &str, what: &str) {
@@ -82,7 +96,11 @@ fn drop_own_policies(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) {
         .filter_map(|r| r.get::<String>(1).ok().flatten())
         .collect();
     for name in existing {
-        run(c, &format!("DROP POLICY {} ON {sql_name}", quote_ident(&name)), "dropping a policy");
+        run(
+            c,
+            &format!("DROP POLICY {} ON {sql_name}", quote_ident(&name)),
+            "dropping a policy",
+        );
     }
 }
 
@@ -130,7 +148,11 @@ fn enable_tenant_rls(
         let col = quote_ident(&t.column);
         // What was there before, unless an earlier run already recorded it.
         let recorded = c
-            .select("SELECT 1 FROM vital_tenancy.rls_tables WHERE tbl = $1", Some(1), &[t.oid.into()])
+            .select(
+                "SELECT 1 FROM vital_tenancy.rls_tables WHERE tbl = $1",
+                Some(1),
+                &[t.oid.into()],
+            )
             .or_raise("reading rls_tables");
         let first_time = recorded.is_empty();
         if first_time {
@@ -171,8 +193,16 @@ fn enable_tenant_rls(
             .or_raise("updating the table's record");
         }
 
-        run(c, &format!("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", t.sql_name), "enabling RLS");
-        run(c, &format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", t.sql_name), "forcing RLS");
+        run(
+            c,
+            &format!("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", t.sql_name),
+            "enabling RLS",
+        );
+        run(
+            c,
+            &format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", t.sql_name),
+            "forcing RLS",
+        );
         actions.push("row level security enabled and forced".into());
 
         drop_own_policies(c, t.oid, &t.sql_name);
@@ -182,7 +212,8 @@ fn enable_tenant_rls(
             actions.push(format!("policy {name}"));
         }
         if !grant {
-            actions.push("the table's own permissive policies decide access within the tenant".into());
+            actions
+                .push("the table's own permissive policies decide access within the tenant".into());
         }
 
         run(
@@ -193,20 +224,34 @@ fn enable_tenant_rls(
             ),
             "setting the column default",
         );
-        actions.push(format!("{} defaults to vital_tenancy.current_tenant_id()", display_ident(&t.column)));
+        actions.push(format!(
+            "{} defaults to vital_tenancy.current_tenant_id()",
+            display_ident(&t.column)
+        ));
 
         match tenant_index(c, t.oid, t.attnum) {
             Some(ix) => actions.push(format!("index {ix} serves the tenant column")),
             None => {
                 let table_name: String = c
-                    .select("SELECT relname::text FROM pg_catalog.pg_class WHERE oid = $1", Some(1), &[t.oid.into()])
+                    .select(
+                        "SELECT relname::text FROM pg_catalog.pg_class WHERE oid = $1",
+                        Some(1),
+                        &[t.oid.into()],
+                    )
                     .and_then(|r| r.first().get_one())
                     .or_raise("reading the table name")
                     .unwrap_or_default();
-                let ix: String = format!("{table_name}_{}_vt_idx", t.column).chars().take(63).collect();
+                let ix: String = format!("{table_name}_{}_vt_idx", t.column)
+                    .chars()
+                    .take(63)
+                    .collect();
                 run(
                     c,
-                    &format!("CREATE INDEX {} ON {} ({col})", quote_ident(&ix), t.sql_name),
+                    &format!(
+                        "CREATE INDEX {} ON {} ({col})",
+                        quote_ident(&ix),
+                        t.sql_name
+                    ),
                     "creating the tenant index",
                 );
                 c.update(
@@ -240,7 +285,11 @@ fn disable_tenant_rls(tbl: PgRelation) -> TableIterator<'static, (name!(action, 
             .or_raise("reading rls_tables");
         if rec.is_empty() {
             let name: String = c
-                .select("SELECT $1::pg_catalog.regclass::pg_catalog.text", Some(1), &[oid.into()])
+                .select(
+                    "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+                    Some(1),
+                    &[oid.into()],
+                )
                 .and_then(|t| t.first().get_one())
                 .or_raise("naming the table")
                 .unwrap_or_default();
@@ -263,8 +312,16 @@ fn disable_tenant_rls(tbl: PgRelation) -> TableIterator<'static, (name!(action, 
         let col = quote_ident(&column);
         match &prior_default {
             // The prior default is deparsed catalog text (pg_get_expr), not user input.
-            Some(d) => run(c, &format!("ALTER TABLE {name} ALTER COLUMN {col} SET DEFAULT {d}"), "restoring the default"),
-            None => run(c, &format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT"), "dropping the default"),
+            Some(d) => run(
+                c,
+                &format!("ALTER TABLE {name} ALTER COLUMN {col} SET DEFAULT {d}"),
+                "restoring the default",
+            ),
+            None => run(
+                c,
+                &format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT"),
+                "dropping the default",
+            ),
         }
         actions.push(match prior_default {
             Some(d) => format!("default of {} restored to {d}", display_ident(&column)),
@@ -281,22 +338,38 @@ fn disable_tenant_rls(tbl: PgRelation) -> TableIterator<'static, (name!(action, 
                 .and_then(|t| t.first().get_one())
                 .or_raise("reading the schema")
                 .unwrap_or_default();
-            run(c, &format!("DROP INDEX IF EXISTS {ns}.{}", quote_ident(&ix)), "dropping the index");
+            run(
+                c,
+                &format!("DROP INDEX IF EXISTS {ns}.{}", quote_ident(&ix)),
+                "dropping the index",
+            );
             actions.push(format!("index {} dropped", display_ident(&ix)));
         }
         if !was_forced {
-            run(c, &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY"), "unforcing RLS");
+            run(
+                c,
+                &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY"),
+                "unforcing RLS",
+            );
         }
         if !was_enabled {
-            run(c, &format!("ALTER TABLE {name} DISABLE ROW LEVEL SECURITY"), "disabling RLS");
+            run(
+                c,
+                &format!("ALTER TABLE {name} DISABLE ROW LEVEL SECURITY"),
+                "disabling RLS",
+            );
         }
         actions.push(format!(
             "row level security back to {}{}",
             if was_enabled { "enabled" } else { "disabled" },
             if was_forced { ", forced" } else { "" }
         ));
-        c.update("DELETE FROM vital_tenancy.rls_tables WHERE tbl = $1", None, &[oid.into()])
-            .or_raise("forgetting the table");
+        c.update(
+            "DELETE FROM vital_tenancy.rls_tables WHERE tbl = $1",
+            None,
+            &[oid.into()],
+        )
+        .or_raise("forgetting the table");
     });
     TableIterator::new(actions.into_iter().map(|a| (a,)))
 }
@@ -353,7 +426,10 @@ fn rls_status() -> TableIterator<
             let quals: Vec<String> = r.get(7).or_raise("policy expressions").unwrap_or_default();
             // Usable: an index on the column, and every read policy that mentions the
             // column compares it with a once-per-statement sub-select.
-            let mentioning: Vec<&String> = quals.iter().filter(|q| q.contains(column.as_str())).collect();
+            let mentioning: Vec<&String> = quals
+                .iter()
+                .filter(|q| q.contains(column.as_str()))
+                .collect();
             let usable = index
                 && !mentioning.is_empty()
                 && mentioning.iter().all(|q| is_index_friendly(q, &column));

@@ -29,7 +29,10 @@ pub enum Source {
     Setting([u8; 16]),
     Claims([u8; 16]),
     /// A header tenant, valid only if `user` is a member of it.
-    Header { tenant: [u8; 16], user: [u8; 16] },
+    Header {
+        tenant: [u8; 16],
+        user: [u8; 16],
+    },
     None,
 }
 
@@ -79,12 +82,17 @@ fn parse_uuid(source: &str, value: &str) -> Result<[u8; 16], ContextError> {
     })
 }
 
-fn parse_json(source: &str, raw: Option<&str>) -> Result<Option<serde_json::Map<String, Value>>, ContextError> {
+fn parse_json(
+    source: &str,
+    raw: Option<&str>,
+) -> Result<Option<serde_json::Map<String, Value>>, ContextError> {
     let Some(raw) = raw else { return Ok(None) };
     match serde_json::from_str::<Value>(raw) {
         Ok(Value::Object(m)) => Ok(Some(m)),
         Ok(Value::Null) => Ok(None),
-        _ => Err(ContextError::MalformedJson { source: source.to_string() }),
+        _ => Err(ContextError::MalformedJson {
+            source: source.to_string(),
+        }),
     }
 }
 
@@ -109,7 +117,10 @@ fn json_str<'a>(
 /// Decide where the tenant comes from.
 pub fn resolve(raw: &RawContext) -> Result<Source, ContextError> {
     if let Some(v) = non_empty(&raw.tenant_setting) {
-        return Ok(Source::Setting(parse_uuid(&format!("setting {TENANT_SETTING}"), v)?));
+        return Ok(Source::Setting(parse_uuid(
+            &format!("setting {TENANT_SETTING}"),
+            v,
+        )?));
     }
     let claims = parse_json(CLAIMS_SETTING, non_empty(&raw.claims))?;
     if let Some(c) = &claims {
@@ -130,7 +141,10 @@ pub fn resolve(raw: &RawContext) -> Result<Source, ContextError> {
             Some(Value::String(s)) if s.trim().is_empty() => None,
             Some(Value::String(s)) => Some(parse_uuid(&src, s.trim())?),
             Some(other) => {
-                return Err(ContextError::MalformedUuid { source: src, value: short(&other.to_string()) })
+                return Err(ContextError::MalformedUuid {
+                    source: src,
+                    value: short(&other.to_string()),
+                })
             }
         };
         if let Some(tenant) = tenant {
@@ -140,9 +154,14 @@ pub fn resolve(raw: &RawContext) -> Result<Source, ContextError> {
                 None => None,
             };
             let Some(user) = user else {
-                return Err(ContextError::HeaderWithoutUser { tenant: format_uuid(&tenant) });
+                return Err(ContextError::HeaderWithoutUser {
+                    tenant: format_uuid(&tenant),
+                });
             };
-            return Ok(Source::Header { tenant, user: parse_uuid(&sub_src, user)? });
+            return Ok(Source::Header {
+                tenant,
+                user: parse_uuid(&sub_src, user)?,
+            });
         }
     }
     Ok(Source::None)
@@ -151,7 +170,14 @@ pub fn resolve(raw: &RawContext) -> Result<Source, ContextError> {
 /// Canonical text of a uuid.
 pub fn format_uuid(b: &[u8; 16]) -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -178,22 +204,44 @@ mod tests {
         let claims = format!(r#"{{"sub": "{U}", "tenant_id": "{T}"}}"#);
         let headers = r#"{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}"#;
         assert_eq!(
-            resolve(&raw(Some("00000000-0000-0000-0000-000000000001"), Some(&claims), Some(headers))),
+            resolve(&raw(
+                Some("00000000-0000-0000-0000-000000000001"),
+                Some(&claims),
+                Some(headers)
+            )),
             Ok(Source::Setting(b("00000000-0000-0000-0000-000000000001")))
         );
-        assert_eq!(resolve(&raw(Some(""), Some(&claims), Some(headers))), Ok(Source::Claims(b(T))));
+        assert_eq!(
+            resolve(&raw(Some(""), Some(&claims), Some(headers))),
+            Ok(Source::Claims(b(T)))
+        );
         let claims_no_tenant = format!(r#"{{"sub": "{U}"}}"#);
         assert_eq!(
             resolve(&raw(None, Some(&claims_no_tenant), Some(headers))),
-            Ok(Source::Header { tenant: b("f7aa6fd4-0af9-4706-8b31-034f1f7accda"), user: b(U) })
+            Ok(Source::Header {
+                tenant: b("f7aa6fd4-0af9-4706-8b31-034f1f7accda"),
+                user: b(U)
+            })
         );
-        assert_eq!(resolve(&raw(None, Some(&claims_no_tenant), None)), Ok(Source::None));
+        assert_eq!(
+            resolve(&raw(None, Some(&claims_no_tenant), None)),
+            Ok(Source::None)
+        );
         assert_eq!(resolve(&raw(None, None, None)), Ok(Source::None));
-        assert_eq!(resolve(&raw(Some("  "), Some(""), Some(""))), Ok(Source::None));
-        assert_eq!(resolve(&raw(None, Some(r#"{"tenant_id": ""}"#), None)), Ok(Source::None));
+        assert_eq!(
+            resolve(&raw(Some("  "), Some(""), Some(""))),
+            Ok(Source::None)
+        );
+        assert_eq!(
+            resolve(&raw(None, Some(r#"{"tenant_id": ""}"#), None)),
+            Ok(Source::None)
+        );
         // Header names are case-insensitive; uuids too.
         let h = r#"{"X-Tenant-Id": "F7AA6FD4-0AF9-4706-8B31-034F1F7ACCDA"}"#;
-        assert!(matches!(resolve(&raw(None, Some(&claims_no_tenant), Some(h))), Ok(Source::Header { .. })));
+        assert!(matches!(
+            resolve(&raw(None, Some(&claims_no_tenant), Some(h))),
+            Ok(Source::Header { .. })
+        ));
     }
 
     #[test]
@@ -201,14 +249,27 @@ mod tests {
         let e = resolve(&raw(Some("nope"), None, None)).unwrap_err();
         assert!(e.to_string().contains("vital.tenant_id"), "{e}");
         let e = resolve(&raw(None, Some(r#"{"tenant_id": "x"}"#), None)).unwrap_err();
-        assert!(e.to_string().contains("tenant_id in request.jwt.claims"), "{e}");
+        assert!(
+            e.to_string().contains("tenant_id in request.jwt.claims"),
+            "{e}"
+        );
         let e = resolve(&raw(None, Some(r#"{"tenant_id": 5}"#), None)).unwrap_err();
         assert!(e.to_string().contains("request.jwt.claims"), "{e}");
         let e = resolve(&raw(None, Some("{not json"), None)).unwrap_err();
-        assert_eq!(e, ContextError::MalformedJson { source: CLAIMS_SETTING.into() });
+        assert_eq!(
+            e,
+            ContextError::MalformedJson {
+                source: CLAIMS_SETTING.into()
+            }
+        );
         let e = resolve(&raw(None, None, Some(r#"{"x-tenant-id": "zzz"}"#))).unwrap_err();
         assert!(e.to_string().contains("header x-tenant-id"), "{e}");
-        let e = resolve(&raw(None, Some(r#"{"sub": "bad"}"#), Some(&format!(r#"{{"x-tenant-id": "{T}"}}"#)))).unwrap_err();
+        let e = resolve(&raw(
+            None,
+            Some(r#"{"sub": "bad"}"#),
+            Some(&format!(r#"{{"x-tenant-id": "{T}"}}"#)),
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("sub in request.jwt.claims"), "{e}");
     }
 

@@ -30,10 +30,16 @@ pub const POLICY_NAMES: [&str; 6] = [
 
 /// `(policy name, CREATE POLICY statement)` for one table. `table` and `column` must
 /// already be quoted SQL identifiers.
-pub fn policies(table: &str, column: &str, shared: bool, grant_access: bool) -> Vec<(&'static str, String)> {
+pub fn policies(
+    table: &str,
+    column: &str,
+    shared: bool,
+    grant_access: bool,
+) -> Vec<(&'static str, String)> {
     // The cast makes the sub-select a scalar array expression (an InitPlan), not the
     // `= ANY (subquery)` form, which would compare the column with each array.
-    let visible = format!("{column} = ANY ((SELECT vital_tenancy.visible_tenant_ids({shared}))::uuid[])");
+    let visible =
+        format!("{column} = ANY ((SELECT vital_tenancy.visible_tenant_ids({shared}))::uuid[])");
     let writable = format!("{column} = ANY ((SELECT vital_tenancy.writable_tenant_ids())::uuid[])");
     let mut out = vec![
         (
@@ -96,7 +102,10 @@ mod tests {
             assert!(sql.contains(name), "{sql}");
             assert!(!sql.contains(" OR "), "no OR in tenant policies: {sql}");
             if *name != "vt_platform_admin" {
-                assert!(sql.contains("\"tenant_id\" = ANY ((SELECT vital_tenancy."), "{sql}");
+                assert!(
+                    sql.contains("\"tenant_id\" = ANY ((SELECT vital_tenancy."),
+                    "{sql}"
+                );
             }
         }
         assert!(p[0].1.contains("visible_tenant_ids(true)"));
@@ -116,8 +125,17 @@ mod tests {
         // What pg_get_expr() gives back for the generated policy.
         let deparsed = "(tenant_id = ANY (( SELECT vital_tenancy.visible_tenant_ids(true) AS visible_tenant_ids)::uuid[]))";
         assert!(is_index_friendly(deparsed, "tenant_id"));
-        assert!(!is_index_friendly("vital_tenancy.can_read(tenant_id)", "tenant_id"));
-        assert!(!is_index_friendly("(tenant_id = ANY (vital_tenancy.visible_tenant_ids(true)))", "tenant_id"));
-        assert!(is_index_friendly("(org = ( SELECT current_org() AS current_org))", "org"));
+        assert!(!is_index_friendly(
+            "vital_tenancy.can_read(tenant_id)",
+            "tenant_id"
+        ));
+        assert!(!is_index_friendly(
+            "(tenant_id = ANY (vital_tenancy.visible_tenant_ids(true)))",
+            "tenant_id"
+        ));
+        assert!(is_index_friendly(
+            "(org = ( SELECT current_org() AS current_org))",
+            "org"
+        ));
     }
 }
