@@ -69,3 +69,96 @@ BEGIN
     CREATE ROLE vital_tenancy_admin NOLOGIN;
   END IF;
 END $$;
+
+-- Migration bookkeeping. All kept by pg_dump.
+-- A named migration run (e.g. 'vital-multi-tenant', migrations 003 and 004).
+CREATE TABLE @extschema@.migration_runs (
+    run_id      bigserial PRIMARY KEY,
+    name        text NOT NULL,
+    status      text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'completed', 'failed', 'reverted')),
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz
+);
+CREATE INDEX migration_runs_name_idx ON @extschema@.migration_runs (name, run_id);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_runs_run_id_seq', '');
+
+-- One backfill of one table within a run: its checkpoint, so a crash resumes.
+CREATE TABLE @extschema@.migration_steps (
+    run_id        bigint NOT NULL REFERENCES @extschema@.migration_runs ON DELETE CASCADE,
+    tbl           regclass NOT NULL,
+    tenant_column name NOT NULL,
+    classifier    text NOT NULL,
+    options       jsonb NOT NULL DEFAULT '{}',
+    phase         text NOT NULL DEFAULT 'queue' CHECK (phase IN ('queue', 'catch_up', 'done')),
+    queue_table   name,
+    last_key      text,
+    rows_total    bigint NOT NULL DEFAULT 0,
+    rows_done     bigint NOT NULL DEFAULT 0,
+    rows_changed  bigint NOT NULL DEFAULT 0,
+    rows_failed   bigint NOT NULL DEFAULT 0,
+    rule_counts   jsonb,
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at   timestamptz,
+    PRIMARY KEY (run_id, tbl, tenant_column)
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_steps', '');
+
+-- One row per changed row: what revert_run() puts back.
+CREATE TABLE @extschema@.migration_journal (
+    run_id     bigint NOT NULL REFERENCES @extschema@.migration_runs ON DELETE CASCADE,
+    tbl        regclass NOT NULL,
+    key        text NOT NULL,
+    old_tenant uuid,
+    new_tenant uuid,
+    changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, tbl, key)
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_journal', '');
+
+-- The plan's migration_metrics (Phase 8.1).
+CREATE TABLE @extschema@.migration_metrics (
+    id                bigserial PRIMARY KEY,
+    migration_name    text NOT NULL,
+    phase             text NOT NULL,
+    records_processed bigint NOT NULL DEFAULT 0,
+    records_failed    bigint NOT NULL DEFAULT 0,
+    duration_ms       bigint,
+    error_message     text,
+    created_at        timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_metrics_id_seq', '');
+
+-- Every DDL step the toolkit ran (or retried).
+CREATE TABLE @extschema@.migration_log (
+    id       bigserial PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tbl      text,
+    step     text NOT NULL,
+    detail   text,
+    attempts integer NOT NULL DEFAULT 1
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_log_id_seq', '');
+
+-- Row counts per table under a label (000 takes 'pre_migration', 005 'post_migration').
+CREATE TABLE @extschema@.count_snapshots (
+    label      text NOT NULL,
+    table_name text NOT NULL,
+    row_count  bigint NOT NULL,
+    taken_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (label, table_name)
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.count_snapshots', '');
+
+-- References without a foreign key, declared for the reference checks
+-- (e.g. messages.agent_id, text holding an agent's id or name). Kept by pg_dump.
+CREATE TABLE @extschema@.declared_references (
+    child          regclass NOT NULL,
+    child_column   name NOT NULL,
+    parent         regclass NOT NULL,
+    parent_columns name[] NOT NULL,
+    PRIMARY KEY (child, child_column)
+);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.declared_references', '');

@@ -88,3 +88,60 @@ COMMENT ON FUNCTION @extschema@.rls_status() IS
 REVOKE EXECUTE ON FUNCTION @extschema@.enable_tenant_rls(regclass, text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.disable_tenant_rls(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.set_membership_table(regclass, text, text) FROM PUBLIC;
+
+-- Migrations ------------------------------------------------------------------
+COMMENT ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) IS
+    'Run one DDL statement under lock_timeout, retrying with backoff on lock timeouts; each attempt logged in migration_log.';
+COMMENT ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean) IS
+    'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; CALL outside a transaction block.';
+COMMENT ON FUNCTION @extschema@.backfill_plan(regclass, text, jsonb, text) IS
+    'What backfill will run for a table: the classification expression, the key it walks, the tenant column. Validates; writes nothing.';
+COMMENT ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer) IS
+    'Add a nullable tenant column and a NOT VALID foreign key to the tenants table (online); returns the CREATE INDEX CONCURRENTLY statement in ddl for \gexec.';
+COMMENT ON FUNCTION @extschema@.enforce_tenant_column(regclass, text, integer, integer) IS
+    'Validate the tenant foreign key and make the column NOT NULL online (CHECK NOT VALID, VALIDATE, SET NOT NULL, drop CHECK).';
+COMMENT ON FUNCTION @extschema@.snapshot_counts(text, text[], boolean) IS
+    'Store exact row counts of every table in the schemas under a label (kept unless replace).';
+COMMENT ON FUNCTION @extschema@.compare_counts(text, text) IS
+    'Row counts of two snapshots side by side with the difference: the no-data-loss proof.';
+COMMENT ON FUNCTION @extschema@.revert_run(bigint) IS
+    'Put back every tenant value a migration run journaled, where it is still the value the run wrote.';
+COMMENT ON FUNCTION @extschema@.finish_run(text) IS
+    'Mark the named running migration run completed; returns its id.';
+COMMENT ON FUNCTION @extschema@.migration_report(text) IS
+    'The migration summary report in Markdown: counts, distribution, rules, validation, durations, revert.';
+COMMENT ON FUNCTION @extschema@.tenant_distribution_of(regclass, text) IS
+    'Rows per tenant of one table.';
+
+-- Validation ------------------------------------------------------------------
+COMMENT ON FUNCTION @extschema@.tenant_id_coverage(text[]) IS
+    'Per table with a tenant column: total rows, rows with a tenant, rows without.';
+COMMENT ON FUNCTION @extschema@.orphaned_tenant_refs(text[]) IS
+    'Tenant ids used in tables but absent from the tenants table.';
+COMMENT ON FUNCTION @extschema@.tenant_distribution(text[]) IS
+    'Rows per tenant and table, computed table by table.';
+COMMENT ON FUNCTION @extschema@.orphaned_references(text[]) IS
+    'For every foreign key (NOT VALID included) and declared reference: child rows whose parent does not exist.';
+COMMENT ON FUNCTION @extschema@.cross_tenant_references(text[]) IS
+    'Child rows whose tenant differs from their non-Platform parent''s tenant.';
+COMMENT ON FUNCTION @extschema@.declare_reference(regclass, text, regclass, text[]) IS
+    'Declare a reference without a foreign key (child column matching any of the parent columns) for the reference checks.';
+COMMENT ON FUNCTION @extschema@.duplicates(regclass, text[]) IS
+    'Keys (the given columns) that occur more than once within a tenant.';
+COMMENT ON FUNCTION @extschema@.category_mismatches() IS
+    'Tools whose category text disagrees with tool_categories.name of their category_id.';
+COMMENT ON FUNCTION @extschema@.rls_coverage(text[]) IS
+    'Tables with a tenant column whose RLS is off, not forced, without policies or not index-friendly.';
+COMMENT ON FUNCTION @extschema@.validate(text[]) IS
+    'Run every check: (check_name, severity blocking/warning, table_name, failing, detail).';
+COMMENT ON FUNCTION @extschema@.assert_valid(text[]) IS
+    'Raise one ERROR listing every blocking validation failure (migration 005 calls it).';
+
+REVOKE EXECUTE ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.enforce_tenant_column(regclass, text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.snapshot_counts(text, text[], boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.revert_run(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.finish_run(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.declare_reference(regclass, text, regclass, text[]) FROM PUBLIC;

@@ -5,6 +5,9 @@
 //! - [`classify`]: rule-driven tenant classifiers, explain/preview, configurable rules.
 //! - [`context`]: tenant context (`current_tenant_id()`, `set_tenant()`, visible/writable ids).
 //! - [`rls`]: `enable_tenant_rls()`, `disable_tenant_rls()`, `rls_status()`.
+//! - [`migrate`]: online DDL path, backfill plan, count snapshots, revert, report
+//!   (the batched `backfill` procedure is PL/pgSQL in `sql/migrate.sql`).
+//! - [`validate`]: validation set-returning functions, `validate()`, `assert_valid()`.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
 use pgrx::prelude::*;
@@ -13,8 +16,10 @@ pub mod classify;
 pub mod context;
 pub mod errors;
 pub mod logic;
+pub mod migrate;
 pub mod rls;
 pub mod tenants;
+pub mod validate;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -29,6 +34,11 @@ pub extern "C-unwind" fn _PG_init() {
 // `bootstrap` runs before any generated function; `finalize` runs last and documents
 // every function with COMMENT ON FUNCTION and sets their privileges.
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/migrate.sql",
+    name = "migrate_procedures",
+    requires = [migrate::backfill_plan, classify::preview_classification]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// This module is required by `cargo pgrx test` invocations.

@@ -4,5 +4,6 @@
 pub mod classify;
 pub mod context;
 pub mod ident;
+pub mod migrate;
 pub mod rls;
 pub mod tenants;

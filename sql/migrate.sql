@@ -1,0 +1,243 @@
+-- vital_tenancy migration procedures: the parts that need what only PL/pgSQL has
+-- (exception blocks for lock-timeout retries, COMMIT per batch). The planning —
+-- which expression classifies a row, which DDL steps to run — is Rust
+-- (backfill_plan, add_tenant_column, enforce_tenant_column).
+
+-- Run one DDL statement under lock_timeout, retrying with backoff when the lock is
+-- not granted in time; log each attempt. Each try is a subtransaction, so a timed-out
+-- try leaves nothing behind.
+CREATE FUNCTION @extschema@.run_ddl(
+    ddl text, step text, tbl text, lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5
+) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    attempt integer := 0;
+BEGIN
+    LOOP
+        attempt := attempt + 1;
+        BEGIN
+            PERFORM set_config('lock_timeout', lock_timeout_ms || 'ms', true);
+            EXECUTE ddl;
+            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt > retries THEN
+                RAISE EXCEPTION '%: % could not get its lock within % ms, % attempts', tbl, step, lock_timeout_ms, attempt
+                    USING ERRCODE = 'lock_not_available',
+                          DETAIL = ddl,
+                          HINT = 'A long transaction holds a lock on the table (see pg_stat_activity / pg_locks); run again when it has finished.';
+            END IF;
+            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts)
+            VALUES (tbl, step || ' (lock timeout, retrying)', ddl, attempt);
+            PERFORM pg_sleep(least(0.1 * 2 ^ attempt, 5));
+        END;
+    END LOOP;
+END
+$$;
+
+-- Assign tenant_id to a table's rows with a classifier, in keyset batches over the
+-- primary key with a COMMIT per batch. The rows to do are snapshotted into a queue
+-- table first (only rows that existed when the run started); the checkpoint and the
+-- journal commit with each batch, so after a crash the same CALL resumes where it
+-- stopped and no row is assigned or journaled twice. Then rows that appeared since
+-- without a tenant are done the same way (catch_up). Must be CALLed outside a
+-- transaction block. No SET clause: a procedure with one cannot COMMIT; every name
+-- inside is schema-qualified instead.
+CREATE PROCEDURE @extschema@.backfill(
+    tbl regclass,
+    classifier text,
+    batch_size integer DEFAULT 5000,
+    sleep_ms integer DEFAULT 0,
+    options jsonb DEFAULT '{}',
+    tenant_column text DEFAULT 'tenant_id',
+    overwrite boolean DEFAULT false,
+    run_name text DEFAULT 'backfill',
+    catch_up boolean DEFAULT true,
+    record_rules boolean DEFAULT true
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    plan      jsonb;
+    v_run     bigint;
+    st        record;
+    v_queue   text;
+    v_todo    bigint;
+    v_last    text;
+    n_batch   bigint;
+    n_changed bigint;
+    n_failed  bigint;
+    t_start   timestamptz;
+    t_phase   timestamptz;
+    v_rate    numeric;
+    v_source  text;
+    v_sql     text;
+    v_kind    text;
+    v_rules   jsonb;
+    v_metric  text;
+    v_next    text;
+    n_retry   integer;
+    v_phase_done bigint;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be a positive integer, not %', batch_size USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF sleep_ms IS NULL OR sleep_ms < 0 THEN
+        RAISE EXCEPTION 'sleep_ms must not be negative, not %', sleep_ms USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
+    v_metric := run_name || ':' || (plan ->> 'table');
+
+    -- The step to resume, if any: the latest unfinished one for this table.
+    SELECT s.* INTO st
+      FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+     WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
+       AND s.phase <> 'done' AND r.status = 'running'
+     ORDER BY s.run_id DESC LIMIT 1;
+
+    IF NOT FOUND THEN
+        EXECUTE format('SELECT count(*) FROM %s t WHERE %s', plan ->> 'table',
+                       CASE WHEN overwrite THEN 'true' ELSE 't.' || (plan ->> 'tenant_column') || ' IS NULL' END)
+           INTO v_todo;
+        IF v_todo = 0 THEN
+            RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
+            RETURN;
+        END IF;
+        SELECT run_id INTO v_run FROM @extschema@.migration_runs
+         WHERE name = run_name AND status = 'running' ORDER BY run_id DESC LIMIT 1;
+        IF v_run IS NULL THEN
+            INSERT INTO @extschema@.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
+        END IF;
+        t_phase := clock_timestamp();
+        v_queue := format('%I.%I', '@extschema@', 'backfill_queue_' || v_run || '_' || tbl::oid);
+        EXECUTE format('DROP TABLE IF EXISTS %s', v_queue);
+        EXECUTE format('CREATE TABLE %s AS SELECT t.%s AS k FROM %s t WHERE %s', v_queue,
+                       plan ->> 'pk', plan ->> 'table',
+                       CASE WHEN overwrite THEN 'true' ELSE 't.' || (plan ->> 'tenant_column') || ' IS NULL' END);
+        EXECUTE format('ALTER TABLE %s ADD PRIMARY KEY (k)', v_queue);
+        EXECUTE format('SELECT count(*) FROM %s', v_queue) INTO v_todo;
+        v_kind := plan ->> 'classifier';
+        IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
+            SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count)
+              INTO v_rules FROM @extschema@.preview_classification(v_kind, tbl) p;
+        END IF;
+        INSERT INTO @extschema@.migration_steps
+               (run_id, tbl, tenant_column, classifier, options, queue_table, rows_total, rule_counts)
+        VALUES (v_run, tbl, tenant_column, classifier, options, v_queue, v_todo, v_rules);
+        INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, duration_ms)
+        VALUES (v_metric, 'snapshot', v_todo,
+                round(extract(epoch FROM clock_timestamp() - t_phase) * 1000));
+        COMMIT;
+        SELECT s.* INTO st FROM @extschema@.migration_steps s
+         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+        RAISE NOTICE 'backfill %: run %, % rows to classify with "%"', plan ->> 'table', v_run, v_todo, classifier;
+    ELSE
+        v_run := st.run_id;
+        RAISE NOTICE 'backfill %: resuming run % in phase %, after key %, % of % rows done',
+            plan ->> 'table', v_run, st.phase, coalesce(st.last_key, '(start)'), st.rows_done, st.rows_total;
+    END IF;
+
+    v_last := st.last_key;
+    v_phase_done := st.rows_done;
+    t_start := clock_timestamp();
+    t_phase := clock_timestamp();
+    LOOP
+        IF st.phase = 'queue' THEN
+            v_source := format('SELECT q.k FROM %s q WHERE ($1 IS NULL OR q.k > $1::%s) ORDER BY q.k LIMIT $2',
+                               st.queue_table, plan ->> 'pk_type');
+        ELSE
+            v_source := format('SELECT t.%1$s AS k FROM %2$s t WHERE t.%3$s IS NULL AND ($1 IS NULL OR t.%1$s > $1::%4$s) ORDER BY t.%1$s LIMIT $2',
+                               plan ->> 'pk', plan ->> 'table', plan ->> 'tenant_column', plan ->> 'pk_type');
+        END IF;
+        v_sql := format($q$
+            WITH b AS (%1$s),
+                 x AS (SELECT t.%2$s AS k, t.%3$s AS old, (%4$s) AS new
+                         FROM %5$s t JOIN b ON t.%2$s = b.k FOR UPDATE OF t),
+                 u AS (UPDATE %5$s t SET %3$s = x.new FROM x
+                        WHERE t.%2$s = x.k AND x.new IS NOT NULL AND x.new IS DISTINCT FROM x.old
+                          AND (%6$s OR x.old IS NULL)
+                       RETURNING x.k, x.old, x.new),
+                 j AS (INSERT INTO %7$I.migration_journal (run_id, tbl, key, old_tenant, new_tenant)
+                       SELECT $3, $4, u.k::text, u.old, u.new FROM u
+                       ON CONFLICT (run_id, tbl, key) DO NOTHING RETURNING 1)
+            SELECT (SELECT b.k::text FROM b ORDER BY b.k DESC LIMIT 1),
+                   (SELECT count(*) FROM b), (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL)
+            $q$, v_source, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table',
+                 CASE WHEN overwrite THEN 'true' ELSE 'false' END, '@extschema@');
+        -- A batch that deadlocks with an application transaction is retried; the
+        -- subtransaction leaves nothing behind (COMMIT stays outside this block).
+        n_retry := 0;
+        LOOP
+            BEGIN
+                EXECUTE v_sql INTO v_next, n_batch, n_changed, n_failed USING v_last, batch_size, v_run, tbl;
+                EXIT;
+            EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
+                n_retry := n_retry + 1;
+                IF n_retry > 10 THEN
+                    RAISE;
+                END IF;
+                RAISE NOTICE 'backfill %: batch after key % hit a lock conflict, retrying (%)',
+                    plan ->> 'table', coalesce(v_last, '(start)'), n_retry;
+                PERFORM pg_sleep(0.05 * n_retry);
+            END;
+        END LOOP;
+        IF st.phase = 'catch_up' THEN
+            n_failed := 0;  -- counted once, at the end, as the rows still without a tenant
+        END IF;
+
+        IF n_batch = 0 THEN
+            INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, records_failed, duration_ms)
+            SELECT v_metric, CASE WHEN st.phase = 'queue' THEN 'backfill' ELSE 'catch_up' END,
+                   s.rows_done - v_phase_done, CASE WHEN st.phase = 'queue' THEN s.rows_failed ELSE 0 END,
+                   round(extract(epoch FROM clock_timestamp() - t_phase) * 1000)
+              FROM @extschema@.migration_steps s
+             WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+            IF st.phase = 'queue' AND catch_up THEN
+                UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL
+                 WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+                EXECUTE format('DROP TABLE IF EXISTS %s', st.queue_table);
+                COMMIT;
+                st.phase := 'catch_up';
+                v_last := NULL;
+                SELECT s.rows_done INTO v_phase_done FROM @extschema@.migration_steps s
+                 WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+                t_phase := clock_timestamp();
+                CONTINUE;
+            END IF;
+            EXECUTE format('SELECT count(*) FROM %s t WHERE t.%s IS NULL', plan ->> 'table', plan ->> 'tenant_column')
+               INTO n_failed;
+            UPDATE @extschema@.migration_steps s
+               SET phase = 'done', finished_at = clock_timestamp(), last_key = NULL, rows_failed = n_failed
+             WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+            EXECUTE format('DROP TABLE IF EXISTS %s', st.queue_table);
+            COMMIT;
+            EXIT;
+        END IF;
+
+        UPDATE @extschema@.migration_steps s
+           SET last_key = v_next, rows_done = s.rows_done + n_batch,
+               rows_changed = s.rows_changed + n_changed, rows_failed = s.rows_failed + n_failed,
+               rows_total = greatest(s.rows_total, s.rows_done + n_batch)
+         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
+        RETURNING s.* INTO st;
+        COMMIT;
+        v_last := v_next;
+
+        v_rate := st.rows_done / greatest(extract(epoch FROM clock_timestamp() - t_start), 0.001);
+        RAISE NOTICE 'backfill %: % / % rows (% changed) in phase %, % rows/s, ETA %',
+            plan ->> 'table', st.rows_done, st.rows_total, st.rows_changed, st.phase, round(v_rate),
+            CASE WHEN st.phase = 'queue' AND v_rate > 0
+                 THEN (round((st.rows_total - st.rows_done) / v_rate) || ' s') ELSE '–' END;
+        IF sleep_ms > 0 THEN
+            PERFORM pg_sleep(sleep_ms / 1000.0);
+        END IF;
+    END LOOP;
+
+    SELECT s.* INTO st FROM @extschema@.migration_steps s
+     WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+    RAISE NOTICE 'backfill %: done, % rows walked, % changed, % left unclassified',
+        plan ->> 'table', st.rows_done, st.rows_changed, st.rows_failed;
+END
+$$;

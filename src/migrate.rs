@@ -1,0 +1,927 @@
+//! Online migration toolkit: the tenant column's online DDL path, the backfill plan
+//! (the `backfill` procedure itself is PL/pgSQL in `sql/migrate.sql`, because only a
+//! procedure can COMMIT per batch), count snapshots, journaled revert, and the
+//! Markdown migration report.
+
+use crate::errors::{raise, raise_full, OrRaise};
+use crate::logic::ident::{display_ident, quote_ident};
+use crate::logic::migrate::{
+    add_steps, enforce_steps, expression, index_ddl, Classifier, Column, ColumnState, PlanError,
+    Step, TableInfo,
+};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, PgRelation};
+use serde_json::json;
+
+fn plan_error(e: PlanError) -> ! {
+    let code = match e.code {
+        "42703" => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+        "42804" => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+        "42P01" => PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+        _ => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+    };
+    raise(code, e.message)
+}
+
+/// Name (regclass text, qualified under the pinned search_path), bare relname and
+/// relkind of a table.
+fn names(c: &SpiClient<'_>, oid: pg_sys::Oid) -> (String, String, String) {
+    let t = c
+        .select(
+            "SELECT $1::pg_catalog.regclass::pg_catalog.text, c.relname::text, c.relkind::text
+               FROM pg_catalog.pg_class c WHERE c.oid = $1",
+            Some(1),
+            &[oid.into()],
+        )
+        .or_raise("reading the table");
+    let r = t.first();
+    (
+        r.get(1).or_raise("name").unwrap_or_default(),
+        r.get(2).or_raise("relname").unwrap_or_default(),
+        r.get(3).or_raise("relkind").unwrap_or_default(),
+    )
+}
+
+fn require_table(c: &SpiClient<'_>, oid: pg_sys::Oid) -> (String, String) {
+    let (name, relname, kind) = names(c, oid);
+    if kind != "r" && kind != "p" {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{name} is not a table"),
+        );
+    }
+    (name, relname)
+}
+
+fn table_info(c: &SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) -> TableInfo {
+    let rows = c
+        .select(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            None,
+            &[oid.into()],
+        )
+        .or_raise("reading columns");
+    let mut columns = Vec::new();
+    for r in rows {
+        columns.push(Column {
+            name: r.get(1).or_raise("attname").unwrap_or_default(),
+            type_name: r.get(2).or_raise("type").unwrap_or_default(),
+        });
+    }
+    TableInfo {
+        sql_name: sql_name.to_string(),
+        columns,
+    }
+}
+
+fn tenants_table(c: &SpiClient<'_>) -> String {
+    crate::context::tenants_table_sql_with(c)
+}
+
+/// The single-column primary key: quoted name and type.
+fn primary_key(c: &SpiClient<'_>, oid: pg_sys::Oid, name: &str) -> (String, String) {
+    let t = c
+        .select(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), pg_catalog.array_length(i.indkey::int2[], 1)
+               FROM pg_catalog.pg_index i
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+              WHERE i.indrelid = $1 AND i.indisprimary",
+            Some(1),
+            &[oid.into()],
+        )
+        .or_raise("reading the primary key");
+    if t.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("table {name} has no primary key; backfill walks the primary key in batches"),
+        );
+    }
+    let r = t.first();
+    let n: i32 = r.get(3).or_raise("key length").unwrap_or(1);
+    if n != 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("table {name} has a composite primary key; backfill needs a single-column key"),
+        );
+    }
+    (
+        quote_ident(&r.get::<String>(1).or_raise("pk").unwrap_or_default()),
+        r.get(2).or_raise("pk type").unwrap_or_default(),
+    )
+}
+
+/// What `backfill` will run for a table: the classification expression, the key it
+/// walks and the tenant column. Validates everything; writes nothing.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn backfill_plan(
+    tbl: PgRelation,
+    classifier: &str,
+    options: default!(JsonB, "'{}'"),
+    tenant_column: default!(&str, "'tenant_id'"),
+) -> JsonB {
+    let oid = tbl.oid();
+    drop(tbl);
+    let cls = Classifier::parse(classifier, &options.0).unwrap_or_else(|e| plan_error(e));
+    let plan = Spi::connect(|c| {
+        let (name, _) = require_table(c, oid);
+        let info = table_info(c, oid, &name);
+        match info.column(tenant_column) {
+            None => raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "column {} of table {name} does not exist; run add_tenant_column first",
+                    display_ident(tenant_column)
+                ),
+            ),
+            Some(col) if col.type_name != "uuid" => raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "tenant column {} of table {name} must be of type uuid",
+                    display_ident(tenant_column)
+                ),
+            ),
+            Some(_) => {}
+        }
+        let parent = match cls.parent_table() {
+            Some(p) => {
+                let poid: Option<pg_sys::Oid> = c
+                    .select(
+                        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+                        Some(1),
+                        &[p.into()],
+                    )
+                    .and_then(|t| t.first().get_one())
+                    .or_raise("resolving the parent table");
+                let Some(poid) = poid else {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                        format!("parent table \"{p}\" does not exist"),
+                    )
+                };
+                let (pname, _) = require_table(c, poid);
+                Some(table_info(c, poid, &pname))
+            }
+            None => None,
+        };
+        let expr = expression(&cls, &info, tenant_column, parent.as_ref())
+            .unwrap_or_else(|e| plan_error(e));
+        let (pk, pk_type) = primary_key(c, oid, &name);
+        json!({
+            "table": name,
+            "pk": pk,
+            "pk_type": pk_type,
+            "tenant_column": quote_ident(tenant_column),
+            "expression": expr,
+            "classifier": classifier.trim().to_ascii_lowercase(),
+        })
+    });
+    JsonB(plan)
+}
+
+fn column_state(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str, tenants: &str) -> ColumnState {
+    let t = c
+        .select(
+            "SELECT a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype, a.attnotnull, a.attnum
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            Some(1),
+            &[oid.into(), column.into()],
+        )
+        .or_raise("reading the tenant column");
+    if t.is_empty() {
+        return ColumnState::default();
+    }
+    let r = t.first();
+    let is_uuid: bool = r.get(1).or_raise("type").unwrap_or(false);
+    let not_null: bool = r.get(2).or_raise("attnotnull").unwrap_or(false);
+    let attnum: i16 = r.get(3).or_raise("attnum").unwrap_or(0);
+    let fk = c
+        .select(
+            "SELECT conname::text, convalidated FROM pg_catalog.pg_constraint
+              WHERE conrelid = $1 AND contype = 'f' AND conkey = ARRAY[$2]::int2[]
+                AND confrelid = $3::pg_catalog.regclass ORDER BY conname LIMIT 1",
+            Some(1),
+            &[oid.into(), attnum.into(), tenants.into()],
+        )
+        .or_raise("reading the foreign key");
+    let fk = if fk.is_empty() {
+        None
+    } else {
+        let r = fk.first();
+        Some((
+            r.get::<String>(1).or_raise("conname").unwrap_or_default(),
+            r.get::<bool>(2).or_raise("valid").unwrap_or(false),
+        ))
+    };
+    let chk = c
+        .select(
+            "SELECT conname::text, convalidated FROM pg_catalog.pg_constraint
+              WHERE conrelid = $1 AND contype = 'c' AND conname LIKE '%vt\\_not\\_null' ORDER BY conname LIMIT 1",
+            Some(1),
+            &[oid.into()],
+        )
+        .or_raise("reading the NOT NULL check");
+    let not_null_check = if chk.is_empty() {
+        None
+    } else {
+        let r = chk.first();
+        Some((
+            r.get::<String>(1).or_raise("conname").unwrap_or_default(),
+            r.get::<bool>(2).or_raise("valid").unwrap_or(false),
+        ))
+    };
+    ColumnState {
+        exists: true,
+        is_uuid,
+        not_null,
+        fk,
+        not_null_check,
+    }
+}
+
+fn run_steps(
+    c: &mut SpiClient<'_>,
+    table: &str,
+    steps: &[Step],
+    lock_timeout_ms: i32,
+    retries: i32,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in steps {
+        c.update(
+            "SELECT vital_tenancy.run_ddl($1, $2, $3, $4, $5)",
+            None,
+            &[
+                s.sql.as_str().into(),
+                s.name.as_str().into(),
+                table.into(),
+                lock_timeout_ms.into(),
+                retries.into(),
+            ],
+        )
+        .or_raise("running a DDL step");
+        out.push((s.name.clone(), s.sql.clone()));
+    }
+    out
+}
+
+fn check_limits(lock_timeout_ms: i32, retries: i32) {
+    if lock_timeout_ms < 1 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("lock_timeout_ms must be positive, not {lock_timeout_ms}"),
+        );
+    }
+    if retries < 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("retries must not be negative, not {retries}"),
+        );
+    }
+}
+
+/// Add a nullable tenant column and a NOT VALID foreign key to the tenants table, each
+/// step under lock_timeout with retries and logged. The tenant index must be built
+/// CONCURRENTLY, which cannot run here: its statement comes back in `ddl` for `\gexec`.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn add_tenant_column(
+    tbl: PgRelation,
+    tenant_column: default!(&str, "'tenant_id'"),
+    lock_timeout_ms: default!(i32, 2000),
+    retries: default!(i32, 5),
+) -> TableIterator<
+    'static,
+    (
+        name!(step, String),
+        name!(detail, String),
+        name!(ddl, Option<String>),
+    ),
+> {
+    check_limits(lock_timeout_ms, retries);
+    let oid = tbl.oid();
+    drop(tbl);
+    let rows = Spi::connect_mut(|c| {
+        let (name, relname) = require_table(c, oid);
+        let tenants = tenants_table(c);
+        let st = column_state(c, oid, tenant_column, &tenants);
+        if st.exists && !st.is_uuid {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "column {} of table {name} exists and is not uuid",
+                    display_ident(tenant_column)
+                ),
+            );
+        }
+        let steps = add_steps(&name, &relname, tenant_column, &tenants, &st);
+        let mut rows: Vec<(String, String, Option<String>)> =
+            run_steps(c, &name, &steps, lock_timeout_ms, retries)
+                .into_iter()
+                .map(|(s, d)| (s, d, None))
+                .collect();
+        if steps.is_empty() {
+            rows.push((
+                "nothing to do".into(),
+                format!(
+                    "{name} already has {} and its foreign key",
+                    display_ident(tenant_column)
+                ),
+                None,
+            ));
+        }
+        let indexed: bool = c
+            .select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+                                   ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                                WHERE i.indrelid = $1 AND i.indisvalid AND a.attname = $2)",
+                Some(1),
+                &[oid.into(), tenant_column.into()],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("looking for a tenant index")
+            .unwrap_or(false);
+        if !indexed {
+            rows.push((
+                "index (run with \\gexec)".into(),
+                "CREATE INDEX CONCURRENTLY cannot run inside a function or transaction".into(),
+                Some(index_ddl(&name, &relname, tenant_column)),
+            ));
+        }
+        rows
+    });
+    TableIterator::new(rows)
+}
+
+/// After the backfill: validate the foreign key and make the column NOT NULL the
+/// online way (CHECK NOT VALID, VALIDATE, SET NOT NULL, drop the CHECK).
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn enforce_tenant_column(
+    tbl: PgRelation,
+    tenant_column: default!(&str, "'tenant_id'"),
+    lock_timeout_ms: default!(i32, 2000),
+    retries: default!(i32, 5),
+) -> TableIterator<'static, (name!(step, String), name!(detail, String))> {
+    check_limits(lock_timeout_ms, retries);
+    let oid = tbl.oid();
+    drop(tbl);
+    let rows = Spi::connect_mut(|c| {
+        let (name, relname) = require_table(c, oid);
+        let tenants = tenants_table(c);
+        let st = column_state(c, oid, tenant_column, &tenants);
+        if !st.exists {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "column {} of table {name} does not exist; run add_tenant_column first",
+                    display_ident(tenant_column)
+                ),
+            );
+        }
+        if st.fk.is_none() {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("column {} of table {name} has no foreign key to {tenants}; run add_tenant_column first", display_ident(tenant_column)),
+            );
+        }
+        let steps = enforce_steps(&name, &relname, tenant_column, &st);
+        let mut rows = run_steps(c, &name, &steps, lock_timeout_ms, retries);
+        if rows.is_empty() {
+            rows.push((
+                "nothing to do".into(),
+                format!(
+                    "{name}.{} is already NOT NULL with a valid foreign key",
+                    display_ident(tenant_column)
+                ),
+            ));
+        }
+        rows
+    });
+    TableIterator::new(rows)
+}
+
+/// Exact row counts of every table in `schemas`, stored under `label`. An existing
+/// label is kept (so re-running migration 000 changes nothing) unless `replace`.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn snapshot_counts(
+    label: &str,
+    schemas: default!(Vec<String>, "ARRAY['public']"),
+    replace: default!(bool, false),
+) -> TableIterator<'static, (name!(table_name, String), name!(row_count, i64))> {
+    if label.trim().is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "label must not be empty",
+        );
+    }
+    let rows = Spi::connect_mut(|c| {
+        for s in &schemas {
+            let exists: bool = c
+                .select(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                    Some(1),
+                    &[s.as_str().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("checking a schema")
+                .unwrap_or(false);
+            if !exists {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+                    format!("schema \"{s}\" does not exist"),
+                );
+            }
+        }
+        let have: bool = c
+            .select(
+                "SELECT EXISTS (SELECT 1 FROM vital_tenancy.count_snapshots WHERE label = $1)",
+                Some(1),
+                &[label.into()],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("reading snapshots")
+            .unwrap_or(false);
+        if have && !replace {
+            notice(&format!(
+                "count snapshot \"{label}\" exists; kept (pass replace => true to retake it)"
+            ));
+        } else {
+            c.update(
+                "DELETE FROM vital_tenancy.count_snapshots WHERE label = $1",
+                None,
+                &[label.into()],
+            )
+            .or_raise("clearing a snapshot");
+            let tables: Vec<String> = c
+                .select(
+                    "SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = ANY ($1) AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1",
+                    None,
+                    &[schemas.clone().into()],
+                )
+                .or_raise("listing tables")
+                .filter_map(|r| r.get::<String>(1).ok().flatten())
+                .collect();
+            for t in tables {
+                c.update(
+                    &format!(
+                        "INSERT INTO vital_tenancy.count_snapshots (label, table_name, row_count)
+                         SELECT $1, $2, count(*) FROM {t}"
+                    ),
+                    None,
+                    &[label.into(), t.as_str().into()],
+                )
+                .or_raise("counting a table");
+            }
+        }
+        c.select(
+            "SELECT table_name, row_count FROM vital_tenancy.count_snapshots WHERE label = $1 ORDER BY table_name",
+            None,
+            &[label.into()],
+        )
+        .or_raise("reading the snapshot")
+        .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<i64>(2).ok().flatten().unwrap_or(0)))
+        .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+fn notice(msg: &str) {
+    ereport!(
+        NOTICE,
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        msg.to_string()
+    );
+}
+
+/// Per-table row counts of two snapshots side by side: the "no data loss" proof.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn compare_counts(
+    before: &str,
+    after: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(before, Option<i64>),
+        name!(after, Option<i64>),
+        name!(difference, Option<i64>),
+    ),
+> {
+    let rows = Spi::connect(|c| {
+        for l in [before, after] {
+            let have: bool = c
+                .select(
+                    "SELECT EXISTS (SELECT 1 FROM vital_tenancy.count_snapshots WHERE label = $1)",
+                    Some(1),
+                    &[l.into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("reading snapshots")
+                .unwrap_or(false);
+            if !have {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("no count snapshot is labelled \"{l}\""),
+                );
+            }
+        }
+        c.select(
+            "SELECT COALESCE(b.table_name, a.table_name), b.row_count, a.row_count, a.row_count - b.row_count
+               FROM (SELECT * FROM vital_tenancy.count_snapshots WHERE label = $1) b
+               FULL JOIN (SELECT * FROM vital_tenancy.count_snapshots WHERE label = $2) a USING (table_name)
+              ORDER BY 1",
+            None,
+            &[before.into(), after.into()],
+        )
+        .or_raise("comparing snapshots")
+        .map(|r| {
+            (
+                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                r.get::<i64>(2).ok().flatten(),
+                r.get::<i64>(3).ok().flatten(),
+                r.get::<i64>(4).ok().flatten(),
+            )
+        })
+        .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+/// Put back the tenant values a migration run journaled, exactly: each row whose
+/// tenant is still the one the run wrote gets its old value back; rows changed since
+/// are left alone and counted. Drops NOT NULL first where old values were NULL.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn revert_run(
+    run_id: i64,
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(reverted, i64),
+        name!(skipped_changed_since, i64),
+    ),
+> {
+    let rows = Spi::connect_mut(|c| {
+        let status: Option<String> = c
+            .select(
+                "SELECT status FROM vital_tenancy.migration_runs WHERE run_id = $1",
+                Some(1),
+                &[run_id.into()],
+            )
+            .and_then(|t| {
+                if t.is_empty() {
+                    Ok(None)
+                } else {
+                    t.first().get_one()
+                }
+            })
+            .or_raise("reading the run");
+        match status.as_deref() {
+            None => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("migration run {run_id} does not exist"),
+            ),
+            Some("reverted") => {
+                notice(&format!(
+                    "migration run {run_id} was already reverted; nothing to do"
+                ));
+                return Vec::new();
+            }
+            Some("running") => raise_full(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("migration run {run_id} is still running"),
+                None,
+                Some(
+                    "Finish it (CALL the same backfill again) or let it fail before reverting."
+                        .into(),
+                ),
+            ),
+            Some(_) => {}
+        }
+        let steps: Vec<(String, String)> = c
+            .select(
+                "SELECT tbl::pg_catalog.text, tenant_column::text FROM vital_tenancy.migration_steps
+                  WHERE run_id = $1 ORDER BY started_at DESC, tbl::pg_catalog.text",
+                None,
+                &[run_id.into()],
+            )
+            .or_raise("reading the run's steps")
+            .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
+            .collect();
+        let mut out = Vec::new();
+        for (table, column) in steps {
+            let oid: pg_sys::Oid = c
+                .select(
+                    "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
+                    Some(1),
+                    &[table.as_str().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("resolving a table")
+                .unwrap_or(pg_sys::InvalidOid);
+            let (pk, pk_type) = primary_key(c, oid, &table);
+            let col = quote_ident(&column);
+            let needs_null: bool = c
+                .select(
+                    "SELECT EXISTS (SELECT 1 FROM vital_tenancy.migration_journal WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass AND old_tenant IS NULL)
+                        AND (SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = $2::pg_catalog.regclass AND attname = $3)",
+                    Some(1),
+                    &[run_id.into(), table.as_str().into(), column.as_str().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("checking NOT NULL")
+                .unwrap_or(false);
+            if needs_null {
+                c.update(
+                    &format!("ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"),
+                    None,
+                    &[],
+                )
+                .or_raise("dropping NOT NULL");
+                notice(&format!(
+                    "{table}.{column}: NOT NULL dropped to restore the pre-migration NULLs"
+                ));
+            }
+            let reverted: i64 = c
+                .update(
+                    &format!(
+                        "WITH u AS (UPDATE {table} t SET {col} = j.old_tenant
+                                      FROM vital_tenancy.migration_journal j
+                                     WHERE j.run_id = $1 AND j.tbl = $2::pg_catalog.regclass
+                                       AND t.{pk} = j.key::{pk_type}
+                                       AND t.{col} IS NOT DISTINCT FROM j.new_tenant
+                                 RETURNING 1)
+                         SELECT count(*) FROM u"
+                    ),
+                    None,
+                    &[run_id.into(), table.as_str().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("reverting a table")
+                .unwrap_or(0);
+            let journaled: i64 = c
+                .select(
+                    "SELECT count(*) FROM vital_tenancy.migration_journal WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass",
+                    Some(1),
+                    &[run_id.into(), table.as_str().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("counting the journal")
+                .unwrap_or(0);
+            out.push((table, reverted, journaled - reverted));
+        }
+        c.update(
+            "UPDATE vital_tenancy.migration_runs SET status = 'reverted', finished_at = pg_catalog.now() WHERE run_id = $1",
+            None,
+            &[run_id.into()],
+        )
+        .or_raise("marking the run reverted");
+        out
+    });
+    TableIterator::new(rows)
+}
+
+/// Mark a named migration run completed (the end of migration 004).
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn finish_run(run_name: &str) -> Option<i64> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE vital_tenancy.migration_runs SET status = 'completed', finished_at = pg_catalog.now()
+              WHERE run_id = (SELECT max(run_id) FROM vital_tenancy.migration_runs WHERE name = $1 AND status = 'running')
+              RETURNING run_id",
+            None,
+            &[run_name.into()],
+        )
+        .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get_one::<i64>() })
+        .or_raise("finishing the run")
+    })
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn md_table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    out.push_str(&format!("| {} |\n", header.join(" | ")));
+    out.push_str(&format!(
+        "|{}|\n",
+        header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    ));
+    if rows.is_empty() {
+        out.push_str(&format!(
+            "| {} |\n",
+            header.iter().map(|_| "–").collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    for r in rows {
+        out.push_str(&format!(
+            "| {} |\n",
+            r.iter()
+                .map(|c| md_escape(c))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    out.push('\n');
+}
+
+fn query_rows(
+    c: &SpiClient<'_>,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+    ncols: usize,
+) -> Vec<Vec<String>> {
+    c.select(sql, None, args)
+        .or_raise("building the report")
+        .map(|r| {
+            (1..=ncols)
+                .map(|i| r.get::<String>(i).ok().flatten().unwrap_or_default())
+                .collect()
+        })
+        .collect()
+}
+
+/// The migration summary report, in Markdown: counts before and after, the tenant
+/// distribution, rows per rule, validation, durations, and the run id to revert.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn migration_report(run_name: default!(&str, "'vital-multi-tenant'")) -> String {
+    Spi::connect(|c| {
+        let run = c
+            .select(
+                "SELECT run_id, status, started_at::text, COALESCE(finished_at::text, '–'),
+                        COALESCE(round(extract(epoch FROM finished_at - started_at) * 1000)::text, '–')
+                   FROM vital_tenancy.migration_runs WHERE name = $1 ORDER BY run_id DESC LIMIT 1",
+                Some(1),
+                &[run_name.into()],
+            )
+            .or_raise("reading the run");
+        if run.is_empty() {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("no migration run is named \"{run_name}\""),
+            );
+        }
+        let r = run.first();
+        let run_id: i64 = r.get(1).or_raise("run_id").unwrap_or(0);
+        let status: String = r.get(2).or_raise("status").unwrap_or_default();
+        let started: String = r.get(3).or_raise("started").unwrap_or_default();
+        let finished: String = r.get(4).or_raise("finished").unwrap_or_default();
+        let ms: String = r.get(5).or_raise("duration").unwrap_or_default();
+        let mut out = format!(
+            "# Migration report: {run_name}\n\n- run id: **{run_id}** ({status})\n- started: {started}\n- finished: {finished}\n- backfill wall time: {ms} ms\n\n"
+        );
+
+        out.push_str("## Row counts before and after\n\n");
+        let have_counts: bool = c
+            .select(
+                "SELECT count(DISTINCT label) = 2 FROM vital_tenancy.count_snapshots WHERE label IN ('pre_migration', 'post_migration')",
+                Some(1),
+                &[],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("reading snapshots")
+            .unwrap_or(false);
+        if have_counts {
+            let rows = query_rows(
+                c,
+                "SELECT table_name, COALESCE(before::text, '–'), COALESCE(after::text, '–'),
+                        CASE WHEN difference = 0 THEN '0' WHEN difference IS NULL THEN 'new table'
+                             WHEN table_name::regclass = vital_tenancy.tenants_table() THEN difference::text || ' (tenants created by 002)'
+                             ELSE difference::text || ' ⚠' END
+                   FROM vital_tenancy.compare_counts('pre_migration', 'post_migration')",
+                &[],
+                4,
+            );
+            md_table(&mut out, &["table", "before", "after", "difference"], &rows);
+        } else {
+            out.push_str("Snapshots `pre_migration` and `post_migration` are not both present (migrations 000 and 005 take them).\n\n");
+        }
+
+        out.push_str("## Tenant distribution\n\n");
+        let rows = query_rows(
+            c,
+            "SELECT s.tbl::text, COALESCE(d.tenant_name, d.tenant_id::text), d.row_count::text
+               FROM vital_tenancy.migration_steps s
+               CROSS JOIN LATERAL vital_tenancy.tenant_distribution_of(s.tbl, s.tenant_column::text) d
+              WHERE s.run_id = $1 ORDER BY 1, 2",
+            &[run_id.into()],
+            3,
+        );
+        md_table(&mut out, &["table", "tenant", "rows"], &rows);
+
+        out.push_str("## Rows assigned, per table and rule\n\n");
+        let rows = query_rows(
+            c,
+            "SELECT s.tbl::text, s.classifier, COALESCE(r.key, '(all)'), COALESCE(r.value, s.rows_changed::text),
+                    s.rows_done::text, s.rows_changed::text, s.rows_failed::text
+               FROM vital_tenancy.migration_steps s
+               LEFT JOIN LATERAL jsonb_each_text(s.rule_counts) r ON true
+              WHERE s.run_id = $1 ORDER BY s.started_at, 1, 3",
+            &[run_id.into()],
+            7,
+        );
+        md_table(
+            &mut out,
+            &[
+                "table",
+                "classifier",
+                "tenant / rule (preview)",
+                "rows",
+                "rows walked",
+                "rows changed",
+                "unclassified",
+            ],
+            &rows,
+        );
+
+        out.push_str("## Validation\n\n");
+        let rows = query_rows(
+            c,
+            "SELECT check_name, severity, COALESCE(table_name, ''), failing::text, COALESCE(detail, '')
+               FROM vital_tenancy.validate() WHERE failing > 0",
+            &[],
+            5,
+        );
+        if rows.is_empty() {
+            out.push_str("Every check passes (no blocking failures, no warnings).\n\n");
+        } else {
+            md_table(
+                &mut out,
+                &["check", "severity", "table", "failing", "detail"],
+                &rows,
+            );
+        }
+
+        out.push_str("## Durations (migration_metrics)\n\n");
+        let rows = query_rows(
+            c,
+            "SELECT migration_name, phase, records_processed::text, records_failed::text, duration_ms::text
+               FROM vital_tenancy.migration_metrics WHERE migration_name LIKE $1 || '%' ORDER BY id",
+            &[run_name.into()],
+            5,
+        );
+        md_table(
+            &mut out,
+            &["migration", "phase", "records", "failed", "ms"],
+            &rows,
+        );
+
+        out.push_str(&format!(
+            "## Revert\n\nTo put every journaled tenant value back:\n\n```sql\nSELECT * FROM vital_tenancy.revert_run({run_id});\n```\n\nor `scripts/migrate CONNINFO --revert {run_id}`.\n"
+        ));
+        out
+    })
+}
+
+/// Rows per tenant of one table (for reports and validation).
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_distribution_of(
+    tbl: PgRelation,
+    tenant_column: default!(&str, "'tenant_id'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, Option<pgrx::Uuid>),
+        name!(tenant_name, Option<String>),
+        name!(row_count, i64),
+    ),
+> {
+    let oid = tbl.oid();
+    drop(tbl);
+    let rows = Spi::connect(|c| {
+        let (name, _, _) = names(c, oid);
+        let tenants = tenants_table(c);
+        let col = quote_ident(tenant_column);
+        c.select(
+            &format!(
+                "SELECT x.{col}, t.name::text, count(*) FROM {name} x LEFT JOIN {tenants} t ON t.id = x.{col}
+                  GROUP BY 1, 2 ORDER BY 3 DESC"
+            ),
+            None,
+            &[],
+        )
+        .or_raise("counting rows per tenant")
+        .map(|r| {
+            (
+                r.get::<pgrx::Uuid>(1).ok().flatten(),
+                r.get::<String>(2).ok().flatten(),
+                r.get::<i64>(3).ok().flatten().unwrap_or(0),
+            )
+        })
+        .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}

@@ -1,0 +1,821 @@
+//! Validation set-returning functions over every table with a tenant column (found
+//! in the catalog, optionally limited to some schemas), and `validate()` /
+//! `assert_valid()` that run them all. They only read.
+
+use crate::errors::{raise, raise_full, OrRaise};
+use crate::logic::ident::quote_ident;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, PgRelation, Uuid};
+
+/// A table with a tenant column: regclass text and quoted column.
+struct Tenanted {
+    table: String,
+    column: String,
+}
+
+fn check_schemas(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) {
+    if let Some(list) = schemas {
+        for s in list {
+            let ok: bool = c
+                .select(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                    Some(1),
+                    &[s.as_str().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("checking a schema")
+                .unwrap_or(false);
+            if !ok {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+                    format!("schema \"{s}\" does not exist"),
+                );
+            }
+        }
+    }
+}
+
+const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy', 'pg_toast')
+                            AND n.nspname NOT LIKE 'pg\\_%' AND ($1::text[] IS NULL OR n.nspname = ANY ($1))";
+
+fn tenanted_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Tenanted> {
+    check_schemas(c, schemas);
+    c.select(
+        &format!(
+            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {USER_SCHEMAS}
+                AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+                AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
+              ORDER BY 1"
+        ),
+        None,
+        &[schemas.clone().into()],
+    )
+    .or_raise("listing tables with a tenant column")
+    .map(|r| Tenanted {
+        table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+        column: quote_ident(&r.get::<String>(2).ok().flatten().unwrap_or_default()),
+    })
+    .collect()
+}
+
+fn tenants_sql(c: &SpiClient<'_>) -> String {
+    crate::context::tenants_table_sql_with(c)
+}
+
+/// One scan per table: rows per tenant value, and whether that tenant exists.
+fn tenant_groups(
+    c: &SpiClient<'_>,
+    t: &Tenanted,
+    tenants: &str,
+) -> Vec<(Option<Uuid>, Option<String>, bool, i64)> {
+    c.select(
+        &format!(
+            "SELECT g.tenant, tt.name::text, tt.id IS NOT NULL, g.n
+               FROM (SELECT x.{col} AS tenant, count(*) AS n FROM {tbl} x GROUP BY 1) g
+               LEFT JOIN {tenants} tt ON tt.id = g.tenant ORDER BY g.n DESC",
+            col = t.column,
+            tbl = t.table
+        ),
+        None,
+        &[],
+    )
+    .or_raise("counting rows per tenant")
+    .map(|r| {
+        (
+            r.get::<Uuid>(1).ok().flatten(),
+            r.get::<String>(2).ok().flatten(),
+            r.get::<bool>(3).ok().flatten().unwrap_or(false),
+            r.get::<i64>(4).ok().flatten().unwrap_or(0),
+        )
+    })
+    .collect()
+}
+
+/// Rows with and without a tenant, per table.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_id_coverage(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(total, i64),
+        name!(with_tenant, i64),
+        name!(missing, i64),
+    ),
+> {
+    let rows = Spi::connect(|c| {
+        let tenants = tenants_sql(c);
+        tenanted_tables(c, &schemas)
+            .into_iter()
+            .map(|t| {
+                let g = tenant_groups(c, &t, &tenants);
+                let total: i64 = g.iter().map(|x| x.3).sum();
+                let missing: i64 = g.iter().filter(|x| x.0.is_none()).map(|x| x.3).sum();
+                (t.table, total, total - missing, missing)
+            })
+            .collect::<Vec<_>>()
+    });
+    TableIterator::new(rows)
+}
+
+/// Tenant ids that are not in the tenants table, per table.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn orphaned_tenant_refs(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(tenant_id, Uuid),
+        name!(row_count, i64),
+    ),
+> {
+    let rows = Spi::connect(|c| {
+        let tenants = tenants_sql(c);
+        let mut out = Vec::new();
+        for t in tenanted_tables(c, &schemas) {
+            for (id, _, exists, n) in tenant_groups(c, &t, &tenants) {
+                if let (Some(id), false) = (id, exists) {
+                    out.push((t.table.clone(), id, n));
+                }
+            }
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
+
+/// Rows per tenant and table, computed table by table (no cross-table join).
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_distribution(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, Option<Uuid>),
+        name!(tenant_name, Option<String>),
+        name!(table_name, String),
+        name!(row_count, i64),
+    ),
+> {
+    let rows = Spi::connect(|c| {
+        let tenants = tenants_sql(c);
+        let mut out = Vec::new();
+        for t in tenanted_tables(c, &schemas) {
+            for (id, name, _, n) in tenant_groups(c, &t, &tenants) {
+                out.push((id, name, t.table.clone(), n));
+            }
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
+
+/// A reference between two tables: a foreign key or a declared one.
+struct Reference {
+    child: String,
+    child_cols: Vec<String>,
+    parent: String,
+    parent_cols: Vec<String>,
+    /// Declared references match any of the parent columns (`agent_id` = id or name).
+    any_of: bool,
+}
+
+fn references(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Reference> {
+    check_schemas(c, schemas);
+    let mut out: Vec<Reference> = c
+        .select(
+            &format!(
+                "SELECT co.conrelid::pg_catalog.regclass::pg_catalog.text,
+                        ARRAY(SELECT pg_catalog.quote_ident(a.attname) FROM unnest(co.conkey) WITH ORDINALITY k(n, i)
+                                JOIN pg_catalog.pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = k.n ORDER BY k.i),
+                        co.confrelid::pg_catalog.regclass::pg_catalog.text,
+                        ARRAY(SELECT pg_catalog.quote_ident(a.attname) FROM unnest(co.confkey) WITH ORDINALITY k(n, i)
+                                JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = k.n ORDER BY k.i)
+                   FROM pg_catalog.pg_constraint co
+                   JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE co.contype = 'f' AND {USER_SCHEMAS}
+                    AND co.confrelid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
+                  ORDER BY 1, 2"
+            ),
+            None,
+            &[schemas.clone().into()],
+        )
+        .or_raise("listing foreign keys")
+        .map(|r| Reference {
+            child: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            child_cols: r.get::<Vec<String>>(2).ok().flatten().unwrap_or_default(),
+            parent: r.get::<String>(3).ok().flatten().unwrap_or_default(),
+            parent_cols: r.get::<Vec<String>>(4).ok().flatten().unwrap_or_default(),
+            any_of: false,
+        })
+        .collect();
+    let declared = c
+        .select(
+            &format!(
+                "SELECT d.child::pg_catalog.text, pg_catalog.quote_ident(d.child_column), d.parent::pg_catalog.text,
+                        ARRAY(SELECT pg_catalog.quote_ident(x) FROM unnest(d.parent_columns) x)
+                   FROM vital_tenancy.declared_references d
+                   JOIN pg_catalog.pg_class c ON c.oid = d.child
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE {USER_SCHEMAS} ORDER BY 1, 2"
+            ),
+            None,
+            &[schemas.clone().into()],
+        )
+        .or_raise("listing declared references");
+    for r in declared {
+        out.push(Reference {
+            child: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            child_cols: vec![r.get::<String>(2).ok().flatten().unwrap_or_default()],
+            parent: r.get::<String>(3).ok().flatten().unwrap_or_default(),
+            parent_cols: r.get::<Vec<String>>(4).ok().flatten().unwrap_or_default(),
+            any_of: true,
+        });
+    }
+    out
+}
+
+/// The join condition between child `x` and parent `p` of a reference.
+fn match_condition(r: &Reference) -> String {
+    if r.any_of {
+        let col = &r.child_cols[0];
+        let parts: Vec<String> = r
+            .parent_cols
+            .iter()
+            .map(|p| format!("p.{p}::text = x.{col}::text"))
+            .collect();
+        format!("({})", parts.join(" OR "))
+    } else {
+        r.child_cols
+            .iter()
+            .zip(&r.parent_cols)
+            .map(|(c, p)| format!("p.{p} = x.{c}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+}
+
+fn child_not_null(r: &Reference) -> String {
+    r.child_cols
+        .iter()
+        .map(|c| format!("x.{c} IS NOT NULL"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn key_expr(r: &Reference) -> String {
+    if r.child_cols.len() == 1 {
+        format!("x.{}::text", r.child_cols[0])
+    } else {
+        format!(
+            "({})::text",
+            r.child_cols
+                .iter()
+                .map(|c| format!("x.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+type RefRow = (String, String, String, i64, Vec<String>);
+
+fn orphans(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<RefRow> {
+    references(c, schemas)
+        .into_iter()
+        .map(|r| {
+            let row = c
+                .select(
+                    &format!(
+                        "SELECT count(*), (pg_catalog.array_agg(k ORDER BY k))[1:5]
+                           FROM (SELECT {key} AS k FROM {child} x
+                                  WHERE {nn} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {cond})) s",
+                        key = key_expr(&r),
+                        child = r.child,
+                        nn = child_not_null(&r),
+                        parent = r.parent,
+                        cond = match_condition(&r)
+                    ),
+                    Some(1),
+                    &[],
+                )
+                .or_raise("counting orphaned references");
+            let f = row.first();
+            (
+                r.child.clone(),
+                r.child_cols.join(", "),
+                r.parent.clone(),
+                f.get::<i64>(1).ok().flatten().unwrap_or(0),
+                f.get::<Vec<String>>(2).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// For every foreign key (NOT VALID ones included) and every declared reference:
+/// child rows whose parent does not exist.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn orphaned_references(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(column_name, String),
+        name!(referenced_table, String),
+        name!(orphan_count, i64),
+        name!(sample_keys, Vec<String>),
+    ),
+> {
+    TableIterator::new(Spi::connect(|c| orphans(c, &schemas)))
+}
+
+fn tenant_column_of(c: &SpiClient<'_>, table: &str) -> Option<String> {
+    c.select(
+        "SELECT pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attribute a
+           LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = a.attrelid
+          WHERE a.attrelid = $1::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
+            AND a.attname = COALESCE(r.tenant_column, 'tenant_id')",
+        Some(1),
+        &[table.into()],
+    )
+    .and_then(|t| {
+        if t.is_empty() {
+            Ok(None)
+        } else {
+            t.first().get_one()
+        }
+    })
+    .or_raise("finding a tenant column")
+}
+
+fn cross_tenant(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<RefRow> {
+    let mut out = Vec::new();
+    for r in references(c, schemas) {
+        let (Some(ct), Some(pt)) = (
+            tenant_column_of(c, &r.child),
+            tenant_column_of(c, &r.parent),
+        ) else {
+            continue;
+        };
+        let row = c
+            .select(
+                &format!(
+                    "SELECT count(*), (pg_catalog.array_agg(k ORDER BY k))[1:5]
+                       FROM (SELECT {key} AS k FROM {child} x JOIN {parent} p ON {cond}
+                              WHERE p.{pt} IS DISTINCT FROM x.{ct}
+                                AND p.{pt} IS DISTINCT FROM vital_tenancy.platform_tenant_id()) s",
+                    key = key_expr(&r),
+                    child = r.child,
+                    parent = r.parent,
+                    cond = match_condition(&r)
+                ),
+                Some(1),
+                &[],
+            )
+            .or_raise("counting cross-tenant references");
+        let f = row.first();
+        out.push((
+            r.child.clone(),
+            r.child_cols.join(", "),
+            r.parent.clone(),
+            f.get::<i64>(1).ok().flatten().unwrap_or(0),
+            f.get::<Vec<String>>(2).ok().flatten().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// Child rows whose tenant differs from their parent's, where the parent is not
+/// Platform: a leak that RLS on each table alone does not catch.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn cross_tenant_references(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(column_name, String),
+        name!(referenced_table, String),
+        name!(row_count, i64),
+        name!(sample_keys, Vec<String>),
+    ),
+> {
+    TableIterator::new(Spi::connect(|c| cross_tenant(c, &schemas)))
+}
+
+/// Declare a reference that has no foreign key (e.g. `messages.agent_id` is text and
+/// holds an agent's id or name), so the reference checks cover it.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn declare_reference(
+    child: PgRelation,
+    child_column: &str,
+    parent: PgRelation,
+    parent_columns: default!(Vec<String>, "ARRAY['id']"),
+) {
+    let (coid, poid) = (child.oid(), parent.oid());
+    drop(child);
+    drop(parent);
+    if parent_columns.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "parent_columns must not be empty",
+        );
+    }
+    Spi::connect_mut(|c| {
+        let has = |c: &SpiClient<'_>, oid: pg_sys::Oid, col: &str| -> bool {
+            c.select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+                Some(1),
+                &[oid.into(), col.into()],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("checking a column")
+            .unwrap_or(false)
+        };
+        let name = |c: &SpiClient<'_>, oid: pg_sys::Oid| -> String {
+            c.select(
+                "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+                Some(1),
+                &[oid.into()],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("naming a table")
+            .unwrap_or_default()
+        };
+        if !has(c, coid, child_column) {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "column \"{child_column}\" of table {} does not exist",
+                    name(c, coid)
+                ),
+            );
+        }
+        for p in &parent_columns {
+            if !has(c, poid, p) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("column \"{p}\" of table {} does not exist", name(c, poid)),
+                );
+            }
+        }
+        c.update(
+            "INSERT INTO vital_tenancy.declared_references (child, child_column, parent, parent_columns)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (child, child_column) DO UPDATE SET parent = EXCLUDED.parent, parent_columns = EXCLUDED.parent_columns",
+            None,
+            &[coid.into(), child_column.into(), poid.into(), parent_columns.clone().into()],
+        )
+        .or_raise("declaring the reference");
+    });
+}
+
+/// Keys that occur more than once within one tenant.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn duplicates(
+    tbl: PgRelation,
+    columns: Vec<String>,
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, Option<Uuid>),
+        name!(key, JsonB),
+        name!(row_count, i64),
+    ),
+> {
+    let oid = tbl.oid();
+    drop(tbl);
+    let rows = Spi::connect(|c| duplicate_rows(c, oid, &columns));
+    TableIterator::new(rows)
+}
+
+fn duplicate_rows(
+    c: &SpiClient<'_>,
+    oid: pg_sys::Oid,
+    columns: &[String],
+) -> Vec<(Option<Uuid>, JsonB, i64)> {
+    let table: String = c
+        .select(
+            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+            Some(1),
+            &[oid.into()],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("naming the table")
+        .unwrap_or_default();
+    if columns.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "columns must name at least one column",
+        );
+    }
+    let Some(tcol) = tenant_column_of(c, &table) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("table {table} has no tenant column"),
+        )
+    };
+    for col in columns {
+        let ok: bool = c
+            .select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+                Some(1),
+                &[oid.into(), col.as_str().into()],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("checking a column")
+            .unwrap_or(false);
+        if !ok {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{col}\" of table {table} does not exist"),
+            );
+        }
+    }
+    let pairs: Vec<String> = columns
+        .iter()
+        .map(|col| format!("'{}', x.{}", col.replace('\'', "''"), quote_ident(col)))
+        .collect();
+    let group: Vec<String> = columns
+        .iter()
+        .map(|col| format!("x.{}", quote_ident(col)))
+        .collect();
+    c.select(
+        &format!(
+            "SELECT x.{tcol}, pg_catalog.jsonb_build_object({}), count(*) FROM {table} x
+              GROUP BY x.{tcol}, {} HAVING count(*) > 1 ORDER BY 3 DESC, 2::text",
+            pairs.join(", "),
+            group.join(", ")
+        ),
+        None,
+        &[],
+    )
+    .or_raise("finding duplicates")
+    .map(|r| {
+        (
+            r.get::<Uuid>(1).ok().flatten(),
+            r.get::<JsonB>(2)
+                .ok()
+                .flatten()
+                .unwrap_or(JsonB(serde_json::Value::Null)),
+            r.get::<i64>(3).ok().flatten().unwrap_or(0),
+        )
+    })
+    .collect()
+}
+
+/// Tools whose `category` text disagrees with the name of their `category_id`.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn category_mismatches() -> TableIterator<
+    'static,
+    (
+        name!(tool_id, String),
+        name!(category, Option<String>),
+        name!(category_name, Option<String>),
+    ),
+> {
+    TableIterator::new(Spi::connect(category_mismatch_rows))
+}
+
+fn category_mismatch_rows(c: &SpiClient<'_>) -> Vec<(String, Option<String>, Option<String>)> {
+    let ready: bool = c
+        .select(
+            "SELECT pg_catalog.to_regclass('public.tools') IS NOT NULL AND pg_catalog.to_regclass('public.tool_categories') IS NOT NULL
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass('public.tools') AND attname = 'category' AND NOT attisdropped)
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass('public.tools') AND attname = 'category_id' AND NOT attisdropped)",
+            Some(1),
+            &[],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("checking the tools tables")
+        .unwrap_or(false);
+    if !ready {
+        return Vec::new();
+    }
+    c.select(
+        "SELECT t.id::text, t.category::text, c.name::text FROM public.tools t
+           LEFT JOIN public.tool_categories c ON c.id = t.category_id
+          WHERE t.category::text IS DISTINCT FROM c.name::text ORDER BY 1",
+        None,
+        &[],
+    )
+    .or_raise("comparing tool categories")
+    .map(|r| {
+        (
+            r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            r.get::<String>(2).ok().flatten(),
+            r.get::<String>(3).ok().flatten(),
+        )
+    })
+    .collect()
+}
+
+fn rls_problems(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String, String)> {
+    let tables: Vec<String> = tenanted_tables(c, schemas)
+        .into_iter()
+        .map(|t| t.table)
+        .collect();
+    c.select(
+        "SELECT table_name, concat_ws(', ',
+                    CASE WHEN NOT rls_enabled THEN 'row level security is off' END,
+                    CASE WHEN rls_enabled AND NOT rls_forced THEN 'not forced (the owner bypasses it)' END,
+                    CASE WHEN policies = 0 THEN 'no policies' END,
+                    CASE WHEN NOT tenant_index THEN 'no index on the tenant column' END,
+                    CASE WHEN policies > 0 AND tenant_index AND NOT index_usable_policy THEN 'a policy cannot use the tenant index' END)
+           FROM vital_tenancy.rls_status() WHERE table_name = ANY ($1)
+            AND NOT (rls_enabled AND rls_forced AND policies > 0 AND tenant_index AND index_usable_policy)",
+        None,
+        &[tables.into()],
+    )
+    .or_raise("reading rls_status")
+    .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
+    .collect()
+}
+
+/// Tables with a tenant column whose RLS is off, not forced, without policies, or
+/// whose policy cannot use an index.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn rls_coverage(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<'static, (name!(table_name, String), name!(problem, String))> {
+    TableIterator::new(Spi::connect(|c| rls_problems(c, &schemas)))
+}
+
+type CheckRow = (String, String, Option<String>, i64, Option<String>);
+
+fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow> {
+    let mut out: Vec<CheckRow> = Vec::new();
+    let push_check =
+        |out: &mut Vec<CheckRow>, check: &str, severity: &str, rows: Vec<(String, i64, String)>| {
+            let failing: Vec<_> = rows.into_iter().filter(|r| r.1 > 0).collect();
+            if failing.is_empty() {
+                out.push((
+                    check.into(),
+                    severity.into(),
+                    None,
+                    0,
+                    Some("passed".into()),
+                ));
+            }
+            for (t, n, d) in failing {
+                out.push((check.into(), severity.into(), Some(t), n, Some(d)));
+            }
+        };
+    let tenants = tenants_sql(c);
+    let tables = tenanted_tables(c, schemas);
+    let mut missing = Vec::new();
+    let mut orphan_ids = Vec::new();
+    for t in &tables {
+        let g = tenant_groups(c, t, &tenants);
+        let m: i64 = g.iter().filter(|x| x.0.is_none()).map(|x| x.3).sum();
+        missing.push((t.table.clone(), m, format!("{m} rows without a tenant")));
+        let bad: Vec<&(Option<Uuid>, Option<String>, bool, i64)> =
+            g.iter().filter(|x| x.0.is_some() && !x.2).collect();
+        let n: i64 = bad.iter().map(|x| x.3).sum();
+        let ids: Vec<String> = bad
+            .iter()
+            .filter_map(|x| x.0.map(|u| u.to_string()))
+            .take(5)
+            .collect();
+        orphan_ids.push((
+            t.table.clone(),
+            n,
+            format!("tenant ids not in {tenants}: {}", ids.join(", ")),
+        ));
+    }
+    push_check(&mut out, "tenant_id_coverage", "blocking", missing);
+    push_check(&mut out, "orphaned_tenant_refs", "blocking", orphan_ids);
+    let rows = orphans(c, schemas)
+        .into_iter()
+        .map(|(t, col, p, n, keys)| (t, n, format!("({col}) -> {p}: e.g. {}", keys.join(", "))))
+        .collect();
+    push_check(&mut out, "orphaned_references", "blocking", rows);
+    let rows = cross_tenant(c, schemas)
+        .into_iter()
+        .map(|(t, col, p, n, keys)| {
+            (
+                t,
+                n,
+                format!("({col}) -> {p} of another tenant: e.g. {}", keys.join(", ")),
+            )
+        })
+        .collect();
+    push_check(&mut out, "cross_tenant_references", "blocking", rows);
+    let mut dups = Vec::new();
+    for t in &tables {
+        let oid: pg_sys::Oid = c
+            .select(
+                "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
+                Some(1),
+                &[t.table.as_str().into()],
+            )
+            .and_then(|x| x.first().get_one())
+            .or_raise("resolving a table")
+            .unwrap_or(pg_sys::InvalidOid);
+        let has_name: bool = c
+            .select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = 'name' AND NOT attisdropped)",
+                Some(1),
+                &[oid.into()],
+            )
+            .and_then(|x| x.first().get_one())
+            .or_raise("checking for a name column")
+            .unwrap_or(false);
+        if has_name {
+            let d = duplicate_rows(c, oid, &["name".to_string()]);
+            let n: i64 = d.iter().map(|x| x.2).sum();
+            dups.push((
+                t.table.clone(),
+                n,
+                format!("{} names repeated within a tenant", d.len()),
+            ));
+        }
+    }
+    push_check(&mut out, "duplicate_names", "warning", dups);
+    let mism = category_mismatch_rows(c);
+    push_check(
+        &mut out,
+        "category_mismatches",
+        "warning",
+        vec![(
+            "public.tools".into(),
+            mism.len() as i64,
+            "tools.category differs from tool_categories.name".into(),
+        )],
+    );
+    let rls: Vec<(String, i64, String)> = rls_problems(c, schemas)
+        .into_iter()
+        .map(|(t, p)| (t, 1, p))
+        .collect();
+    push_check(&mut out, "rls_coverage", "warning", rls);
+    out
+}
+
+/// Every check: (check, severity, table, failing, detail); `blocking` failures stop a
+/// migration, `warning`s are reported. A passed check is one row with failing 0.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn validate(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(check_name, String),
+        name!(severity, String),
+        name!(table_name, Option<String>),
+        name!(failing, i64),
+        name!(detail, Option<String>),
+    ),
+> {
+    TableIterator::new(Spi::connect(|c| run_checks(c, &schemas)))
+}
+
+/// Raise one ERROR listing every blocking failure (what migration 005 calls).
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn assert_valid(schemas: default!(Option<Vec<String>>, "NULL")) {
+    let failures: Vec<CheckRow> = Spi::connect(|c| run_checks(c, &schemas))
+        .into_iter()
+        .filter(|r| r.1 == "blocking" && r.3 > 0)
+        .collect();
+    if !failures.is_empty() {
+        let detail: Vec<String> = failures
+            .iter()
+            .map(|(check, _, t, n, d)| {
+                format!(
+                    "{check}: {} — {n} failing ({})",
+                    t.clone().unwrap_or_default(),
+                    d.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        raise_full(
+            PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            format!(
+                "vital_tenancy validation failed: {} blocking problem(s)",
+                failures.len()
+            ),
+            Some(detail.join("\n")),
+            Some("SELECT * FROM vital_tenancy.validate() shows every check.".into()),
+        );
+    }
+}
