@@ -75,7 +75,7 @@ fn raw_context() -> RawContext {
 
 /// The application's tenants table as SQL text (regclass output), or an ERROR.
 pub(crate) fn tenants_table_sql() -> String {
-    Spi::connect(|c| tenants_table_sql_with(c))
+    Spi::connect(tenants_table_sql_with)
 }
 
 /// The same, on an open SPI connection.

@@ -501,6 +501,8 @@ fn notice(msg: &str) {
     );
 }
 
+// pgrx needs the name!() tuple spelled out in the signature (it rejects a type alias).
+#[allow(clippy::type_complexity)]
 /// Per-table row counts of two snapshots side by side: the "no data loss" proof.
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]

@@ -770,6 +770,8 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
     out
 }
 
+// pgrx needs the name!() tuple spelled out in the signature (it rejects a type alias).
+#[allow(clippy::type_complexity)]
 /// Every check: (check, severity, table, failing, detail); `blocking` failures stop a
 /// migration, `warning`s are reported. A passed check is one row with failing 0.
 #[pg_extern(stable)]
