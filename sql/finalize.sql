@@ -92,7 +92,7 @@ REVOKE EXECUTE ON FUNCTION @extschema@.set_membership_table(regclass, text, text
 -- Migrations ------------------------------------------------------------------
 COMMENT ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) IS
     'Run one DDL statement under lock_timeout, retrying with backoff on lock timeouts; each attempt logged in migration_log.';
-COMMENT ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean) IS
+COMMENT ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
     'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; CALL outside a transaction block.';
 COMMENT ON FUNCTION @extschema@.backfill_plan(regclass, text, jsonb, text) IS
     'What backfill will run for a table: the classification expression, the key it walks, the tenant column. Validates; writes nothing.';
@@ -138,7 +138,7 @@ COMMENT ON FUNCTION @extschema@.assert_valid(text[]) IS
     'Raise one ERROR listing every blocking validation failure (migration 005 calls it).';
 
 REVOKE EXECUTE ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.enforce_tenant_column(regclass, text, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.snapshot_counts(text, text[], boolean) FROM PUBLIC;

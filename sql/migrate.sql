@@ -55,7 +55,8 @@ CREATE PROCEDURE @extschema@.backfill(
     overwrite boolean DEFAULT false,
     run_name text DEFAULT 'backfill',
     catch_up boolean DEFAULT true,
-    record_rules boolean DEFAULT true
+    record_rules boolean DEFAULT true,
+    fire_triggers boolean DEFAULT false
 )
 LANGUAGE plpgsql
 AS $$
@@ -80,6 +81,7 @@ DECLARE
     v_next    text;
     n_retry   integer;
     v_phase_done bigint;
+    v_replica boolean := false;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be a positive integer, not %', batch_size USING ERRCODE = 'invalid_parameter_value';
@@ -139,6 +141,18 @@ BEGIN
             plan ->> 'table', v_run, st.phase, coalesce(st.last_key, '(start)'), st.rows_done, st.rows_total;
     END IF;
 
+    -- A tenant assignment is not an application write: unless asked, application
+    -- triggers (updated_at stamps, audit) do not fire for it. That needs the
+    -- superuser-only session_replication_role, set per batch transaction; the new
+    -- tenant values need no FK trigger either, as they come from the classifiers and
+    -- 005 validates the foreign key.
+    IF NOT fire_triggers THEN
+        IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+            v_replica := true;
+        ELSE
+            RAISE NOTICE 'backfill %: not a superuser, so the table''s triggers fire for every assigned row', plan ->> 'table';
+        END IF;
+    END IF;
     v_last := st.last_key;
     v_phase_done := st.rows_done;
     t_start := clock_timestamp();
@@ -169,6 +183,9 @@ BEGIN
         -- A batch that deadlocks with an application transaction is retried; the
         -- subtransaction leaves nothing behind (COMMIT stays outside this block).
         n_retry := 0;
+        IF v_replica THEN
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        END IF;
         LOOP
             BEGIN
                 EXECUTE v_sql INTO v_next, n_batch, n_changed, n_failed USING v_last, batch_size, v_run, tbl;

@@ -620,6 +620,21 @@ fn revert_run(
             .or_raise("reading the run's steps")
             .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
             .collect();
+        // Putting tenants back is not an application write: as in backfill, the
+        // tables' triggers (updated_at stamps, audit) do not fire, when allowed.
+        let replica: bool = c
+            .select("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", Some(1), &[])
+            .and_then(|t| t.first().get_one())
+            .or_raise("checking the role")
+            .unwrap_or(false);
+        let prior_role: Option<String> = c
+            .select("SELECT pg_catalog.current_setting('session_replication_role')", Some(1), &[])
+            .and_then(|t| t.first().get_one())
+            .or_raise("reading session_replication_role");
+        if replica {
+            c.update("SELECT pg_catalog.set_config('session_replication_role', 'replica', true)", None, &[])
+                .or_raise("setting session_replication_role");
+        }
         let mut out = Vec::new();
         for (table, column) in steps {
             let oid: pg_sys::Oid = c
@@ -681,6 +696,14 @@ fn revert_run(
                 .or_raise("counting the journal")
                 .unwrap_or(0);
             out.push((table, reverted, journaled - reverted));
+        }
+        if replica {
+            c.update(
+                "SELECT pg_catalog.set_config('session_replication_role', $1, true)",
+                None,
+                &[prior_role.unwrap_or_else(|| "origin".into()).into()],
+            )
+            .or_raise("restoring session_replication_role");
         }
         c.update(
             "UPDATE vital_tenancy.migration_runs SET status = 'reverted', finished_at = pg_catalog.now() WHERE run_id = $1",

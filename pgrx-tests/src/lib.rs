@@ -146,3 +146,67 @@ pub fn public_counts(c: &mut Client) -> Vec<(String, i64)> {
         })
         .collect()
 }
+
+/// The repository root (for scripts and SQL files).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Run `scripts/migrate` against `db` with extra arguments; returns (success, stdout, stderr).
+pub fn migrate(db: &str, args: &[&str]) -> (bool, String, String) {
+    let report = std::env::temp_dir().join(format!("vt-report-{db}.md"));
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/migrate"))
+        .arg(conninfo(db, "postgres"))
+        .args(["--no-backup", "--report"])
+        .arg(&report)
+        .args(args)
+        .env("PG_BIN", std::path::Path::new(&env("VT_PSQL")).parent().unwrap_or(std::path::Path::new("/")))
+        .output()
+        .expect("run scripts/migrate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run one SQL file with psql (ON_ERROR_STOP); returns (success, stderr).
+pub fn psql_file(db: &str, file: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env("VT_PSQL"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(conninfo(db, "postgres"))
+        .arg("-f")
+        .arg(file)
+        .output()
+        .expect("run psql");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// md5 over every row of every table in `public` (as jsonb, minus the given keys),
+/// table by table: equal checksums mean equal data.
+pub fn checksums(c: &mut Client, minus_keys: &[&str]) -> Vec<(String, String)> {
+    let minus: Vec<String> = minus_keys.iter().map(|s| s.to_string()).collect();
+    let tables: Vec<String> = c
+        .query(
+            "SELECT oid::regclass::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tables
+        .into_iter()
+        .map(|t| {
+            let sum: Option<String> = c
+                .query_one(
+                    &format!("SELECT md5(string_agg((to_jsonb(x) - $1::text[])::text, '|' ORDER BY (to_jsonb(x) - $1::text[])::text)) FROM {t} x"),
+                    &[&minus],
+                )
+                .unwrap()
+                .get(0);
+            (t, sum.unwrap_or_default())
+        })
+        .collect()
+}

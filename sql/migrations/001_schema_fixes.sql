@@ -13,9 +13,15 @@
 BEGIN;
 
 ALTER TABLE public.tools ADD COLUMN IF NOT EXISTS category text;
+-- Filling the new column is not an edit of the tools: keep their updated_at (the
+-- table's triggers do not fire in replica mode, which only a superuser may set).
+SELECT set_config('session_replication_role', 'replica', true)
+ WHERE (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
 UPDATE public.tools t SET category = c.name
   FROM public.tool_categories c
  WHERE c.id = t.category_id AND t.category IS DISTINCT FROM c.name;
+SELECT set_config('session_replication_role', 'origin', true)
+ WHERE (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
 
 CREATE OR REPLACE FUNCTION public.tools_sync_category() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
