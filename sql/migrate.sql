@@ -107,6 +107,21 @@ BEGIN
             RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
             RETURN;
         END IF;
+        -- Done earlier in this (still running) run: another catch-up pass of the same step.
+        SELECT s.* INTO st
+          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+         WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
+           AND r.status = 'running' AND r.name = run_name
+         ORDER BY s.run_id DESC LIMIT 1;
+    END IF;
+    IF FOUND AND st.phase = 'done' THEN
+        UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL
+         WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
+        RETURNING s.* INTO st;
+        COMMIT;
+    END IF;
+
+    IF st.run_id IS NULL THEN
         SELECT run_id INTO v_run FROM @extschema@.migration_runs
          WHERE name = run_name AND status = 'running' ORDER BY run_id DESC LIMIT 1;
         IF v_run IS NULL THEN

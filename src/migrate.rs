@@ -623,17 +623,29 @@ fn revert_run(
         // Putting tenants back is not an application write: as in backfill, the
         // tables' triggers (updated_at stamps, audit) do not fire, when allowed.
         let replica: bool = c
-            .select("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", Some(1), &[])
+            .select(
+                "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                Some(1),
+                &[],
+            )
             .and_then(|t| t.first().get_one())
             .or_raise("checking the role")
             .unwrap_or(false);
         let prior_role: Option<String> = c
-            .select("SELECT pg_catalog.current_setting('session_replication_role')", Some(1), &[])
+            .select(
+                "SELECT pg_catalog.current_setting('session_replication_role')",
+                Some(1),
+                &[],
+            )
             .and_then(|t| t.first().get_one())
             .or_raise("reading session_replication_role");
         if replica {
-            c.update("SELECT pg_catalog.set_config('session_replication_role', 'replica', true)", None, &[])
-                .or_raise("setting session_replication_role");
+            c.update(
+                "SELECT pg_catalog.set_config('session_replication_role', 'replica', true)",
+                None,
+                &[],
+            )
+            .or_raise("setting session_replication_role");
         }
         let mut out = Vec::new();
         for (table, column) in steps {

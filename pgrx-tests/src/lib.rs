@@ -161,7 +161,12 @@ pub fn migrate(db: &str, args: &[&str]) -> (bool, String, String) {
         .args(["--no-backup", "--report"])
         .arg(&report)
         .args(args)
-        .env("PG_BIN", std::path::Path::new(&env("VT_PSQL")).parent().unwrap_or(std::path::Path::new("/")))
+        .env(
+            "PG_BIN",
+            std::path::Path::new(&env("VT_PSQL"))
+                .parent()
+                .unwrap_or(std::path::Path::new("/")),
+        )
         .output()
         .expect("run scripts/migrate");
     (
@@ -180,7 +185,10 @@ pub fn psql_file(db: &str, file: &std::path::Path) -> (bool, String) {
         .arg(file)
         .output()
         .expect("run psql");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// md5 over every row of every table in `public` (as jsonb, minus the given keys),

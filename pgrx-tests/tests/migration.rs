@@ -4,8 +4,18 @@
 use vital_tenancy_e2e::{checksums, migrate, psql_file, repo_root, FixtureDb};
 
 const APP_TABLES: [&str; 12] = [
-    "agent_tool_assignments", "agents", "business_functions", "departments", "knowledge_base", "knowledge_domains",
-    "knowledge_sources", "messages", "organizational_roles", "prompts", "tool_categories", "tools",
+    "agent_tool_assignments",
+    "agents",
+    "business_functions",
+    "departments",
+    "knowledge_base",
+    "knowledge_domains",
+    "knowledge_sources",
+    "messages",
+    "organizational_roles",
+    "prompts",
+    "tool_categories",
+    "tools",
 ];
 
 fn install(db: &FixtureDb) -> postgres::Client {
@@ -36,7 +46,10 @@ fn full_migration_meets_the_success_criteria_and_is_idempotent() {
     let before = checksums(&mut c, &[]);
     let (ok, out, err) = migrate(&db.name, &[]);
     assert!(ok, "migration failed:\n{err}");
-    assert!(out.contains("# Migration report: vital-multi-tenant"), "{out}");
+    assert!(
+        out.contains("# Migration report: vital-multi-tenant"),
+        "{out}"
+    );
 
     // Every row preserved: the data minus the columns the migration adds is unchanged
     // (tenants gains Pharmaceuticals; the org tables are new).
@@ -66,19 +79,39 @@ fn full_migration_meets_the_success_criteria_and_is_idempotent() {
             )
             .unwrap_or_else(|e| panic!("{t}: {e}"));
         let flags: (bool, bool, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
-        assert_eq!(flags, (true, true, true, true), "{t}: not null, fk, index, rls");
+        assert_eq!(
+            flags,
+            (true, true, true, true),
+            "{t}: not null, fk, index, rls"
+        );
     }
 
     // Each row's tenant, by the rules (see the classification tests for the derivation).
     assert_eq!(
         distribution(&mut c, "prompts"),
-        d(&[("digital-health-startup", 7), ("pharmaceuticals", 45), ("vital-platform", 1026)])
+        d(&[
+            ("digital-health-startup", 7),
+            ("pharmaceuticals", 45),
+            ("vital-platform", 1026)
+        ])
     );
-    assert_eq!(distribution(&mut c, "agents"), d(&[("digital-health-startup", 89), ("vital-platform", 166)]));
+    assert_eq!(
+        distribution(&mut c, "agents"),
+        d(&[("digital-health-startup", 89), ("vital-platform", 166)])
+    );
     assert_eq!(distribution(&mut c, "tools"), d(&[("vital-platform", 213)]));
-    assert_eq!(distribution(&mut c, "tool_categories"), d(&[("vital-platform", 59)]));
-    assert_eq!(distribution(&mut c, "knowledge_domains"), d(&[("vital-platform", 30)]));
-    assert_eq!(distribution(&mut c, "knowledge_base"), d(&[("digital-health-startup", 8)]));
+    assert_eq!(
+        distribution(&mut c, "tool_categories"),
+        d(&[("vital-platform", 59)])
+    );
+    assert_eq!(
+        distribution(&mut c, "knowledge_domains"),
+        d(&[("vital-platform", 30)])
+    );
+    assert_eq!(
+        distribution(&mut c, "knowledge_base"),
+        d(&[("digital-health-startup", 8)])
+    );
     // Assignments follow their agent.
     let mismatched: i64 = c
         .query_one(
@@ -89,14 +122,33 @@ fn full_migration_meets_the_success_criteria_and_is_idempotent() {
         .get(0);
     assert_eq!(mismatched, 0);
     // Messages stay private: never Platform.
-    assert_eq!(distribution(&mut c, "messages"), d(&[("digital-health-startup", 6)]));
+    assert_eq!(
+        distribution(&mut c, "messages"),
+        d(&[("digital-health-startup", 6)])
+    );
     // tools.category follows category_id (and the trigger keeps it so).
-    let mism: i64 = c.query_one("SELECT count(*) FROM vital_tenancy.category_mismatches()", &[]).unwrap().get(0);
+    let mism: i64 = c
+        .query_one(
+            "SELECT count(*) FROM vital_tenancy.category_mismatches()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(mism, 0);
-    c.batch_execute("UPDATE public.tool_categories SET name = name || ' (renamed)' WHERE name = 'Statistics'").unwrap();
-    let mism: i64 = c.query_one("SELECT count(*) FROM vital_tenancy.category_mismatches()", &[]).unwrap().get(0);
+    c.batch_execute(
+        "UPDATE public.tool_categories SET name = name || ' (renamed)' WHERE name = 'Statistics'",
+    )
+    .unwrap();
+    let mism: i64 = c
+        .query_one(
+            "SELECT count(*) FROM vital_tenancy.category_mismatches()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(mism, 0, "renaming a category updates tools.category");
-    c.batch_execute("UPDATE public.tool_categories SET name = replace(name, ' (renamed)', '')").unwrap();
+    c.batch_execute("UPDATE public.tool_categories SET name = replace(name, ' (renamed)', '')")
+        .unwrap();
     // No blocking validation failure.
     let blocking: i64 = c
         .query_one("SELECT count(*) FROM vital_tenancy.validate() WHERE severity = 'blocking' AND failing > 0", &[])
@@ -106,29 +158,53 @@ fn full_migration_meets_the_success_criteria_and_is_idempotent() {
 
     // A second run changes nothing.
     let sums = checksums(&mut c, &[]);
-    let runs: i64 = c.query_one("SELECT count(*) FROM vital_tenancy.migration_runs", &[]).unwrap().get(0);
+    let runs: i64 = c
+        .query_one("SELECT count(*) FROM vital_tenancy.migration_runs", &[])
+        .unwrap()
+        .get(0);
     let (ok, _, err) = migrate(&db.name, &[]);
     assert!(ok, "second run failed:\n{err}");
     assert_eq!(checksums(&mut c, &[]), sums, "a second run changed data");
-    let runs2: i64 = c.query_one("SELECT count(*) FROM vital_tenancy.migration_runs", &[]).unwrap().get(0);
+    let runs2: i64 = c
+        .query_one("SELECT count(*) FROM vital_tenancy.migration_runs", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(runs, runs2);
 }
 
 #[test]
 fn fixture_variants_with_partial_tenant_columns_and_org_tables() {
-    let db = FixtureDb::with_env("mig_variant", &[("WITH_ORG_TABLES", "1"), ("WITH_PARTIAL_TENANT", "1")]);
+    let db = FixtureDb::with_env(
+        "mig_variant",
+        &[("WITH_ORG_TABLES", "1"), ("WITH_PARTIAL_TENANT", "1")],
+    );
     let mut c = install(&db);
-    let orgs: i64 = c.query_one("SELECT count(*) FROM public.organizational_roles", &[]).unwrap().get(0);
+    let orgs: i64 = c
+        .query_one("SELECT count(*) FROM public.organizational_roles", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(orgs, 132);
     let (ok, _, err) = migrate(&db.name, &[]);
     assert!(ok, "migration failed:\n{err}");
     // The real org rows are shared definitions; the pre-existing (all NULL) tenant
     // columns were filled like new ones.
-    assert_eq!(distribution(&mut c, "organizational_roles"), d(&[("vital-platform", 132)]));
-    assert_eq!(distribution(&mut c, "departments"), d(&[("vital-platform", 31)]));
-    assert_eq!(distribution(&mut c, "agents"), d(&[("digital-health-startup", 89), ("vital-platform", 166)]));
+    assert_eq!(
+        distribution(&mut c, "organizational_roles"),
+        d(&[("vital-platform", 132)])
+    );
+    assert_eq!(
+        distribution(&mut c, "departments"),
+        d(&[("vital-platform", 31)])
+    );
+    assert_eq!(
+        distribution(&mut c, "agents"),
+        d(&[("digital-health-startup", 89), ("vital-platform", 166)])
+    );
     let nulls: i64 = c
-        .query_one("SELECT sum(missing)::bigint FROM vital_tenancy.tenant_id_coverage()", &[])
+        .query_one(
+            "SELECT sum(missing)::bigint FROM vital_tenancy.tenant_id_coverage()",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(nulls, 0);
@@ -139,7 +215,13 @@ fn a_failing_005_leaves_the_database_as_it_was() {
     let db = FixtureDb::new("mig_fail");
     let mut c = install(&db);
     let dir = repo_root().join("sql/migrations");
-    for f in ["000_pre_migration_counts.sql", "001_schema_fixes.sql", "002_tenant_setup.sql", "003_platform_data.sql", "004_tenant_data.sql"] {
+    for f in [
+        "000_pre_migration_counts.sql",
+        "001_schema_fixes.sql",
+        "002_tenant_setup.sql",
+        "003_platform_data.sql",
+        "004_tenant_data.sql",
+    ] {
         let (ok, err) = psql_file(&db.name, &dir.join(f));
         assert!(ok, "{f}: {err}");
     }
@@ -164,13 +246,19 @@ fn a_failing_005_leaves_the_database_as_it_was() {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        let snaps: i64 = c.query_one("SELECT count(*) FROM vital_tenancy.count_snapshots", &[]).unwrap().get(0);
+        let snaps: i64 = c
+            .query_one("SELECT count(*) FROM vital_tenancy.count_snapshots", &[])
+            .unwrap()
+            .get(0);
         (sums, cat, snaps)
     };
     let before = state(&mut c);
     let (ok, err) = psql_file(&db.name, &dir.join("005_validation.sql"));
     assert!(!ok, "005 must fail on a cross-tenant reference");
-    assert!(err.contains("cross_tenant_references") && err.contains("public.messages"), "{err}");
+    assert!(
+        err.contains("cross_tenant_references") && err.contains("public.messages"),
+        "{err}"
+    );
     assert_eq!(state(&mut c), before, "a failing 005 changed the database");
 }
 
@@ -182,15 +270,24 @@ fn revert_run_restores_the_pre_migration_tenant_values() {
     let before = checksums(&mut c, &[]);
     let (ok, _, err) = migrate(&db.name, &[]);
     assert!(ok, "migration failed:\n{err}");
-    let run: i64 = c.query_one("SELECT max(run_id) FROM vital_tenancy.migration_runs", &[]).unwrap().get(0);
+    let run: i64 = c
+        .query_one("SELECT max(run_id) FROM vital_tenancy.migration_runs", &[])
+        .unwrap()
+        .get(0);
     let reverted: Vec<(String, i64, i64)> = c
-        .query("SELECT table_name, reverted, skipped_changed_since FROM vital_tenancy.revert_run($1)", &[&run])
+        .query(
+            "SELECT table_name, reverted, skipped_changed_since FROM vital_tenancy.revert_run($1)",
+            &[&run],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     assert!(reverted.iter().all(|r| r.2 == 0), "{reverted:?}");
-    let agents = reverted.iter().find(|r| r.0 == "public.agents").map(|r| r.1);
+    let agents = reverted
+        .iter()
+        .find(|r| r.0 == "public.agents")
+        .map(|r| r.1);
     assert_eq!(agents, Some(255));
     // Tables that had a tenant column before are exactly as before, tenant values
     // included; the others differ only by the added columns.
@@ -201,11 +298,16 @@ fn revert_run_restores_the_pre_migration_tenant_values() {
         assert_eq!(a, b, "{t} after revert");
     }
     let still_set: i64 = c
-        .query_one("SELECT count(*) FROM public.prompts WHERE tenant_id IS NOT NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM public.prompts WHERE tenant_id IS NOT NULL",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(still_set, 0);
     // Reverting again is a no-op.
-    let again = c.query("SELECT * FROM vital_tenancy.revert_run($1)", &[&run]).unwrap();
+    let again = c
+        .query("SELECT * FROM vital_tenancy.revert_run($1)", &[&run])
+        .unwrap();
     assert!(again.is_empty());
 }
