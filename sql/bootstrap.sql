@@ -91,7 +91,9 @@ CREATE TABLE @extschema@.migration_steps (
     classifier    text NOT NULL,
     options       jsonb NOT NULL DEFAULT '{}',
     phase         text NOT NULL DEFAULT 'queue' CHECK (phase IN ('queue', 'catch_up', 'done')),
-    queue_table   name,
+    bounds        text[],
+    batch_size    integer NOT NULL DEFAULT 5000,
+    next_batch    integer NOT NULL DEFAULT 1,
     last_key      text,
     rows_total    bigint NOT NULL DEFAULT 0,
     rows_done     bigint NOT NULL DEFAULT 0,
@@ -104,17 +106,27 @@ CREATE TABLE @extschema@.migration_steps (
 );
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_steps', '');
 
--- One row per changed row: what revert_run() puts back.
-CREATE TABLE @extschema@.migration_journal (
-    run_id     bigint NOT NULL REFERENCES @extschema@.migration_runs ON DELETE CASCADE,
-    tbl        regclass NOT NULL,
-    key        text NOT NULL,
-    old_tenant uuid,
-    new_tenant uuid,
-    changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    PRIMARY KEY (run_id, tbl, key)
+-- The journal: what revert_run() puts back. Written one row per batch (keys and
+-- tenant values as arrays; old_tenants NULL when every old value was NULL), which
+-- costs a fraction of a row per changed row; read through the view
+-- migration_journal, one row per changed row.
+CREATE TABLE @extschema@.migration_journal_batches (
+    batch_id    bigserial PRIMARY KEY,
+    run_id      bigint NOT NULL,
+    tbl         regclass NOT NULL,
+    keys        text[] NOT NULL,
+    old_tenants uuid[],
+    new_tenants uuid[] NOT NULL,
+    changed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_journal', '');
+CREATE INDEX migration_journal_batches_run_idx ON @extschema@.migration_journal_batches (run_id, tbl);
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_journal_batches', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_journal_batches_batch_id_seq', '');
+CREATE VIEW @extschema@.migration_journal AS
+SELECT b.run_id, b.tbl, k.key, b.old_tenants[k.i] AS old_tenant, b.new_tenants[k.i] AS new_tenant, b.changed_at
+  FROM @extschema@.migration_journal_batches b, unnest(b.keys) WITH ORDINALITY AS k(key, i);
+COMMENT ON VIEW @extschema@.migration_journal IS
+    'One row per row a backfill changed: run, table, key, old and new tenant (what revert_run puts back)';
 
 -- The plan's migration_metrics (Phase 8.1).
 CREATE TABLE @extschema@.migration_metrics (

@@ -38,8 +38,8 @@ END
 $$;
 
 -- Assign tenant_id to a table's rows with a classifier, in keyset batches over the
--- primary key with a COMMIT per batch. The rows to do are snapshotted into a queue
--- table first (only rows that existed when the run started); the checkpoint and the
+-- primary key with a COMMIT per batch. The batches are fixed when the run starts
+-- (the key that ends every batch_size-th row without a tenant); the checkpoint and the
 -- journal commit with each batch, so after a crash the same CALL resumes where it
 -- stopped and no row is assigned or journaled twice. Then rows that appeared since
 -- without a tenant are done the same way (catch_up). Must be CALLed outside a
@@ -64,7 +64,7 @@ DECLARE
     plan      jsonb;
     v_run     bigint;
     st        record;
-    v_queue   text;
+    v_bounds  text[];
     v_todo    bigint;
     v_last    text;
     n_batch   bigint;
@@ -82,6 +82,7 @@ DECLARE
     n_retry   integer;
     v_phase_done bigint;
     v_replica boolean := false;
+    v_range   text;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'batch_size must be a positive integer, not %', batch_size USING ERRCODE = 'invalid_parameter_value';
@@ -128,21 +129,26 @@ BEGIN
             INSERT INTO @extschema@.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
         END IF;
         t_phase := clock_timestamp();
-        v_queue := format('%I.%I', '@extschema@', 'backfill_queue_' || v_run || '_' || tbl::oid);
-        EXECUTE format('DROP TABLE IF EXISTS %s', v_queue);
-        EXECUTE format('CREATE TABLE %s AS SELECT t.%s AS k FROM %s t WHERE %s', v_queue,
+        -- The batches, fixed now: the key that ends every batch_size-th row still
+        -- without a tenant. Rows created later are done by the catch-up phase (or
+        -- with their key range, if they fall inside one).
+        EXECUTE format($q$SELECT max(s.n), array_agg(s.k::text ORDER BY s.k)
+                            FROM (SELECT t.%1$s AS k, row_number() OVER (ORDER BY t.%1$s) AS rn,
+                                         count(*) OVER () AS n
+                                    FROM %2$s t WHERE %3$s) s
+                           WHERE s.rn %% $1 = 0 OR s.rn = s.n$q$,
                        plan ->> 'pk', plan ->> 'table',
-                       CASE WHEN overwrite THEN 'true' ELSE 't.' || (plan ->> 'tenant_column') || ' IS NULL' END);
-        EXECUTE format('ALTER TABLE %s ADD PRIMARY KEY (k)', v_queue);
-        EXECUTE format('SELECT count(*) FROM %s', v_queue) INTO v_todo;
+                       CASE WHEN overwrite THEN 'true' ELSE 't.' || (plan ->> 'tenant_column') || ' IS NULL' END)
+           INTO v_todo, v_bounds USING batch_size;
+        v_todo := coalesce(v_todo, 0);
         v_kind := plan ->> 'classifier';
         IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
             SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count)
               INTO v_rules FROM @extschema@.preview_classification(v_kind, tbl) p;
         END IF;
         INSERT INTO @extschema@.migration_steps
-               (run_id, tbl, tenant_column, classifier, options, queue_table, rows_total, rule_counts)
-        VALUES (v_run, tbl, tenant_column, classifier, options, v_queue, v_todo, v_rules);
+               (run_id, tbl, tenant_column, classifier, options, bounds, batch_size, rows_total, rule_counts)
+        VALUES (v_run, tbl, tenant_column, classifier, options, v_bounds, batch_size, v_todo, v_rules);
         INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, duration_ms)
         VALUES (v_metric, 'snapshot', v_todo,
                 round(extract(epoch FROM clock_timestamp() - t_phase) * 1000));
@@ -173,28 +179,61 @@ BEGIN
     t_start := clock_timestamp();
     t_phase := clock_timestamp();
     LOOP
+        -- The keyset bound is left out, not written as "$1 IS NULL OR ...", so that
+        -- every batch is a plain index range scan.
         IF st.phase = 'queue' THEN
-            v_source := format('SELECT q.k FROM %s q WHERE ($1 IS NULL OR q.k > $1::%s) ORDER BY q.k LIMIT $2',
-                               st.queue_table, plan ->> 'pk_type');
+            -- The next precomputed batch (the checkpoint counts the batches done).
+            IF st.next_batch > coalesce(cardinality(st.bounds), 0) THEN
+                n_batch := 0;
+            ELSE
+                v_next := st.bounds[st.next_batch];
+                n_batch := CASE WHEN st.next_batch < cardinality(st.bounds) THEN st.batch_size
+                                ELSE st.rows_total - st.batch_size * (cardinality(st.bounds) - 1) END;
+            END IF;
         ELSE
-            v_source := format('SELECT t.%1$s AS k FROM %2$s t WHERE t.%3$s IS NULL AND ($1 IS NULL OR t.%1$s > $1::%4$s) ORDER BY t.%1$s LIMIT $2',
-                               plan ->> 'pk', plan ->> 'table', plan ->> 'tenant_column', plan ->> 'pk_type');
+            -- Catch-up: the next batch_size rows still without a tenant.
+            v_source := format('SELECT t.%1$s AS k FROM %2$s t WHERE t.%3$s IS NULL AND %4$s ORDER BY t.%1$s LIMIT $2',
+                               plan ->> 'pk', plan ->> 'table', plan ->> 'tenant_column',
+                               CASE WHEN v_last IS NULL THEN '$1 IS NULL'
+                                    ELSE format('t.%s > $1::%s', plan ->> 'pk', plan ->> 'pk_type') END);
+            EXECUTE format('SELECT s.k::text, s.n FROM (SELECT b.k, count(*) OVER () AS n,
+                                   row_number() OVER (ORDER BY b.k DESC) AS r FROM (%s) b) s WHERE s.r = 1', v_source)
+               INTO v_next, n_batch USING v_last, batch_size;
+            n_batch := coalesce(n_batch, 0);
         END IF;
-        v_sql := format($q$
-            WITH b AS (%1$s),
-                 x AS (SELECT t.%2$s AS k, t.%3$s AS old, (%4$s) AS new
-                         FROM %5$s t JOIN b ON t.%2$s = b.k FOR UPDATE OF t),
-                 u AS (UPDATE %5$s t SET %3$s = x.new FROM x
-                        WHERE t.%2$s = x.k AND x.new IS NOT NULL AND x.new IS DISTINCT FROM x.old
-                          AND (%6$s OR x.old IS NULL)
-                       RETURNING x.k, x.old, x.new),
-                 j AS (INSERT INTO %7$I.migration_journal (run_id, tbl, key, old_tenant, new_tenant)
-                       SELECT $3, $4, u.k::text, u.old, u.new FROM u
-                       ON CONFLICT (run_id, tbl, key) DO NOTHING RETURNING 1)
-            SELECT (SELECT b.k::text FROM b ORDER BY b.k DESC LIMIT 1),
-                   (SELECT count(*) FROM b), (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL)
-            $q$, v_source, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table',
-                 CASE WHEN overwrite THEN 'true' ELSE 'false' END, '@extschema@');
+        v_range := CASE WHEN v_last IS NULL THEN ''
+                        ELSE format('t.%s > $1::%s AND ', plan ->> 'pk', plan ->> 'pk_type') END
+                   || format('t.%s <= $5::%s', plan ->> 'pk', plan ->> 'pk_type')
+                   || CASE WHEN st.phase = 'catch_up' THEN format(' AND t.%s IS NULL', plan ->> 'tenant_column') ELSE '' END;
+        IF overwrite THEN
+            -- Rows may already have a tenant: read the old value, then update only
+            -- rows still holding it (a concurrent change wins; the journal is exact).
+            v_sql := format($q$
+                WITH x AS (SELECT t.%1$s AS k, t.%2$s AS old, (%3$s) AS new FROM %4$s t WHERE %5$s),
+                     u AS (UPDATE %4$s t SET %2$s = x.new FROM x
+                            WHERE t.%1$s = x.k AND x.new IS NOT NULL AND x.new IS DISTINCT FROM x.old
+                              AND t.%2$s IS NOT DISTINCT FROM x.old
+                           RETURNING x.k, x.old, x.new),
+                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, keys, old_tenants, new_tenants)
+                           SELECT $3, $4, array_agg(u.k::text), array_agg(u.old), array_agg(u.new) FROM u
+                           HAVING count(*) > 0 RETURNING 1)
+                SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL)
+                $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
+                     '@extschema@');
+        ELSE
+            -- Only rows without a tenant: the old value is NULL by construction (and
+            -- re-checked if a row changes under us).
+            v_sql := format($q$
+                WITH u AS (UPDATE %4$s t SET %2$s = (%3$s)
+                            WHERE %5$s AND t.%2$s IS NULL AND (%3$s) IS NOT NULL
+                           RETURNING t.%1$s AS k, t.%2$s AS new),
+                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, keys, old_tenants, new_tenants)
+                           SELECT $3, $4, array_agg(u.k::text), NULL, array_agg(u.new) FROM u
+                           HAVING count(*) > 0 RETURNING 1)
+                SELECT (SELECT count(*) FROM u), NULL::bigint
+                $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
+                     '@extschema@');
+        END IF;
         -- A batch that deadlocks with an application transaction is retried; the
         -- subtransaction leaves nothing behind (COMMIT stays outside this block).
         n_retry := 0;
@@ -203,7 +242,13 @@ BEGIN
         END IF;
         LOOP
             BEGIN
-                EXECUTE v_sql INTO v_next, n_batch, n_changed, n_failed USING v_last, batch_size, v_run, tbl;
+                IF n_batch = 0 THEN
+                    EXIT;
+                END IF;
+                EXECUTE v_sql INTO n_changed, n_failed USING v_last, batch_size, v_run, tbl, v_next;
+                -- Without overwrite, rows in the batch left without a tenant are the
+                -- ones the classifier gave none (or that vanished meanwhile).
+                n_failed := coalesce(n_failed, greatest(n_batch - n_changed, 0));
                 EXIT;
             EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
                 n_retry := n_retry + 1;
@@ -229,7 +274,6 @@ BEGIN
             IF st.phase = 'queue' AND catch_up THEN
                 UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
-                EXECUTE format('DROP TABLE IF EXISTS %s', st.queue_table);
                 COMMIT;
                 st.phase := 'catch_up';
                 v_last := NULL;
@@ -243,13 +287,13 @@ BEGIN
             UPDATE @extschema@.migration_steps s
                SET phase = 'done', finished_at = clock_timestamp(), last_key = NULL, rows_failed = n_failed
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
-            EXECUTE format('DROP TABLE IF EXISTS %s', st.queue_table);
             COMMIT;
             EXIT;
         END IF;
 
         UPDATE @extschema@.migration_steps s
            SET last_key = v_next, rows_done = s.rows_done + n_batch,
+               next_batch = s.next_batch + CASE WHEN s.phase = 'queue' THEN 1 ELSE 0 END,
                rows_changed = s.rows_changed + n_changed, rows_failed = s.rows_failed + n_failed,
                rows_total = greatest(s.rows_total, s.rows_done + n_batch)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column

@@ -662,7 +662,8 @@ fn revert_run(
             let col = quote_ident(&column);
             let needs_null: bool = c
                 .select(
-                    "SELECT EXISTS (SELECT 1 FROM vital_tenancy.migration_journal WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass AND old_tenant IS NULL)
+                    "SELECT EXISTS (SELECT 1 FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass
+                                   AND (old_tenants IS NULL OR pg_catalog.array_position(old_tenants, NULL) IS NOT NULL))
                         AND (SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = $2::pg_catalog.regclass AND attname = $3)",
                     Some(1),
                     &[run_id.into(), table.as_str().into(), column.as_str().into()],
@@ -700,7 +701,7 @@ fn revert_run(
                 .unwrap_or(0);
             let journaled: i64 = c
                 .select(
-                    "SELECT count(*) FROM vital_tenancy.migration_journal WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass",
+                    "SELECT COALESCE(sum(cardinality(keys)), 0)::bigint FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass",
                     Some(1),
                     &[run_id.into(), table.as_str().into()],
                 )
