@@ -145,3 +145,15 @@ REVOKE EXECUTE ON FUNCTION @extschema@.snapshot_counts(text, text[], boolean) FR
 REVOKE EXECUTE ON FUNCTION @extschema@.revert_run(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.finish_run(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.declare_reference(regclass, text, regclass, text[]) FROM PUBLIC;
+
+-- Health, indexes, usage, export ---------------------------------------------------
+COMMENT ON FUNCTION @extschema@.health() IS
+    'Health document: database, tenants (healthy when all three exist with data), referential integrity, RLS coverage, last migration run.';
+COMMENT ON FUNCTION @extschema@.index_advice(text[]) IS
+    'Missing tenant indexes and the plan''s composite indexes, each with a CREATE INDEX CONCURRENTLY IF NOT EXISTS statement for \gexec.';
+COMMENT ON FUNCTION @extschema@.index_coverage(text[]) IS
+    'Percentage of tables with a tenant column whose tenant column leads a valid index (the plan''s > 95% goal).';
+COMMENT ON FUNCTION @extschema@.tenant_usage(text[]) IS
+    'Rows, estimated bytes and last change per tenant and table.';
+COMMENT ON FUNCTION @extschema@.export_tenant(uuid, text[]) IS
+    'A tenant''s own rows of every tenant table as (table_name, row jsonb), streamed from a cursor; usable with COPY (SELECT ...) TO STDOUT.';

@@ -8,6 +8,7 @@
 //! - [`migrate`]: online DDL path, backfill plan, count snapshots, revert, report
 //!   (the batched `backfill` procedure is PL/pgSQL in `sql/migrate.sql`).
 //! - [`validate`]: validation set-returning functions, `validate()`, `assert_valid()`.
+//! - [`monitor`]: `health()`, `index_advice()`, `index_coverage()`, `tenant_usage()`, `export_tenant()`.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
 use pgrx::prelude::*;
@@ -17,6 +18,7 @@ pub mod context;
 pub mod errors;
 pub mod logic;
 pub mod migrate;
+pub mod monitor;
 pub mod rls;
 pub mod tenants;
 pub mod validate;

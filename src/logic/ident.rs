@@ -100,6 +100,11 @@ pub fn quote_ident(ident: &str) -> String {
     out
 }
 
+/// A SQL string literal (standard_conforming_strings): quotes doubled.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// Parse `schema.table` the way PostgreSQL's `parse_ident()` does: unquoted parts are
 /// lower-cased and may not contain spaces or quotes; quoted parts keep their case and
 /// may contain anything, with `""` standing for one quote. Surrounding whitespace of
@@ -264,6 +269,7 @@ mod tests {
             assert_eq!(parse_qualified(&qn.quoted()), Ok(qn.clone()));
         }
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 
     #[test]

@@ -1,0 +1,429 @@
+//! Health check, index advisor, tenant usage and tenant export — the plan's Phase 7,
+//! 8.2 and 10.3, in-database. All read-only.
+
+use crate::errors::{raise, OrRaise};
+use crate::logic::ident::quote_ident;
+use crate::logic::tenants::{uuid_bytes, ALL};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Value};
+
+/// Tables with a tenant column: (regclass text, quoted column, raw column).
+fn tenanted(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String, String, String)> {
+    if let Some(list) = schemas {
+        for s in list {
+            let ok: bool = c
+                .select(
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+                    Some(1),
+                    &[s.as_str().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("checking a schema")
+                .unwrap_or(false);
+            if !ok {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+                    format!("schema \"{s}\" does not exist"),
+                );
+            }
+        }
+    }
+    c.select(
+        "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
+          WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
+            AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
+            AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+            AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
+          ORDER BY 1",
+        None,
+        &[schemas.clone().into()],
+    )
+    .or_raise("listing tables with a tenant column")
+    .map(|r| {
+        let col: String = r.get(2).ok().flatten().unwrap_or_default();
+        (r.get::<String>(1).ok().flatten().unwrap_or_default(), quote_ident(&col), col)
+    })
+    .collect()
+}
+
+/// Whether a valid index of `table` starts with exactly these columns.
+fn has_index(c: &SpiClient<'_>, table: &str, columns: &[&str]) -> bool {
+    let cols: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
+    c.select(
+        "SELECT EXISTS (
+           SELECT 1 FROM pg_catalog.pg_index i
+            WHERE i.indrelid = $1::pg_catalog.regclass AND i.indisvalid
+              AND (SELECT array_agg(a.attname::text ORDER BY k.i)
+                     FROM unnest(i.indkey[0:pg_catalog.cardinality($2::text[]) - 1]) WITH ORDINALITY k(n, i)
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n) = $2::text[])",
+        Some(1),
+        &[table.into(), cols.into()],
+    )
+    .and_then(|t| t.first().get_one())
+    .or_raise("looking for an index")
+    .unwrap_or(false)
+}
+
+fn has_columns(c: &SpiClient<'_>, table: &str, columns: &[&str]) -> bool {
+    let cols: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
+    c.select(
+        "SELECT count(*) = pg_catalog.cardinality($2::text[]) FROM pg_catalog.pg_attribute
+          WHERE attrelid = $1::pg_catalog.regclass AND attname = ANY ($2::text[]) AND attnum > 0 AND NOT attisdropped",
+        Some(1),
+        &[table.into(), cols.into()],
+    )
+    .and_then(|t| t.first().get_one())
+    .or_raise("checking columns")
+    .unwrap_or(false)
+}
+
+type Advice = (String, Vec<String>, String, String);
+
+fn advice(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Advice> {
+    let mut out = Vec::new();
+    for (table, qcol, col) in tenanted(c, schemas) {
+        if !has_index(c, &table, &[col.as_str()]) {
+            let relname = table
+                .rsplit('.')
+                .next()
+                .unwrap_or(&table)
+                .trim_matches('"')
+                .to_string();
+            out.push((
+                table.clone(),
+                vec![col.clone()],
+                "no index starts with the tenant column: every tenant's read and RLS check scans the table".into(),
+                format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {table} ({qcol})",
+                    quote_ident(&crate::logic::migrate::derived_name(&relname, &col, "idx"))
+                ),
+            ));
+        }
+    }
+    // The plan's composites (Phase 7.1), where the tables and columns exist.
+    for (table, cols, why) in [
+        (
+            "public.prompts",
+            vec!["tenant_id", "domain"],
+            "the prompt library filters by tenant and domain",
+        ),
+        (
+            "public.agents",
+            vec!["tenant_id", "tier", "status"],
+            "agent lists filter by tenant, tier and status",
+        ),
+    ] {
+        let exists: bool = c
+            .select(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                Some(1),
+                &[table.into()],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("checking a table")
+            .unwrap_or(false);
+        if exists && has_columns(c, table, &cols) && !has_index(c, table, &cols) {
+            let rel = table.trim_start_matches("public.");
+            let name = format!("idx_{rel}_{}", cols.join("_"));
+            out.push((
+                table.to_string(),
+                cols.iter().map(|s| s.to_string()).collect(),
+                format!("composite index from the migration plan: {why}"),
+                format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {table} ({})",
+                    quote_ident(&name),
+                    cols.iter()
+                        .map(|c| quote_ident(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Missing tenant indexes and the plan's composite indexes, each with a
+/// `CREATE INDEX CONCURRENTLY IF NOT EXISTS` statement to run with `\gexec`.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn index_advice(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(columns, Vec<String>),
+        name!(reason, String),
+        name!(ddl, String),
+    ),
+> {
+    TableIterator::new(Spi::connect(|c| advice(c, &schemas)))
+}
+
+/// Percentage of tables with a tenant column whose tenant column leads a valid index
+/// (the plan's > 95% goal); NULL when there is no such table.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn index_coverage(schemas: default!(Option<Vec<String>>, "NULL")) -> Option<pgrx::AnyNumeric> {
+    Spi::connect(|c| {
+        let tables = tenanted(c, &schemas);
+        if tables.is_empty() {
+            return None;
+        }
+        let covered = tables
+            .iter()
+            .filter(|(t, _, col)| has_index(c, t, &[col.as_str()]))
+            .count();
+        c.select(
+            "SELECT round(100.0 * $1 / $2, 2)",
+            Some(1),
+            &[(covered as i64).into(), (tables.len() as i64).into()],
+        )
+        .and_then(|t| t.first().get_one::<pgrx::AnyNumeric>())
+        .or_raise("computing the coverage")
+    })
+}
+
+/// Rows, estimated bytes and last change per tenant and table, for a usage dashboard.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_usage(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant, Option<String>),
+        name!(table_name, String),
+        name!(rows, i64),
+        name!(estimated_bytes, i64),
+        name!(last_change, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    let rows = Spi::connect(|c| {
+        let tenants = crate::context::tenants_table_sql_with(c);
+        let mut out = Vec::new();
+        for (table, qcol, _) in tenanted(c, &schemas) {
+            let stamp = if has_columns(c, &table, &["updated_at"]) {
+                "max(x.updated_at)::timestamptz"
+            } else if has_columns(c, &table, &["created_at"]) {
+                "max(x.created_at)::timestamptz"
+            } else {
+                "NULL::timestamptz"
+            };
+            let q = format!(
+                "SELECT tt.name::text, g.n, (g.n::float8 / NULLIF(sum(g.n) OVER (), 0) * pg_catalog.pg_total_relation_size($1::pg_catalog.regclass))::bigint, g.last
+                   FROM (SELECT x.{qcol} AS tenant, count(*) AS n, {stamp} AS last FROM {table} x GROUP BY 1) g
+                   LEFT JOIN {tenants} tt ON tt.id = g.tenant ORDER BY 1"
+            );
+            for r in c
+                .select(&q, None, &[table.as_str().into()])
+                .or_raise("measuring tenant usage")
+            {
+                out.push((
+                    r.get::<String>(1).ok().flatten(),
+                    table.clone(),
+                    r.get::<i64>(2).ok().flatten().unwrap_or(0),
+                    r.get::<i64>(3).ok().flatten().unwrap_or(0),
+                    r.get::<pgrx::datum::TimestampWithTimeZone>(4)
+                        .ok()
+                        .flatten(),
+                ));
+            }
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
+
+/// A lazily fetched export: an SPI cursor kept open by name between calls, read a
+/// batch at a time, so the whole result is never held in memory.
+struct ExportRows {
+    cursor: Option<String>,
+    buffer: std::vec::IntoIter<(String, JsonB)>,
+}
+
+impl Iterator for ExportRows {
+    type Item = (String, JsonB);
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.buffer.next() {
+                return Some(row);
+            }
+            let name = self.cursor.clone()?;
+            let (batch, done) = Spi::connect(|c| {
+                let mut cur = c.find_cursor(&name).or_raise("finding the export cursor");
+                let t = cur.fetch(1000).or_raise("fetching exported rows");
+                let rows: Vec<(String, JsonB)> = t
+                    .map(|r| {
+                        (
+                            r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                            r.get::<JsonB>(2)
+                                .ok()
+                                .flatten()
+                                .unwrap_or(JsonB(Value::Null)),
+                        )
+                    })
+                    .collect();
+                let done = rows.is_empty();
+                if !done {
+                    // Keep the portal open for the next call.
+                    let _ = cur.detach_into_name();
+                }
+                (rows, done)
+            });
+            if done {
+                self.cursor = None;
+                return None;
+            }
+            self.buffer = batch.into_iter();
+        }
+    }
+}
+
+/// A tenant's own rows of every table with a tenant column, as (table, row jsonb),
+/// streamed; usable in `COPY (SELECT * FROM vital_tenancy.export_tenant(…)) TO STDOUT`.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn export_tenant(
+    tenant: Uuid,
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<'static, (name!(table_name, String), name!(row, JsonB))> {
+    let cursor = Spi::connect(|c| {
+        let tenants = crate::context::tenants_table_sql_with(c);
+        let exists: bool = c
+            .select(
+                &format!("SELECT EXISTS (SELECT 1 FROM {tenants} WHERE id = $1)"),
+                Some(1),
+                &[tenant.into()],
+            )
+            .and_then(|t| t.first().get_one())
+            .or_raise("checking the tenant")
+            .unwrap_or(false);
+        if !exists {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("tenant {tenant} does not exist in {tenants}"),
+            );
+        }
+        let parts: Vec<String> = tenanted(c, &schemas)
+            .into_iter()
+            .map(|(table, qcol, _)| {
+                format!(
+                    "SELECT {lit}::text, pg_catalog.to_jsonb(x) FROM {table} x WHERE x.{qcol} = $1",
+                    lit = crate::logic::ident::quote_literal(&table)
+                )
+            })
+            .collect();
+        if parts.is_empty() {
+            return None;
+        }
+        let sql = parts.join(" UNION ALL ");
+        let cur = c
+            .try_open_cursor(sql.as_str(), &[tenant.into()])
+            .or_raise("opening the export cursor");
+        Some(cur.detach_into_name())
+    });
+    TableIterator::new(ExportRows {
+        cursor,
+        buffer: Vec::new().into_iter(),
+    })
+}
+
+/// One health document: database, tenants, referential integrity, RLS coverage, the
+/// last migration run. `status` is `healthy` only when every part is.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn health() -> JsonB {
+    let doc = Spi::connect(|c| {
+        let one = |sql: &str| -> Value {
+            c.select(sql, Some(1), &[])
+                .and_then(|t| t.first().get_one::<JsonB>())
+                .or_raise("building the health document")
+                .map(|j| j.0)
+                .unwrap_or(Value::Null)
+        };
+        let database = one(
+            "SELECT pg_catalog.jsonb_build_object('name', current_database(), 'server_version', current_setting('server_version'),
+                    'size_bytes', pg_catalog.pg_database_size(current_database()),
+                    'extension_version', (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'vital_tenancy'),
+                    'status', 'healthy')",
+        );
+        // Tenants: each of the three must exist and own data in some tenant table.
+        let dist = one(
+            "SELECT COALESCE(pg_catalog.jsonb_object_agg(tenant_id::text, rows), '{}')
+               FROM (SELECT tenant_id, sum(row_count) AS rows FROM vital_tenancy.tenant_distribution()
+                      WHERE tenant_id IS NOT NULL GROUP BY 1) d",
+        );
+        let present = one(&format!(
+            "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', id, 'name', name::text)), '[]')
+               FROM {} WHERE id = ANY (ARRAY[{}]::uuid[])",
+            crate::context::tenants_table_sql_with(c),
+            ALL.iter().map(|t| format!("'{}'", t.id)).collect::<Vec<_>>().join(", ")
+        ));
+        let mut tenants = Vec::new();
+        let mut healthy = true;
+        for t in ALL.iter() {
+            let _ = uuid_bytes(t.id);
+            let name = present
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["id"] == json!(t.id)))
+                .map(|x| x["name"].clone());
+            let rows = dist.get(t.id).and_then(Value::as_i64).unwrap_or(0);
+            let ok = name.is_some() && rows > 0;
+            healthy &= ok;
+            tenants.push(json!({"id": t.id, "slug": t.slug, "name": name, "exists": name.is_some(), "rows": rows}));
+        }
+        let tenants =
+            json!({"status": if healthy { "healthy" } else { "degraded" }, "tenants": tenants});
+        let integrity = one(
+            "SELECT pg_catalog.jsonb_build_object(
+                      'orphaned_references', (SELECT COALESCE(sum(orphan_count), 0) FROM vital_tenancy.orphaned_references()),
+                      'orphaned_tenant_refs', (SELECT COALESCE(sum(row_count), 0) FROM vital_tenancy.orphaned_tenant_refs()),
+                      'cross_tenant_references', (SELECT COALESCE(sum(row_count), 0) FROM vital_tenancy.cross_tenant_references()),
+                      'rows_without_tenant', (SELECT COALESCE(sum(missing), 0) FROM vital_tenancy.tenant_id_coverage()))",
+        );
+        let bad: i64 = [
+            "orphaned_references",
+            "orphaned_tenant_refs",
+            "cross_tenant_references",
+            "rows_without_tenant",
+        ]
+        .iter()
+        .map(|k| integrity[k].as_i64().unwrap_or(0))
+        .sum();
+        let mut integrity = integrity;
+        integrity["status"] = json!(if bad == 0 { "healthy" } else { "degraded" });
+        let rls = one(
+            "SELECT pg_catalog.jsonb_build_object('tables', (SELECT count(*) FROM vital_tenancy.rls_status()),
+                      'problems', COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('table', table_name, 'problem', problem))
+                                              FROM vital_tenancy.rls_coverage()), '[]'))",
+        );
+        let mut rls = rls;
+        let rls_ok = rls["problems"]
+            .as_array()
+            .map(|a| a.is_empty())
+            .unwrap_or(false);
+        rls["status"] = json!(if rls_ok { "healthy" } else { "degraded" });
+        let last = one(
+            "SELECT COALESCE((SELECT pg_catalog.to_jsonb(r) FROM vital_tenancy.migration_runs r ORDER BY run_id DESC LIMIT 1), 'null')",
+        );
+        let all_ok = healthy && bad == 0 && rls_ok;
+        json!({
+            "status": if all_ok { "healthy" } else { "degraded" },
+            "database": database,
+            "tenants": tenants,
+            "referential_integrity": integrity,
+            "rls": rls,
+            "last_migration": last,
+        })
+    });
+    JsonB(doc)
+}
