@@ -192,6 +192,8 @@ fn index_coverage(schemas: default!(Option<Vec<String>>, "NULL")) -> Option<pgrx
     })
 }
 
+// pgrx needs the name!() tuple spelled out in the signature (it rejects a type alias).
+#[allow(clippy::type_complexity)]
 /// Rows, estimated bytes and last change per tenant and table, for a usage dashboard.
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
