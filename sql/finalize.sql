@@ -157,3 +157,13 @@ COMMENT ON FUNCTION @extschema@.tenant_usage(text[]) IS
     'Rows, estimated bytes and last change per tenant and table.';
 COMMENT ON FUNCTION @extschema@.export_tenant(uuid, text[]) IS
     'A tenant''s own rows of every tenant table as (table_name, row jsonb), streamed from a cursor; usable with COPY (SELECT ...) TO STDOUT.';
+
+-- Citus -------------------------------------------------------------------------
+COMMENT ON FUNCTION @extschema@.citus_readiness(text[]) IS
+    'Per table: proposed Citus role (distributed by tenant_id, reference, local), each blocker (keys or foreign keys without tenant_id, triggers, sequences, reference-to-distributed keys) and the DDL that removes it.';
+COMMENT ON FUNCTION @extschema@.prepare_for_citus(integer, integer) IS
+    'Apply the key and foreign-key DDL from citus_readiness: unique indexes CONCURRENTLY via \gexec first, then keys attached USING INDEX and foreign keys rewritten with tenant_id, under lock_timeout with retries. Idempotent; data unchanged.';
+COMMENT ON FUNCTION @extschema@.distribute_all() IS
+    'On a Citus coordinator: create_reference_table for reference tables, create_distributed_table by tenant_id (co-located) for tenant tables, parents first. ERROR when Citus is absent or blockers remain.';
+REVOKE EXECUTE ON FUNCTION @extschema@.prepare_for_citus(integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.distribute_all() FROM PUBLIC;

@@ -2,6 +2,7 @@
 //!
 //! Module map (one module per thing a SQL user sees; pure logic lives in [`logic`]):
 //! - [`tenants`]: the tenant registry (`platform_tenant_id()`, `ensure_tenants()`, ...).
+//! - [`citus`]: `citus_readiness()`, `prepare_for_citus()`, `distribute_all()`.
 //! - [`classify`]: rule-driven tenant classifiers, explain/preview, configurable rules.
 //! - [`context`]: tenant context (`current_tenant_id()`, `set_tenant()`, visible/writable ids).
 //! - [`rls`]: `enable_tenant_rls()`, `disable_tenant_rls()`, `rls_status()`.
@@ -13,6 +14,7 @@
 
 use pgrx::prelude::*;
 
+pub mod citus;
 pub mod classify;
 pub mod context;
 pub mod errors;

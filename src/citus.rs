@@ -1,0 +1,626 @@
+//! Scale-out on Citus: which role each table would take (distributed by tenant_id,
+//! reference, local), what stops Citus from distributing it, the DDL that removes
+//! each blocker, applying that DDL safely, and distributing everything in one call.
+//!
+//! Citus distributes a table only if every primary key and unique constraint includes
+//! the distribution column, and every foreign key between distributed tables does too;
+//! tables referenced from everywhere must be reference tables.
+
+use crate::errors::{raise, raise_full, OrRaise};
+use crate::logic::ident::quote_ident;
+use crate::logic::migrate::derived_name;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Role {
+    Distributed,
+    Reference,
+    Local,
+}
+
+impl Role {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Role::Distributed => "distributed",
+            Role::Reference => "reference",
+            Role::Local => "local",
+        }
+    }
+}
+
+struct Table {
+    oid: pg_sys::Oid,
+    name: String,
+    relname: String,
+    role: Role,
+    tenant_attnum: Option<i16>,
+}
+
+/// One blocker: what it is, the DDL that removes it (if any can be generated), and
+/// for the ones prepare_for_citus applies, the unique index it needs first.
+struct Blocker {
+    table: String,
+    what: String,
+    ddl: Option<String>,
+    index: Option<(String, String)>,
+    apply: Option<Vec<String>>,
+    /// Foreign keys to drop before the primary-key swap, re-added after.
+    kind: u8,
+}
+
+fn one<T: FromDatum + IntoDatum>(
+    c: &SpiClient<'_>,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Option<T> {
+    c.select(sql, Some(1), args)
+        .and_then(|t| {
+            if t.is_empty() {
+                Ok(None)
+            } else {
+                t.first().get_one::<T>()
+            }
+        })
+        .or_raise("reading the catalog")
+}
+
+fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
+    let tenants: String = crate::context::tenants_table_sql_with(c);
+    let rows: Vec<(pg_sys::Oid, String, String, Option<i16>)> = c
+        .select(
+            "SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relname::text,
+                    (SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                AND n.nspname = ANY (COALESCE($1::text[],
+                      ARRAY(SELECT DISTINCT n2.nspname::text FROM pg_catalog.pg_attribute a2
+                              JOIN pg_catalog.pg_class c2 ON c2.oid = a2.attrelid
+                              JOIN pg_catalog.pg_namespace n2 ON n2.oid = c2.relnamespace
+                             WHERE a2.attname = 'tenant_id' AND c2.relkind IN ('r', 'p')
+                               AND n2.nspname NOT IN ('vital_tenancy', 'pg_catalog', 'information_schema'))))
+              ORDER BY 2",
+            None,
+            &[schemas.clone().into()],
+        )
+        .or_raise("listing tables")
+        .map(|r| {
+            (
+                r.get::<pg_sys::Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                r.get::<i16>(4).ok().flatten(),
+            )
+        })
+        .collect();
+    rows.into_iter()
+        .map(|(oid, name, relname, tenant_attnum)| {
+            let role = if name == tenants {
+                Role::Reference
+            } else if tenant_attnum.is_none() {
+                Role::Local
+            } else {
+                // A Platform-only lookup is a reference table: every row belongs to
+                // Platform, and other tables point at it or the migration gave the
+                // whole table to Platform.
+                let platform_only: bool = one(
+                    c,
+                    &format!("SELECT NOT EXISTS (SELECT 1 FROM {name} WHERE tenant_id IS DISTINCT FROM vital_tenancy.platform_tenant_id())"),
+                    &[],
+                )
+                .unwrap_or(false);
+                let referenced: bool = one(
+                    c,
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = $1 AND conrelid <> $1)
+                         OR EXISTS (SELECT 1 FROM vital_tenancy.migration_steps WHERE tbl = $1 AND classifier = 'platform')",
+                    &[oid.into()],
+                )
+                .unwrap_or(false);
+                if platform_only && referenced {
+                    Role::Reference
+                } else {
+                    Role::Distributed
+                }
+            };
+            Table { oid, name, relname, role, tenant_attnum }
+        })
+        .collect()
+}
+
+fn cols(c: &SpiClient<'_>, oid: pg_sys::Oid, keys: &[i16]) -> Vec<String> {
+    keys.iter()
+        .map(|k| {
+            one::<String>(
+                c,
+                "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum = $2",
+                &[oid.into(), (*k).into()],
+            )
+            .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
+    let mut out = Vec::new();
+    let role_of = |oid: pg_sys::Oid| all.iter().find(|t| t.oid == oid).map(|t| t.role.clone());
+    for t in all.iter().filter(|t| t.role == Role::Distributed) {
+        let tatt = t.tenant_attnum.unwrap_or(0);
+        // Primary key and unique constraints without tenant_id.
+        let keys: Vec<(String, String, Vec<i16>)> = c
+            .select(
+                "SELECT conname::text, contype::text, conkey FROM pg_catalog.pg_constraint
+                  WHERE conrelid = $1 AND contype IN ('p', 'u') AND NOT ($2 = ANY (conkey)) ORDER BY contype, conname",
+                None,
+                &[t.oid.into(), tatt.into()],
+            )
+            .or_raise("reading keys")
+            .map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<Vec<i16>>(3).ok().flatten().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (con, kind, key) in keys {
+            let names = cols(c, t.oid, &key);
+            let qcols: Vec<String> = std::iter::once("tenant_id".to_string())
+                .chain(names.iter().cloned())
+                .map(|x| quote_ident(&x))
+                .collect();
+            let ix = derived_name(&t.relname, "tenant", &format!("{}_key", names.join("_")));
+            let index_ddl = format!(
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
+                quote_ident(&ix),
+                t.name,
+                qcols.join(", ")
+            );
+            let swap = format!(
+                "ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} {} USING INDEX {}",
+                t.name,
+                quote_ident(&con),
+                quote_ident(&con),
+                if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" },
+                quote_ident(&ix)
+            );
+            out.push(Blocker {
+                table: t.name.clone(),
+                what: format!(
+                    "{} {} ({}) does not include tenant_id",
+                    if kind == "p" {
+                        "primary key"
+                    } else {
+                        "unique constraint"
+                    },
+                    con,
+                    names.join(", ")
+                ),
+                ddl: Some(format!("{index_ddl};\n{swap}")),
+                index: Some((ix, index_ddl)),
+                apply: Some(vec![swap]),
+                kind: 2,
+            });
+        }
+        // Unique indexes that back no constraint.
+        let plain: Vec<String> = c
+            .select(
+                "SELECT i.indexrelid::pg_catalog.regclass::text FROM pg_catalog.pg_index i
+                  WHERE i.indrelid = $1 AND i.indisunique AND NOT ($2 = ANY (i.indkey::int2[]))
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)",
+                None,
+                &[t.oid.into(), tatt.into()],
+            )
+            .or_raise("reading unique indexes")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect();
+        for ix in plain {
+            out.push(Blocker {
+                table: t.name.clone(),
+                what: format!("unique index {ix} does not include tenant_id"),
+                ddl: Some(format!("-- recreate {ix} with tenant_id as its first column, then: DROP INDEX CONCURRENTLY {ix}")),
+                index: None,
+                apply: None,
+                kind: 9,
+            });
+        }
+        // Foreign keys to other distributed tables without tenant_id; to local tables.
+        let fks: Vec<(String, pg_sys::Oid, Vec<i16>, Vec<i16>, String)> = c
+            .select(
+                "SELECT conname::text, confrelid, conkey, confkey, pg_catalog.pg_get_constraintdef(oid)
+                   FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f' ORDER BY conname",
+                None,
+                &[t.oid.into()],
+            )
+            .or_raise("reading foreign keys")
+            .map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<pg_sys::Oid>(2).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                    r.get::<Vec<i16>>(3).ok().flatten().unwrap_or_default(),
+                    r.get::<Vec<i16>>(4).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(5).ok().flatten().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (con, parent, key, pkey, def) in fks {
+            // A parent outside the application's schemas (auth.users, say) stays local.
+            let prole = role_of(parent).unwrap_or(Role::Local);
+            let pt = all.iter().find(|x| x.oid == parent);
+            let parent_name = pt.map(|x| x.name.clone()).unwrap_or_else(|| {
+                one::<String>(
+                    c,
+                    "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+                    &[parent.into()],
+                )
+                .unwrap_or_default()
+            });
+            match prole {
+                Role::Distributed if !key.contains(&tatt) => {
+                    let pname = pt.map(|x| x.name.clone()).unwrap_or_default();
+                    let child_cols = cols(c, t.oid, &key);
+                    let parent_cols = cols(c, parent, &pkey);
+                    let q = |v: &[String]| {
+                        v.iter()
+                            .map(|x| quote_ident(x))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    // SET NULL must not null tenant_id too (PostgreSQL 15 column list).
+                    let on_delete = if def.contains("ON DELETE CASCADE") {
+                        " ON DELETE CASCADE".to_string()
+                    } else if def.contains("ON DELETE SET NULL") {
+                        format!(" ON DELETE SET NULL ({})", q(&child_cols))
+                    } else {
+                        String::new()
+                    };
+                    let drop = format!(
+                        "ALTER TABLE {} DROP CONSTRAINT {}",
+                        t.name,
+                        quote_ident(&con)
+                    );
+                    let add = format!(
+                        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY (\"tenant_id\", {}) REFERENCES {pname} (\"tenant_id\", {}){on_delete} NOT VALID",
+                        t.name,
+                        quote_ident(&con),
+                        q(&child_cols),
+                        q(&parent_cols)
+                    );
+                    let validate = format!(
+                        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+                        t.name,
+                        quote_ident(&con)
+                    );
+                    out.push(Blocker {
+                        table: t.name.clone(),
+                        what: format!("foreign key {con} to distributed table {pname} does not include tenant_id"),
+                        ddl: Some(format!("{drop};\n{add};\n{validate}")),
+                        index: None,
+                        apply: Some(vec![drop, add, validate]),
+                        kind: 1,
+                    });
+                }
+                Role::Local => out.push(Blocker {
+                    table: t.name.clone(),
+                    what: format!("foreign key {con} to local table {parent_name}"),
+                    ddl: Some(
+                        "-- make the referenced table a reference table, or drop the foreign key"
+                            .into(),
+                    ),
+                    index: None,
+                    apply: None,
+                    kind: 9,
+                }),
+                _ => {}
+            }
+        }
+        // Triggers Citus refuses on distributed tables unless told otherwise.
+        let triggers: Vec<String> = c
+            .select("SELECT tgname::text FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY 1", None, &[t.oid.into()])
+            .or_raise("reading triggers")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect();
+        for tg in triggers {
+            out.push(Blocker {
+                table: t.name.clone(),
+                what: format!("trigger {tg}: Citus runs triggers on distributed tables only with citus.enable_unsafe_triggers"),
+                ddl: Some("-- SET citus.enable_unsafe_triggers = on (ALTER DATABASE ... SET) after checking the trigger only touches the same tenant's rows".into()),
+                index: None,
+                apply: None,
+                kind: 9,
+            });
+        }
+        // Sequence defaults on non-bigint columns (shard-wide sequences need bigint).
+        let seqs: Vec<String> = c
+            .select(
+                "SELECT a.attname::text FROM pg_catalog.pg_attrdef d
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                  WHERE d.adrelid = $1 AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%'
+                    AND a.atttypid <> 'pg_catalog.int8'::pg_catalog.regtype ORDER BY 1",
+                None,
+                &[t.oid.into()],
+            )
+            .or_raise("reading defaults")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect();
+        for col in seqs {
+            out.push(Blocker {
+                table: t.name.clone(),
+                what: format!("column {col} takes a sequence default but is not bigint"),
+                ddl: Some(format!(
+                    "ALTER TABLE {} ALTER COLUMN {} TYPE bigint",
+                    t.name,
+                    quote_ident(&col)
+                )),
+                index: None,
+                apply: None,
+                kind: 9,
+            });
+        }
+    }
+    // Reference tables must not point at distributed tables.
+    for t in all.iter().filter(|t| t.role == Role::Reference) {
+        let fks: Vec<(String, pg_sys::Oid)> = c
+            .select("SELECT conname::text, confrelid FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f'", None, &[t.oid.into()])
+            .or_raise("reading foreign keys")
+            .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<pg_sys::Oid>(2).ok().flatten().unwrap_or(pg_sys::InvalidOid)))
+            .collect();
+        for (con, parent) in fks {
+            if role_of(parent) == Some(Role::Distributed) {
+                out.push(Blocker {
+                    table: t.name.clone(),
+                    what: format!("reference table has foreign key {con} to a distributed table"),
+                    ddl: Some(format!(
+                        "ALTER TABLE {} DROP CONSTRAINT {}",
+                        t.name,
+                        quote_ident(&con)
+                    )),
+                    index: None,
+                    apply: None,
+                    kind: 9,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every table of the application's schemas (those with tenant tables, or the given
+/// ones): its proposed Citus role and each blocker with the DDL that removes it.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn citus_readiness(
+    schemas: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(proposed_role, String),
+        name!(blocker, Option<String>),
+        name!(ddl, Option<String>),
+    ),
+> {
+    let rows = Spi::connect(|c| {
+        let all = tables(c, &schemas);
+        let bl = blockers(c, &all);
+        let mut out = Vec::new();
+        for t in &all {
+            let mine: Vec<&Blocker> = bl.iter().filter(|b| b.table == t.name).collect();
+            if mine.is_empty() {
+                out.push((t.name.clone(), t.role.as_str().to_string(), None, None));
+            }
+            for b in mine {
+                out.push((
+                    t.name.clone(),
+                    t.role.as_str().to_string(),
+                    Some(b.what.clone()),
+                    b.ddl.clone(),
+                ));
+            }
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
+
+/// Apply the DDL that removes the key and foreign-key blockers. The unique indexes
+/// must be built CONCURRENTLY, which cannot run here: while any is missing, their
+/// statements come back in `ddl` (run them with `\gexec`, then call again). Then the
+/// foreign keys to rewrite are dropped, each key is swapped to its new index
+/// (`ADD CONSTRAINT … USING INDEX`), and the foreign keys come back with tenant_id,
+/// NOT VALID then VALIDATE; each step under lock_timeout with retries, logged.
+/// Idempotent; data unchanged.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn prepare_for_citus(
+    lock_timeout_ms: default!(i32, 2000),
+    retries: default!(i32, 5),
+) -> TableIterator<
+    'static,
+    (
+        name!(step, String),
+        name!(detail, String),
+        name!(ddl, Option<String>),
+    ),
+> {
+    if lock_timeout_ms < 1 || retries < 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "lock_timeout_ms must be positive and retries not negative",
+        );
+    }
+    let rows = Spi::connect_mut(|c| {
+        let all = tables(c, &None);
+        let bl = blockers(c, &all);
+        let mut out: Vec<(String, String, Option<String>)> = Vec::new();
+        let missing: Vec<&Blocker> = bl
+            .iter()
+            .filter(|b| {
+                b.index.as_ref().is_some_and(|(ix, _)| {
+                    !one::<bool>(
+                        c,
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class x JOIN pg_catalog.pg_index i ON i.indexrelid = x.oid
+                                         WHERE x.relname = $1 AND i.indisvalid)",
+                        &[ix.as_str().into()],
+                    )
+                    .unwrap_or(false)
+                })
+            })
+            .collect();
+        if !missing.is_empty() {
+            for b in missing {
+                let (_, ddl) = b.index.clone().unwrap_or_default();
+                out.push((
+                    "build unique index (run with \\gexec, then call again)".into(),
+                    b.what.clone(),
+                    Some(ddl),
+                ));
+            }
+            return out;
+        }
+        let run = |c: &mut SpiClient<'_>, table: &str, step: &str, sql: &str| {
+            c.update(
+                "SELECT vital_tenancy.run_ddl($1, $2, $3, $4, $5)",
+                None,
+                &[
+                    sql.into(),
+                    step.into(),
+                    table.into(),
+                    lock_timeout_ms.into(),
+                    retries.into(),
+                ],
+            )
+            .or_raise("running a DDL step");
+        };
+        // 1. drop the foreign keys to rewrite, 2. swap keys, 3. re-add and validate.
+        for b in bl.iter().filter(|b| b.kind == 1) {
+            if let Some(steps) = &b.apply {
+                run(c, &b.table, "drop foreign key", &steps[0]);
+                out.push(("drop foreign key".into(), b.what.clone(), None));
+            }
+        }
+        for b in bl.iter().filter(|b| b.kind == 2) {
+            if let Some(steps) = &b.apply {
+                run(c, &b.table, "attach key USING INDEX", &steps[0]);
+                out.push(("attach key using index".into(), b.what.clone(), None));
+            }
+        }
+        for b in bl.iter().filter(|b| b.kind == 1) {
+            if let Some(steps) = &b.apply {
+                run(
+                    c,
+                    &b.table,
+                    "add foreign key with tenant_id NOT VALID",
+                    &steps[1],
+                );
+                run(c, &b.table, "validate foreign key", &steps[2]);
+                out.push(("foreign key with tenant_id".into(), b.what.clone(), None));
+            }
+        }
+        for b in bl.iter().filter(|b| b.kind == 9) {
+            out.push((
+                "left for the DBA".into(),
+                format!("{}: {}", b.table, b.what),
+                b.ddl.clone(),
+            ));
+        }
+        if out.is_empty() {
+            out.push((
+                "nothing to do".into(),
+                "every key and foreign key already includes tenant_id".into(),
+                None,
+            ));
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
+
+/// On a Citus coordinator: `create_reference_table` for the reference tables, then
+/// `create_distributed_table(tbl, 'tenant_id', colocate_with => …)` for the tenant
+/// tables, all co-located, parents before children.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn distribute_all() -> TableIterator<'static, (name!(table_name, String), name!(action, String))> {
+    let rows = Spi::connect_mut(|c| {
+        let citus: bool = one(
+            c,
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .unwrap_or(false);
+        if !citus {
+            raise_full(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "distribute_all() needs the citus extension, which is not installed in this database",
+                None,
+                Some("On a Citus coordinator: CREATE EXTENSION citus; add the workers; CREATE EXTENSION vital_tenancy on every node; then run vital_tenancy.prepare_for_citus().".into()),
+            );
+        }
+        let all = tables(c, &None);
+        let open: Vec<String> = blockers(c, &all)
+            .into_iter()
+            .filter(|b| b.kind != 9)
+            .map(|b| format!("{}: {}", b.table, b.what))
+            .collect();
+        if !open.is_empty() {
+            raise_full(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "{} blocker(s) stop Citus from distributing the tables",
+                    open.len()
+                ),
+                Some(open.join("\n")),
+                Some(
+                    "Run vital_tenancy.prepare_for_citus() (and its \\gexec statements) first."
+                        .into(),
+                ),
+            );
+        }
+        // Parents before children: order by depth in the foreign-key graph.
+        let depth = |oid: pg_sys::Oid| -> i32 {
+            one::<i32>(
+                c,
+                "WITH RECURSIVE up(rel, d) AS (SELECT $1::oid, 0 UNION
+                   SELECT k.confrelid, up.d + 1 FROM up JOIN pg_catalog.pg_constraint k ON k.conrelid = up.rel AND k.contype = 'f'
+                    WHERE k.confrelid <> up.rel AND up.d < 32)
+                 SELECT max(d) FROM up",
+                &[oid.into()],
+            )
+            .unwrap_or(0)
+        };
+        let mut refs: Vec<&Table> = all.iter().filter(|t| t.role == Role::Reference).collect();
+        refs.sort_by_key(|t| depth(t.oid));
+        let mut dist: Vec<&Table> = all.iter().filter(|t| t.role == Role::Distributed).collect();
+        dist.sort_by_key(|t| depth(t.oid));
+        let mut out = Vec::new();
+        for t in refs {
+            c.update(
+                "SELECT create_reference_table($1::regclass)",
+                None,
+                &[t.name.as_str().into()],
+            )
+            .or_raise("creating a reference table");
+            out.push((t.name.clone(), "create_reference_table".to_string()));
+        }
+        let anchor = dist.first().map(|t| t.name.clone());
+        for t in dist {
+            let colocate = if Some(&t.name) == anchor.as_ref() {
+                "default".to_string()
+            } else {
+                anchor.clone().unwrap_or_default()
+            };
+            c.update(
+                "SELECT create_distributed_table($1::regclass, 'tenant_id', colocate_with => $2)",
+                None,
+                &[t.name.as_str().into(), colocate.as_str().into()],
+            )
+            .or_raise("distributing a table");
+            out.push((
+                t.name.clone(),
+                format!("create_distributed_table by tenant_id, colocate_with {colocate}"),
+            ));
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
