@@ -140,6 +140,9 @@ fn cols(c: &SpiClient<'_>, oid: pg_sys::Oid, keys: &[i16]) -> Vec<String> {
         .collect()
 }
 
+/// (name, parent table, child columns, parent columns, definition) of a foreign key.
+type ForeignKey = (String, pg_sys::Oid, Vec<i16>, Vec<i16>, String);
+
 fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
     let mut out = Vec::new();
     let role_of = |oid: pg_sys::Oid| all.iter().find(|t| t.oid == oid).map(|t| t.role.clone());
@@ -224,7 +227,7 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
             });
         }
         // Foreign keys to other distributed tables without tenant_id; to local tables.
-        let fks: Vec<(String, pg_sys::Oid, Vec<i16>, Vec<i16>, String)> = c
+        let fks: Vec<ForeignKey> = c
             .select(
                 "SELECT conname::text, confrelid, conkey, confkey, pg_catalog.pg_get_constraintdef(oid)
                    FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f' ORDER BY conname",
