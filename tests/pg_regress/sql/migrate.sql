@@ -1,0 +1,81 @@
+-- The migration toolkit's SQL interface on the real fixture: plans, counts, online
+-- column steps, and every bad input with its SQLSTATE. (The batched backfill procedure
+-- commits, so it cannot run inside this test's transaction: the e2e tests run it.)
+\set ON_ERROR_ROLLBACK on
+\set SHOW_CONTEXT never
+begin;
+create extension vital_tenancy;
+select count(*) from vital_tenancy.ensure_tenants('public.tenants', '{"type": "industry"}');
+
+-- Online column steps; the index comes back as a statement for \gexec.
+select step, ddl from vital_tenancy.add_tenant_column('public.prompts');
+select step from vital_tenancy.add_tenant_column('public.prompts');
+select attnotnull, (select convalidated from pg_constraint where conname = 'prompts_tenant_id_vt_fk') as fk_valid
+  from pg_attribute where attrelid = 'public.prompts'::regclass and attname = 'tenant_id';
+
+-- What a backfill would run.
+select vital_tenancy.backfill_plan('public.prompts', 'prompt') ->> 'expression' as prompt_expression;
+select count(*) as steps from vital_tenancy.add_tenant_column('public.messages');
+select count(*) as steps from vital_tenancy.add_tenant_column('public.agents');
+select vital_tenancy.backfill_plan('public.agents', 'agent') ->> 'expression' as agent_expression;
+select vital_tenancy.backfill_plan('public.messages', 'parent',
+         '{"column": "agent_id", "parent": "public.agents", "match": ["id", "name"], "private": true,
+           "fallback": "11111111-1111-1111-1111-111111111111"}') ->> 'expression' as message_expression;
+
+-- Fill by hand, then enforce NOT NULL the online way.
+update public.prompts set tenant_id = vital_tenancy.classify_prompt_tenant(name, domain, created_by, null);
+select step from vital_tenancy.enforce_tenant_column('public.prompts');
+select attnotnull, (select convalidated from pg_constraint where conname = 'prompts_tenant_id_vt_fk') as fk_valid
+  from pg_attribute where attrelid = 'public.prompts'::regclass and attname = 'tenant_id';
+select step from vital_tenancy.enforce_tenant_column('public.prompts');
+select tbl, step, attempts from vital_tenancy.migration_log order by id;
+
+-- Count snapshots.
+select count(*) from vital_tenancy.snapshot_counts('before');
+insert into public.tool_categories (name) values ('One more');
+select count(*) from vital_tenancy.snapshot_counts('before');
+select count(*) from vital_tenancy.snapshot_counts('after');
+select * from vital_tenancy.compare_counts('before', 'after') where difference <> 0;
+
+-- Bad input.
+select vital_tenancy.backfill_plan('public.prompts', 'nonsense');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.prompts', 'tenant', '{"tenant": "x''; drop table prompts; --"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.tools', 'prompt');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.messages', 'parent', '{"column": "agent_id", "parent": "public.nope"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.messages', 'parent', '{"column": "nope", "parent": "public.agents"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.messages', 'parent', '{"column": "agent_id", "parent": "public.tools"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.prompts', 'prompt', '[]');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.add_tenant_column('public.chat_nope');
+\echo :LAST_ERROR_SQLSTATE
+create view public.vt_view as select * from public.prompts;
+select * from vital_tenancy.add_tenant_column('public.vt_view');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.add_tenant_column('public.tools', 'name');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.add_tenant_column('public.tools', lock_timeout_ms => 0);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.enforce_tenant_column('public.tools');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.snapshot_counts('');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.snapshot_counts('x', array['no_such_schema']);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.compare_counts('before', 'never taken');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.revert_run(424242);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.migration_report('no such run');
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('public.prompts', 'prompt', batch_size => 0);
+\echo :LAST_ERROR_SQLSTATE
+-- Inside a transaction block a backfill cannot commit per batch: PostgreSQL says so.
+call vital_tenancy.backfill('public.agents', 'agent');
+\echo :LAST_ERROR_SQLSTATE
+rollback;
