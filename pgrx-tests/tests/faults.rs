@@ -258,3 +258,50 @@ fn concurrent_inserts_and_updates_during_the_backfill_lose_nothing() {
         .get(0);
     assert_eq!(wrong, 0);
 }
+
+#[test]
+fn ddl_steps_wait_under_lock_timeout_retry_and_give_up_cleanly() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = FixtureDb::new("fault_lock");
+    let mut c = db.dba();
+    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
+    // A long transaction holds a lock on prompts: ADD COLUMN cannot get its own.
+    let mut holder = db.dba();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE public.prompts IN ACCESS SHARE MODE")
+        .unwrap();
+    let start = Instant::now();
+    let r = c.query("SELECT * FROM vital_tenancy.add_tenant_column('public.prompts', lock_timeout_ms => 100, retries => 2)", &[]);
+    let msg = vital_tenancy_e2e::message(
+        c.query("SELECT * FROM vital_tenancy.add_tenant_column('public.prompts', lock_timeout_ms => 100, retries => 0)", &[]),
+    );
+    assert_eq!(vital_tenancy_e2e::sqlstate(r), "55P03");
+    assert!(
+        msg.contains("public.prompts") && msg.contains("add column"),
+        "{msg}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let has: bool = c
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'public.prompts'::regclass AND attname = 'tenant_id')", &[])
+        .unwrap()
+        .get(0);
+    assert!(!has, "a step that never got its lock changes nothing");
+    // Released during the retries: the step succeeds, and the log shows the waits.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        holder.batch_execute("COMMIT").unwrap();
+    });
+    let steps: Vec<String> = c
+        .query("SELECT step FROM vital_tenancy.add_tenant_column('public.prompts', lock_timeout_ms => 100, retries => 20)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    release.join().unwrap();
+    assert_eq!(steps[0], "add column");
+    let retried: i64 = c
+        .query_one("SELECT count(*) FROM vital_tenancy.migration_log WHERE step LIKE 'add column (lock timeout, retrying)'", &[])
+        .unwrap()
+        .get(0);
+    assert!(retried >= 1, "the retries are logged");
+}
