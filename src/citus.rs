@@ -49,21 +49,7 @@ struct Blocker {
     kind: u8,
 }
 
-fn one<T: FromDatum + IntoDatum>(
-    c: &SpiClient<'_>,
-    sql: &str,
-    args: &[pgrx::datum::DatumWithOid<'_>],
-) -> Option<T> {
-    c.select(sql, Some(1), args)
-        .and_then(|t| {
-            if t.is_empty() {
-                Ok(None)
-            } else {
-                t.first().get_one::<T>()
-            }
-        })
-        .or_raise("reading the catalog")
-}
+use crate::catalog::value as one;
 
 fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
     let tenants: String = crate::context::tenants_table_sql_with(c);

@@ -10,10 +10,12 @@
 //!   (the batched `backfill` procedure is PL/pgSQL in `sql/migrate.sql`).
 //! - [`validate`]: validation set-returning functions, `validate()`, `assert_valid()`.
 //! - [`monitor`]: `health()`, `index_advice()`, `index_coverage()`, `tenant_usage()`, `export_tenant()`.
+//! - [`catalog`]: catalog look-ups shared by the functions above.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
 use pgrx::prelude::*;
 
+pub mod catalog;
 pub mod citus;
 pub mod classify;
 pub mod context;

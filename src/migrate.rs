@@ -421,23 +421,7 @@ fn snapshot_counts(
         );
     }
     let rows = Spi::connect_mut(|c| {
-        for s in &schemas {
-            let exists: bool = c
-                .select(
-                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                    Some(1),
-                    &[s.as_str().into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("checking a schema")
-                .unwrap_or(false);
-            if !exists {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
-                    format!("schema \"{s}\" does not exist"),
-                );
-            }
-        }
+        crate::catalog::check_schemas(c, &schemas);
         let have: bool = c
             .select(
                 "SELECT EXISTS (SELECT 1 FROM vital_tenancy.count_snapshots WHERE label = $1)",

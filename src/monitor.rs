@@ -11,46 +11,10 @@ use serde_json::{json, Value};
 
 /// Tables with a tenant column: (regclass text, quoted column, raw column).
 fn tenanted(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String, String, String)> {
-    if let Some(list) = schemas {
-        for s in list {
-            let ok: bool = c
-                .select(
-                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                    Some(1),
-                    &[s.as_str().into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("checking a schema")
-                .unwrap_or(false);
-            if !ok {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
-                    format!("schema \"{s}\" does not exist"),
-                );
-            }
-        }
-    }
-    c.select(
-        "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text
-           FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-           LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
-          WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-            AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
-            AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
-            AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
-            AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
-          ORDER BY 1",
-        None,
-        &[schemas.clone().into()],
-    )
-    .or_raise("listing tables with a tenant column")
-    .map(|r| {
-        let col: String = r.get(2).ok().flatten().unwrap_or_default();
-        (r.get::<String>(1).ok().flatten().unwrap_or_default(), quote_ident(&col), col)
-    })
-    .collect()
+    crate::catalog::tenant_tables(c, schemas)
+        .into_iter()
+        .map(|t| (t.table, t.column, t.raw_column))
+        .collect()
 }
 
 /// Whether a valid index of `table` starts with exactly these columns.

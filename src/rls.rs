@@ -284,15 +284,7 @@ fn disable_tenant_rls(tbl: PgRelation) -> TableIterator<'static, (name!(action, 
             )
             .or_raise("reading rls_tables");
         if rec.is_empty() {
-            let name: String = c
-                .select(
-                    "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-                    Some(1),
-                    &[oid.into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("naming the table")
-                .unwrap_or_default();
+            let name = crate::catalog::table_name(c, oid);
             raise_full(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("tenant RLS was not enabled on {name} by vital_tenancy"),

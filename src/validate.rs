@@ -3,66 +3,19 @@
 //! `assert_valid()` that run them all. They only read.
 
 use crate::errors::{raise, raise_full, OrRaise};
-use crate::logic::ident::quote_ident;
+use crate::logic::ident::{quote_ident, quote_literal};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgRelation, Uuid};
 
-/// A table with a tenant column: regclass text and quoted column.
-struct Tenanted {
-    table: String,
-    column: String,
-}
+use crate::catalog::{
+    check_schemas, has_column, table_name, tenant_tables as tenanted_tables,
+    TenantTable as Tenanted,
+};
 
-fn check_schemas(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) {
-    if let Some(list) = schemas {
-        for s in list {
-            let ok: bool = c
-                .select(
-                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
-                    Some(1),
-                    &[s.as_str().into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("checking a schema")
-                .unwrap_or(false);
-            if !ok {
-                raise(
-                    PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
-                    format!("schema \"{s}\" does not exist"),
-                );
-            }
-        }
-    }
-}
-
+/// The same filter on schemas as `catalog::tenant_tables`, for catalog queries here.
 const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy', 'pg_toast')
                             AND n.nspname NOT LIKE 'pg\\_%' AND ($1::text[] IS NULL OR n.nspname = ANY ($1))";
-
-fn tenanted_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Tenanted> {
-    check_schemas(c, schemas);
-    c.select(
-        &format!(
-            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text
-               FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-               LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
-              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {USER_SCHEMAS}
-                AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
-                AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
-              ORDER BY 1"
-        ),
-        None,
-        &[schemas.clone().into()],
-    )
-    .or_raise("listing tables with a tenant column")
-    .map(|r| Tenanted {
-        table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
-        column: quote_ident(&r.get::<String>(2).ok().flatten().unwrap_or_default()),
-    })
-    .collect()
-}
 
 fn tenants_sql(c: &SpiClient<'_>) -> String {
     crate::context::tenants_table_sql_with(c)
@@ -192,7 +145,9 @@ struct Reference {
 }
 
 fn references(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Reference> {
-    check_schemas(c, schemas);
+    if let Some(list) = schemas {
+        check_schemas(c, list);
+    }
     let mut out: Vec<Reference> = c
         .select(
             &format!(
@@ -438,40 +393,23 @@ fn declare_reference(
         );
     }
     Spi::connect_mut(|c| {
-        let has = |c: &SpiClient<'_>, oid: pg_sys::Oid, col: &str| -> bool {
-            c.select(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-                Some(1),
-                &[oid.into(), col.into()],
-            )
-            .and_then(|t| t.first().get_one())
-            .or_raise("checking a column")
-            .unwrap_or(false)
-        };
-        let name = |c: &SpiClient<'_>, oid: pg_sys::Oid| -> String {
-            c.select(
-                "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-                Some(1),
-                &[oid.into()],
-            )
-            .and_then(|t| t.first().get_one())
-            .or_raise("naming a table")
-            .unwrap_or_default()
-        };
-        if !has(c, coid, child_column) {
+        if !has_column(c, coid, child_column) {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                 format!(
                     "column \"{child_column}\" of table {} does not exist",
-                    name(c, coid)
+                    table_name(c, coid)
                 ),
             );
         }
         for p in &parent_columns {
-            if !has(c, poid, p) {
+            if !has_column(c, poid, p) {
                 raise(
                     PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                    format!("column \"{p}\" of table {} does not exist", name(c, poid)),
+                    format!(
+                        "column \"{p}\" of table {} does not exist",
+                        table_name(c, poid)
+                    ),
                 );
             }
         }
@@ -511,15 +449,7 @@ fn duplicate_rows(
     oid: pg_sys::Oid,
     columns: &[String],
 ) -> Vec<(Option<Uuid>, JsonB, i64)> {
-    let table: String = c
-        .select(
-            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-            Some(1),
-            &[oid.into()],
-        )
-        .and_then(|t| t.first().get_one())
-        .or_raise("naming the table")
-        .unwrap_or_default();
+    let table = table_name(c, oid);
     if columns.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -533,16 +463,7 @@ fn duplicate_rows(
         )
     };
     for col in columns {
-        let ok: bool = c
-            .select(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-                Some(1),
-                &[oid.into(), col.as_str().into()],
-            )
-            .and_then(|t| t.first().get_one())
-            .or_raise("checking a column")
-            .unwrap_or(false);
-        if !ok {
+        if !has_column(c, oid, col) {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                 format!("column \"{col}\" of table {table} does not exist"),
@@ -551,7 +472,7 @@ fn duplicate_rows(
     }
     let pairs: Vec<String> = columns
         .iter()
-        .map(|col| format!("'{}', x.{}", col.replace('\'', "''"), quote_ident(col)))
+        .map(|col| format!("{}, x.{}", quote_literal(col), quote_ident(col)))
         .collect();
     let group: Vec<String> = columns
         .iter()
@@ -722,24 +643,13 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
     push_check(&mut out, "cross_tenant_references", "blocking", rows);
     let mut dups = Vec::new();
     for t in &tables {
-        let oid: pg_sys::Oid = c
-            .select(
-                "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
-                Some(1),
-                &[t.table.as_str().into()],
-            )
-            .and_then(|x| x.first().get_one())
-            .or_raise("resolving a table")
-            .unwrap_or(pg_sys::InvalidOid);
-        let has_name: bool = c
-            .select(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = 'name' AND NOT attisdropped)",
-                Some(1),
-                &[oid.into()],
-            )
-            .and_then(|x| x.first().get_one())
-            .or_raise("checking for a name column")
-            .unwrap_or(false);
+        let oid = crate::catalog::value::<pg_sys::Oid>(
+            c,
+            "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
+            &[t.table.as_str().into()],
+        )
+        .unwrap_or(pg_sys::InvalidOid);
+        let has_name = has_column(c, oid, "name");
         if has_name {
             let d = duplicate_rows(c, oid, &["name".to_string()]);
             let n: i64 = d.iter().map(|x| x.2).sum();

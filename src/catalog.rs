@@ -1,0 +1,108 @@
+//! Catalog look-ups shared by the SQL functions: one place for "does this schema
+//! exist", "which tables carry a tenant column", "what is this table called".
+
+use crate::errors::{raise, OrRaise};
+use crate::logic::ident::quote_ident;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// The first column of the first row, or `None` when there is no row (or it is NULL).
+pub(crate) fn value<T: FromDatum + IntoDatum>(
+    c: &SpiClient<'_>,
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> Option<T> {
+    c.select(sql, Some(1), args)
+        .and_then(|t| {
+            if t.is_empty() {
+                Ok(None)
+            } else {
+                t.first().get_one::<T>()
+            }
+        })
+        .or_raise("reading the catalog")
+}
+
+/// A table's name as SQL text (regclass output: quoted, and schema-qualified under
+/// the pinned search_path of every function).
+pub(crate) fn table_name(c: &SpiClient<'_>, oid: pg_sys::Oid) -> String {
+    value::<String>(
+        c,
+        "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+        &[oid.into()],
+    )
+    .unwrap_or_default()
+}
+
+/// ERROR 3F000 naming the first schema that does not exist.
+pub(crate) fn check_schemas(c: &SpiClient<'_>, schemas: &[String]) {
+    for s in schemas {
+        let ok = value::<bool>(
+            c,
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[s.as_str().into()],
+        )
+        .unwrap_or(false);
+        if !ok {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+                format!("schema \"{s}\" does not exist"),
+            );
+        }
+    }
+}
+
+/// Whether a table has a (live) column of that name.
+pub(crate) fn has_column(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> bool {
+    value::<bool>(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+        &[oid.into(), column.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// A table with a tenant column.
+pub(crate) struct TenantTable {
+    /// regclass text.
+    pub table: String,
+    /// The tenant column, quoted for SQL.
+    pub column: String,
+    /// The tenant column as named in the catalog.
+    pub raw_column: String,
+}
+
+/// Every table with a tenant column (`tenant_id`, or the column it was enabled with),
+/// outside the system schemas, the extension's own and the tenants table; limited to
+/// `schemas` when given (each must exist).
+pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<TenantTable> {
+    if let Some(list) = schemas {
+        check_schemas(c, list);
+    }
+    c.select(
+        "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
+          WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
+            AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
+            AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+            AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
+          ORDER BY 1",
+        None,
+        &[schemas.clone().into()],
+    )
+    .or_raise("listing tables with a tenant column")
+    .map(|r| {
+        let raw_column: String = r.get(2).ok().flatten().unwrap_or_default();
+        TenantTable {
+            table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            column: quote_ident(&raw_column),
+            raw_column,
+        }
+    })
+    .collect()
+}
