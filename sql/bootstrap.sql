@@ -94,6 +94,7 @@ CREATE TABLE @extschema@.migration_steps (
     bounds        text[],
     batch_size    integer NOT NULL DEFAULT 5000,
     next_batch    integer NOT NULL DEFAULT 1,
+    phase_rows    bigint NOT NULL DEFAULT 0,
     last_key      text,
     rows_total    bigint NOT NULL DEFAULT 0,
     rows_done     bigint NOT NULL DEFAULT 0,

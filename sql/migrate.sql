@@ -73,7 +73,8 @@ DECLARE
     t_start   timestamptz;
     t_phase   timestamptz;
     v_rate    numeric;
-    v_source  text;
+    v_bounds_sql text;
+    v_missing text;
     v_sql     text;
     v_kind    text;
     v_rules   jsonb;
@@ -91,6 +92,14 @@ BEGIN
         RAISE EXCEPTION 'sleep_ms must not be negative, not %', sleep_ms USING ERRCODE = 'invalid_parameter_value';
     END IF;
     plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
+    -- The batches of a phase, fixed when it starts: the key that ends every
+    -- batch_size-th row to do (one scan and a sort of the keys). %s is the row filter.
+    v_bounds_sql := format($q$SELECT max(s.n), array_agg(s.k::text ORDER BY s.k)
+                                FROM (SELECT t.%1$s AS k, row_number() OVER (ORDER BY t.%1$s) AS rn,
+                                             count(*) OVER () AS n
+                                        FROM %2$s t WHERE %%s) s
+                               WHERE s.rn %%%% $1 = 0 OR s.rn = s.n$q$, plan ->> 'pk', plan ->> 'table');
+    v_missing := 't.' || (plan ->> 'tenant_column') || ' IS NULL';
     v_metric := run_name || ':' || (plan ->> 'table');
 
     -- The step to resume, if any: the latest unfinished one for this table.
@@ -101,9 +110,10 @@ BEGIN
      ORDER BY s.run_id DESC LIMIT 1;
 
     IF NOT FOUND THEN
-        EXECUTE format('SELECT count(*) FROM %s t WHERE %s', plan ->> 'table',
-                       CASE WHEN overwrite THEN 'true' ELSE 't.' || (plan ->> 'tenant_column') || ' IS NULL' END)
-           INTO v_todo;
+        t_phase := clock_timestamp();
+        EXECUTE format(v_bounds_sql, CASE WHEN overwrite THEN 'true' ELSE v_missing END)
+           INTO v_todo, v_bounds USING batch_size;
+        v_todo := coalesce(v_todo, 0);
         IF v_todo = 0 THEN
             RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
             RETURN;
@@ -116,7 +126,7 @@ BEGIN
          ORDER BY s.run_id DESC LIMIT 1;
     END IF;
     IF FOUND AND st.phase = 'done' THEN
-        UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL
+        UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL, next_batch = 0
          WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
         RETURNING s.* INTO st;
         COMMIT;
@@ -128,27 +138,14 @@ BEGIN
         IF v_run IS NULL THEN
             INSERT INTO @extschema@.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
         END IF;
-        t_phase := clock_timestamp();
-        -- The batches, fixed now: the key that ends every batch_size-th row still
-        -- without a tenant. Rows created later are done by the catch-up phase (or
-        -- with their key range, if they fall inside one).
-        EXECUTE format($q$SELECT max(s.n), array_agg(s.k::text ORDER BY s.k)
-                            FROM (SELECT t.%1$s AS k, row_number() OVER (ORDER BY t.%1$s) AS rn,
-                                         count(*) OVER () AS n
-                                    FROM %2$s t WHERE %3$s) s
-                           WHERE s.rn %% $1 = 0 OR s.rn = s.n$q$,
-                       plan ->> 'pk', plan ->> 'table',
-                       CASE WHEN overwrite THEN 'true' ELSE 't.' || (plan ->> 'tenant_column') || ' IS NULL' END)
-           INTO v_todo, v_bounds USING batch_size;
-        v_todo := coalesce(v_todo, 0);
         v_kind := plan ->> 'classifier';
         IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
             SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count)
               INTO v_rules FROM @extschema@.preview_classification(v_kind, tbl) p;
         END IF;
         INSERT INTO @extschema@.migration_steps
-               (run_id, tbl, tenant_column, classifier, options, bounds, batch_size, rows_total, rule_counts)
-        VALUES (v_run, tbl, tenant_column, classifier, options, v_bounds, batch_size, v_todo, v_rules);
+               (run_id, tbl, tenant_column, classifier, options, bounds, batch_size, rows_total, phase_rows, rule_counts)
+        VALUES (v_run, tbl, tenant_column, classifier, options, v_bounds, batch_size, v_todo, v_todo, v_rules);
         INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, duration_ms)
         VALUES (v_metric, 'snapshot', v_todo,
                 round(extract(epoch FROM clock_timestamp() - t_phase) * 1000));
@@ -179,27 +176,24 @@ BEGIN
     t_start := clock_timestamp();
     t_phase := clock_timestamp();
     LOOP
-        -- The keyset bound is left out, not written as "$1 IS NULL OR ...", so that
-        -- every batch is a plain index range scan.
-        IF st.phase = 'queue' THEN
-            -- The next precomputed batch (the checkpoint counts the batches done).
-            IF st.next_batch > coalesce(cardinality(st.bounds), 0) THEN
-                n_batch := 0;
-            ELSE
-                v_next := st.bounds[st.next_batch];
-                n_batch := CASE WHEN st.next_batch < cardinality(st.bounds) THEN st.batch_size
-                                ELSE st.rows_total - st.batch_size * (cardinality(st.bounds) - 1) END;
-            END IF;
+        IF st.phase = 'catch_up' AND st.next_batch = 0 THEN
+            -- A catch-up phase starts: batches over the rows without a tenant now.
+            EXECUTE format(v_bounds_sql, v_missing) INTO v_todo, v_bounds USING st.batch_size;
+            UPDATE @extschema@.migration_steps s
+               SET bounds = v_bounds, next_batch = 1, last_key = NULL, phase_rows = coalesce(v_todo, 0),
+                   rows_total = s.rows_total + coalesce(v_todo, 0)
+             WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
+            RETURNING s.* INTO st;
+            COMMIT;
+            v_last := NULL;
+        END IF;
+        -- The next precomputed batch (the checkpoint counts the batches done).
+        IF st.next_batch > coalesce(cardinality(st.bounds), 0) THEN
+            n_batch := 0;
         ELSE
-            -- Catch-up: the next batch_size rows still without a tenant.
-            v_source := format('SELECT t.%1$s AS k FROM %2$s t WHERE t.%3$s IS NULL AND %4$s ORDER BY t.%1$s LIMIT $2',
-                               plan ->> 'pk', plan ->> 'table', plan ->> 'tenant_column',
-                               CASE WHEN v_last IS NULL THEN '$1 IS NULL'
-                                    ELSE format('t.%s > $1::%s', plan ->> 'pk', plan ->> 'pk_type') END);
-            EXECUTE format('SELECT s.k::text, s.n FROM (SELECT b.k, count(*) OVER () AS n,
-                                   row_number() OVER (ORDER BY b.k DESC) AS r FROM (%s) b) s WHERE s.r = 1', v_source)
-               INTO v_next, n_batch USING v_last, batch_size;
-            n_batch := coalesce(n_batch, 0);
+            v_next := st.bounds[st.next_batch];
+            n_batch := CASE WHEN st.next_batch < cardinality(st.bounds) THEN st.batch_size
+                            ELSE st.phase_rows - st.batch_size * (cardinality(st.bounds) - 1) END;
         END IF;
         v_range := CASE WHEN v_last IS NULL THEN ''
                         ELSE format('t.%s > $1::%s AND ', plan ->> 'pk', plan ->> 'pk_type') END
@@ -272,10 +266,10 @@ BEGIN
               FROM @extschema@.migration_steps s
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             IF st.phase = 'queue' AND catch_up THEN
-                UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL
-                 WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+                UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, next_batch = 0
+                 WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
+                RETURNING s.* INTO st;
                 COMMIT;
-                st.phase := 'catch_up';
                 v_last := NULL;
                 SELECT s.rows_done INTO v_phase_done FROM @extschema@.migration_steps s
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
@@ -293,7 +287,7 @@ BEGIN
 
         UPDATE @extschema@.migration_steps s
            SET last_key = v_next, rows_done = s.rows_done + n_batch,
-               next_batch = s.next_batch + CASE WHEN s.phase = 'queue' THEN 1 ELSE 0 END,
+               next_batch = s.next_batch + 1,
                rows_changed = s.rows_changed + n_changed, rows_failed = s.rows_failed + n_failed,
                rows_total = greatest(s.rows_total, s.rows_done + n_batch)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
