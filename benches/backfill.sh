@@ -46,6 +46,7 @@ writer_start() {
   sleep 1
 }
 writer_stop() {
+  sleep 2  # let writers that were blocked finish, so their wait is logged
   pkill -INT -P "$WRITER" pgbench 2>/dev/null || true; kill -INT "$WRITER" 2>/dev/null || true; wait "$WRITER" 2>/dev/null || true
   # pgbench log: client txno latency_us script epoch epoch_us -> max latency in ms, count
   cat "$LOGDIR/$1".[0-9]* 2>/dev/null | awk '{ v = $3 + 0; if (v > m) m = v; n++ } END { printf "%.0f %d", m / 1000, n }'
