@@ -3,8 +3,8 @@
 //! `current_tenant_id()` reads `vital.tenant_id`, then `request.jwt.claims`, then a
 //! membership-checked `x-tenant-id` in `request.headers` (see `logic::context`). It is
 //! SECURITY DEFINER (the tenants and membership tables need not be readable by the
-//! application's roles) with a pinned search_path, and caches its answer per
-//! transaction keyed on the raw settings, so a column DEFAULT that calls it for every
+//! application's roles) with a pinned search_path, and caches its answer keyed on the
+//! raw settings and the command id, so a column DEFAULT that calls it for every
 //! inserted row costs a setting read and a string compare, not a query.
 
 use crate::errors::{raise, raise_full, OrRaise};
@@ -19,8 +19,8 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 
 thread_local! {
-    /// (raw settings, resolved tenant) of the last call in this transaction.
-    static CONTEXT_CACHE: RefCell<Option<(RawContext, Option<[u8; 16]>)>> = const { RefCell::new(None) };
+    /// (raw settings, command id, resolved tenant) of the last call in this transaction.
+    static CONTEXT_CACHE: RefCell<Option<(RawContext, u32, Option<[u8; 16]>)>> = const { RefCell::new(None) };
 }
 
 #[pg_guard]
@@ -208,7 +208,10 @@ fn resolve_tenant(raw: &RawContext) -> Option<[u8; 16]> {
                         format_uuid(&tenant)
                     ),
                     Some("A tenant header is only honoured for members of that tenant.".into()),
-                    Some("Add the membership to vital_tenancy.tenant_members, or put the tenant in the JWT claims.".into()),
+                    Some(format!(
+                        "Add the membership to {}, or put the tenant in the JWT claims.",
+                        membership_sql().0
+                    )),
                 );
             }
             require_tenant(tenant, "header x-tenant-id");
@@ -223,16 +226,24 @@ fn resolve_tenant(raw: &RawContext) -> Option<[u8; 16]> {
 #[search_path(pg_catalog, pg_temp)]
 pub fn current_tenant_id() -> Option<Uuid> {
     let raw = raw_context();
+    // Within one command (e.g. the column DEFAULT for every row of an INSERT) the
+    // answer cannot change; a later command may see changed tenants or memberships.
+    // SAFETY: reads the current command id of this backend's transaction.
+    let command = unsafe { pg_sys::GetCurrentCommandId(false) };
     let cached = CONTEXT_CACHE.with(|c| {
-        c.borrow()
-            .as_ref()
-            .and_then(|(r, t)| if *r == raw { Some(*t) } else { None })
+        c.borrow().as_ref().and_then(|(r, cmd, t)| {
+            if *r == raw && *cmd == command {
+                Some(*t)
+            } else {
+                None
+            }
+        })
     });
     let tenant = match cached {
         Some(t) => t,
         None => {
             let t = resolve_tenant(&raw);
-            CONTEXT_CACHE.with(|c| *c.borrow_mut() = Some((raw, t)));
+            CONTEXT_CACHE.with(|c| *c.borrow_mut() = Some((raw, command, t)));
             t
         }
     };

@@ -38,6 +38,29 @@ select vital_tenancy.current_tenant_id();
 \echo :LAST_ERROR_SQLSTATE
 reset request.headers;
 
+-- Another membership table can be configured (uuid user and tenant columns).
+reset role;
+create table public.org_members (member uuid, org uuid, note text);
+select vital_tenancy.set_membership_table('public.org_members', 'nope', 'org');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.set_membership_table('public.org_members', 'member', 'note');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.set_membership_table('public.org_members', 'member', 'org');
+set local role vt_regress_app;
+set local request.jwt.claims = '{"sub": "aaaaaaaa-0000-4000-8000-000000000001"}';
+set local request.headers = '{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}';
+select vital_tenancy.current_tenant_id();
+\echo :LAST_ERROR_SQLSTATE
+reset role;
+insert into public.org_members values ('aaaaaaaa-0000-4000-8000-000000000001', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda');
+set local role vt_regress_app;
+select slug from t where id = vital_tenancy.current_tenant_id();
+reset role;
+delete from vital_tenancy.settings where name like 'membership%';
+set local role vt_regress_app;
+set local request.jwt.claims = '';
+reset request.headers;
+
 -- Malformed values: 22P02 naming the source; unknown tenants: 42704.
 set local vital.tenant_id = 'not-a-uuid';
 select vital_tenancy.current_tenant_id();
@@ -121,5 +144,5 @@ select count(*) as recorded from vital_tenancy.rls_tables;
 
 -- Every SECURITY DEFINER function pins search_path.
 select p.oid::regprocedure, p.proconfig from pg_proc p
- where p.pronamespace = 'vital_tenancy'::regnamespace and p.prosecdef order by 1::regprocedure::text;
+ where p.pronamespace = 'vital_tenancy'::regnamespace and p.prosecdef order by p.oid::regprocedure::text;
 rollback;
