@@ -18,9 +18,15 @@ use pgrx::{PgRelation, Uuid};
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 
+/// The last answer of `current_tenant_id()` in this transaction.
+struct Cached {
+    raw: RawContext,
+    command: u32,
+    tenant: Option<[u8; 16]>,
+}
+
 thread_local! {
-    /// (raw settings, command id, resolved tenant) of the last call in this transaction.
-    static CONTEXT_CACHE: RefCell<Option<(RawContext, u32, Option<[u8; 16]>)>> = const { RefCell::new(None) };
+    static CONTEXT_CACHE: RefCell<Option<Cached>> = const { RefCell::new(None) };
 }
 
 #[pg_guard]
@@ -243,7 +249,13 @@ pub fn current_tenant_id() -> Option<Uuid> {
         Some(t) => t,
         None => {
             let t = resolve_tenant(&raw);
-            CONTEXT_CACHE.with(|c| *c.borrow_mut() = Some((raw, command, t)));
+            CONTEXT_CACHE.with(|c| {
+                *c.borrow_mut() = Some(Cached {
+                    raw,
+                    command,
+                    tenant: t,
+                })
+            });
             t
         }
     };
