@@ -237,13 +237,9 @@ pub fn current_tenant_id() -> Option<Uuid> {
     // SAFETY: reads the current command id of this backend's transaction.
     let command = unsafe { pg_sys::GetCurrentCommandId(false) };
     let cached = CONTEXT_CACHE.with(|c| {
-        c.borrow().as_ref().and_then(|(r, cmd, t)| {
-            if *r == raw && *cmd == command {
-                Some(*t)
-            } else {
-                None
-            }
-        })
+        c.borrow()
+            .as_ref()
+            .and_then(|c| (c.raw == raw && c.command == command).then_some(c.tenant))
     });
     let tenant = match cached {
         Some(t) => t,
