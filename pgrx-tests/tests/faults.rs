@@ -149,15 +149,6 @@ fn kill_9_mid_backfill_then_the_same_call_finishes_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(wrong, 0);
-    // The queue table is gone.
-    let queues: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'backfill\\_queue\\_%'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(queues, 0);
 }
 
 #[test]
