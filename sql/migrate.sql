@@ -94,11 +94,11 @@ BEGIN
     plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
     -- The batches of a phase, fixed when it starts: the key that ends every
     -- batch_size-th row to do (one scan and a sort of the keys). %s is the row filter.
-    v_bounds_sql := format($q$SELECT max(s.n), array_agg(s.k::text ORDER BY s.k)
-                                FROM (SELECT t.%1$s AS k, row_number() OVER (ORDER BY t.%1$s) AS rn,
-                                             count(*) OVER () AS n
-                                        FROM %2$s t WHERE %%s) s
-                               WHERE s.rn %%%% $1 = 0 OR s.rn = s.n$q$, plan ->> 'pk', plan ->> 'table');
+    -- (row_number and lead stream over the key order: no window holds every row.)
+    v_bounds_sql := format($q$SELECT count(*), array_agg(s.k::text ORDER BY s.k) FILTER (WHERE s.rn %%%% $1 = 0 OR s.last)
+                                FROM (SELECT t.%1$s AS k, row_number() OVER w AS rn, lead(t.%1$s) OVER w IS NULL AS last
+                                        FROM %2$s t WHERE %%s WINDOW w AS (ORDER BY t.%1$s)) s$q$,
+                           plan ->> 'pk', plan ->> 'table');
     v_missing := 't.' || (plan ->> 'tenant_column') || ' IS NULL';
     v_metric := run_name || ':' || (plan ->> 'table');
 
@@ -179,9 +179,10 @@ BEGIN
         IF st.phase = 'catch_up' AND st.next_batch = 0 THEN
             -- A catch-up phase starts: batches over the rows without a tenant now.
             EXECUTE format(v_bounds_sql, v_missing) INTO v_todo, v_bounds USING st.batch_size;
+            -- The rows this pass leaves without a tenant are counted as it goes.
             UPDATE @extschema@.migration_steps s
                SET bounds = v_bounds, next_batch = 1, last_key = NULL, phase_rows = coalesce(v_todo, 0),
-                   rows_total = s.rows_total + coalesce(v_todo, 0)
+                   rows_total = s.rows_total + coalesce(v_todo, 0), rows_failed = 0
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
             RETURNING s.* INTO st;
             COMMIT;
@@ -254,14 +255,11 @@ BEGIN
                 PERFORM pg_sleep(0.05 * n_retry);
             END;
         END LOOP;
-        IF st.phase = 'catch_up' THEN
-            n_failed := 0;  -- counted once, at the end, as the rows still without a tenant
-        END IF;
 
         IF n_batch = 0 THEN
             INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, records_failed, duration_ms)
             SELECT v_metric, CASE WHEN st.phase = 'queue' THEN 'backfill' ELSE 'catch_up' END,
-                   s.rows_done - v_phase_done, CASE WHEN st.phase = 'queue' THEN s.rows_failed ELSE 0 END,
+                   s.rows_done - v_phase_done, s.rows_failed,
                    round(extract(epoch FROM clock_timestamp() - t_phase) * 1000)
               FROM @extschema@.migration_steps s
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
@@ -276,10 +274,8 @@ BEGIN
                 t_phase := clock_timestamp();
                 CONTINUE;
             END IF;
-            EXECUTE format('SELECT count(*) FROM %s t WHERE t.%s IS NULL', plan ->> 'table', plan ->> 'tenant_column')
-               INTO n_failed;
             UPDATE @extschema@.migration_steps s
-               SET phase = 'done', finished_at = clock_timestamp(), last_key = NULL, rows_failed = n_failed
+               SET phase = 'done', finished_at = clock_timestamp(), last_key = NULL
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             COMMIT;
             EXIT;
