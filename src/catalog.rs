@@ -1,7 +1,7 @@
 //! Catalog look-ups shared by the SQL functions: one place for "does this schema
 //! exist", "which tables carry a tenant column", "what is this table called".
 
-use crate::errors::{raise, OrRaise};
+use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::quote_ident;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -33,6 +33,28 @@ pub(crate) fn table_name(c: &SpiClient<'_>, oid: pg_sys::Oid) -> String {
         &[oid.into()],
     )
     .unwrap_or_default()
+}
+
+/// The application's tenants table as SQL text (regclass output): the one recorded by
+/// `ensure_tenants()`, else `public.tenants` if it exists.
+pub(crate) fn tenants_table(c: &SpiClient<'_>) -> Option<String> {
+    value::<String>(
+        c,
+        "SELECT COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))::pg_catalog.text",
+        &[],
+    )
+}
+
+/// The tenants table, or ERROR 55000 when none is known.
+pub(crate) fn require_tenants_table(c: &SpiClient<'_>) -> String {
+    tenants_table(c).unwrap_or_else(|| {
+        raise_full(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "no tenants table is known to vital_tenancy",
+            None,
+            Some("Run vital_tenancy.ensure_tenants() first.".into()),
+        )
+    })
 }
 
 /// ERROR 3F000 naming the first schema that does not exist.

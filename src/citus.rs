@@ -52,7 +52,7 @@ struct Blocker {
 use crate::catalog::value as one;
 
 fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
-    let tenants: String = crate::context::tenants_table_sql_with(c);
+    let tenants: String = crate::catalog::require_tenants_table(c);
     let rows: Vec<(pg_sys::Oid, String, String, Option<i16>)> = c
         .select(
             "SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relname::text,

@@ -453,15 +453,7 @@ fn tenant_names() -> Vec<([u8; 16], String)> {
         .filter_map(|t| uuid_bytes(t.id).map(|b| (b, t.name.to_string())))
         .collect();
     let rows: Vec<(Uuid, String)> = Spi::connect(|c| {
-        let table: Option<String> = c
-            .select(
-                "SELECT COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))::pg_catalog.text",
-                Some(1),
-                &[],
-            )
-            .and_then(|t| t.first().get_one())
-            .or_raise("finding the tenants table");
-        let Some(table) = table else {
+        let Some(table) = crate::catalog::tenants_table(c) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -699,16 +691,7 @@ fn reset_rules(kind: &str) {
 }
 
 fn check_tenants_exist(tenants: &[(String, String)]) {
-    let table: Option<String> = Spi::connect(|c| {
-        c.select(
-            "SELECT COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))::pg_catalog.text",
-            Some(1),
-            &[],
-        )
-        .and_then(|t| t.first().get_one())
-        .or_raise("finding the tenants table")
-    });
-    let Some(table) = table else {
+    let Some(table) = Spi::connect(crate::catalog::tenants_table) else {
         raise_full(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "no tenants table is known, so rule tenants cannot be checked".to_string(),
@@ -720,17 +703,7 @@ fn check_tenants_exist(tenants: &[(String, String)]) {
         let Some(bytes) = uuid_bytes(id) else {
             continue;
         };
-        let found: bool = Spi::connect(|c| {
-            c.select(
-                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)"),
-                Some(1),
-                &[to_uuid(bytes).into()],
-            )
-            .and_then(|t| t.first().get_one::<bool>())
-            .or_raise("checking a tenant")
-            .unwrap_or(false)
-        });
-        if !found {
+        if !crate::context::tenant_exists(&table, bytes) {
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("invalid rules at \"{field}\": tenant {id} does not exist in {table}"),

@@ -81,27 +81,7 @@ fn raw_context() -> RawContext {
 
 /// The application's tenants table as SQL text (regclass output), or an ERROR.
 pub(crate) fn tenants_table_sql() -> String {
-    Spi::connect(tenants_table_sql_with)
-}
-
-/// The same, on an open SPI connection.
-pub(crate) fn tenants_table_sql_with(c: &pgrx::spi::SpiClient<'_>) -> String {
-    let t: Option<String> = c
-        .select(
-            "SELECT COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))::pg_catalog.text",
-            Some(1),
-            &[],
-        )
-        .and_then(|t| t.first().get_one())
-        .or_raise("finding the tenants table");
-    t.unwrap_or_else(|| {
-        raise_full(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "no tenants table is known to vital_tenancy",
-            None,
-            Some("Run vital_tenancy.ensure_tenants() first.".into()),
-        )
-    })
+    Spi::connect(crate::catalog::require_tenants_table)
 }
 
 pub(crate) fn tenant_exists(table: &str, id: [u8; 16]) -> bool {

@@ -77,10 +77,6 @@ fn table_info(c: &SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) -> TableInfo 
     }
 }
 
-fn tenants_table(c: &SpiClient<'_>) -> String {
-    crate::context::tenants_table_sql_with(c)
-}
-
 /// The single-column primary key: quoted name and type.
 fn primary_key(c: &SpiClient<'_>, oid: pg_sys::Oid, name: &str) -> (String, String) {
     let t = c
@@ -307,7 +303,7 @@ fn add_tenant_column(
     drop(tbl);
     let rows = Spi::connect_mut(|c| {
         let (name, relname) = require_table(c, oid);
-        let tenants = tenants_table(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         let st = column_state(c, oid, tenant_column, &tenants);
         if st.exists && !st.is_uuid {
             raise(
@@ -372,7 +368,7 @@ fn enforce_tenant_column(
     drop(tbl);
     let rows = Spi::connect_mut(|c| {
         let (name, relname) = require_table(c, oid);
-        let tenants = tenants_table(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         let st = column_state(c, oid, tenant_column, &tenants);
         if !st.exists {
             raise(
@@ -925,7 +921,7 @@ fn tenant_distribution_of(
     drop(tbl);
     let rows = Spi::connect(|c| {
         let (name, _, _) = names(c, oid);
-        let tenants = tenants_table(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         let col = quote_ident(tenant_column);
         c.select(
             &format!(

@@ -174,7 +174,7 @@ fn tenant_usage(
     ),
 > {
     let rows = Spi::connect(|c| {
-        let tenants = crate::context::tenants_table_sql_with(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         let mut out = Vec::new();
         for (table, qcol, _) in tenanted(c, &schemas) {
             let stamp = if has_columns(c, &table, &["updated_at"]) {
@@ -263,7 +263,7 @@ fn export_tenant(
     schemas: default!(Option<Vec<String>>, "NULL"),
 ) -> TableIterator<'static, (name!(table_name, String), name!(row, JsonB))> {
     let cursor = Spi::connect(|c| {
-        let tenants = crate::context::tenants_table_sql_with(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         let exists: bool = c
             .select(
                 &format!("SELECT EXISTS (SELECT 1 FROM {tenants} WHERE id = $1)"),
@@ -331,7 +331,7 @@ fn health() -> JsonB {
         let present = one(&format!(
             "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', id, 'name', name::text)), '[]')
                FROM {} WHERE id = ANY (ARRAY[{}]::uuid[])",
-            crate::context::tenants_table_sql_with(c),
+            crate::catalog::require_tenants_table(c),
             ALL.iter().map(|t| format!("'{}'", t.id)).collect::<Vec<_>>().join(", ")
         ));
         let mut tenants = Vec::new();

@@ -17,10 +17,6 @@ use crate::catalog::{
 const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy', 'pg_toast')
                             AND n.nspname NOT LIKE 'pg\\_%' AND ($1::text[] IS NULL OR n.nspname = ANY ($1))";
 
-fn tenants_sql(c: &SpiClient<'_>) -> String {
-    crate::context::tenants_table_sql_with(c)
-}
-
 /// One scan per table: rows per tenant value, and whether that tenant exists.
 fn tenant_groups(
     c: &SpiClient<'_>,
@@ -65,7 +61,7 @@ fn tenant_id_coverage(
     ),
 > {
     let rows = Spi::connect(|c| {
-        let tenants = tenants_sql(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         tenanted_tables(c, &schemas)
             .into_iter()
             .map(|t| {
@@ -93,7 +89,7 @@ fn orphaned_tenant_refs(
     ),
 > {
     let rows = Spi::connect(|c| {
-        let tenants = tenants_sql(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         let mut out = Vec::new();
         for t in tenanted_tables(c, &schemas) {
             for (id, _, exists, n) in tenant_groups(c, &t, &tenants) {
@@ -122,7 +118,7 @@ fn tenant_distribution(
     ),
 > {
     let rows = Spi::connect(|c| {
-        let tenants = tenants_sql(c);
+        let tenants = crate::catalog::require_tenants_table(c);
         let mut out = Vec::new();
         for t in tenanted_tables(c, &schemas) {
             for (id, name, _, n) in tenant_groups(c, &t, &tenants) {
@@ -601,7 +597,7 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
                 out.push((check.into(), severity.into(), Some(t), n, Some(d)));
             }
         };
-    let tenants = tenants_sql(c);
+    let tenants = crate::catalog::require_tenants_table(c);
     let tables = tenanted_tables(c, schemas);
     let mut missing = Vec::new();
     let mut orphan_ids = Vec::new();

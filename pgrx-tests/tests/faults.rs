@@ -40,6 +40,17 @@ fn setup(tag: &str, copies: i32) -> (FixtureDb, postgres::Client, i64) {
     (db, c, n)
 }
 
+/// Rows of big_prompts whose tenant is not the one the prompt rules give.
+fn misclassified(c: &mut postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM public.big_prompts
+          WHERE tenant_id IS DISTINCT FROM vital_tenancy.classify_prompt_tenant(name, domain, created_by, NULL)",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 fn wait_for_server(db: &str) -> postgres::Client {
     let start = Instant::now();
     loop {
@@ -140,15 +151,7 @@ fn kill_9_mid_backfill_then_the_same_call_finishes_exactly_once() {
         "every row assigned once, journaled once, one step"
     );
     // And assigned right.
-    let wrong: i64 = c
-        .query_one(
-            "SELECT count(*) FROM public.big_prompts
-              WHERE tenant_id IS DISTINCT FROM vital_tenancy.classify_prompt_tenant(name, domain, created_by, NULL)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(wrong, 0);
+    assert_eq!(misclassified(&mut c), 0);
 }
 
 #[test]
@@ -239,15 +242,7 @@ fn concurrent_inserts_and_updates_during_the_backfill_lose_nothing() {
         );
     }
     // New PRISM rows were classified like the rest.
-    let wrong: i64 = c
-        .query_one(
-            "SELECT count(*) FROM public.big_prompts
-              WHERE tenant_id IS DISTINCT FROM vital_tenancy.classify_prompt_tenant(name, domain, created_by, NULL)",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(wrong, 0);
+    assert_eq!(misclassified(&mut c), 0);
 }
 
 #[test]
