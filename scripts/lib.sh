@@ -65,7 +65,7 @@ vt_cluster_start() {
     # RUST_BACKTRACE in the server's environment would put Rust backtraces into the
     # DETAIL of every error the extension raises; keep it out.
     as_postgres env -u RUST_BACKTRACE "${VT_PG_BIN}/pg_ctl" -D "${dir}/data" -l "${dir}/server.log" -w \
-      -o "-p ${port} -k ${dir}/sock -c listen_addresses='' -c fsync=off -c max_connections=100" start >/dev/null
+      -o "-p ${port} -k ${dir}/sock -c listen_addresses='' -c fsync=off -c max_connections=100 ${VT_PG_OPTS:-}" start >/dev/null
   fi
   VT_HOST="${dir}/sock"
   VT_PORT="${port}"

@@ -94,6 +94,8 @@ COMMENT ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) IS
     'Run one DDL statement under lock_timeout, retrying with backoff on lock timeouts; each attempt logged in migration_log.';
 COMMENT ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
     'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; CALL outside a transaction block.';
+COMMENT ON FUNCTION @extschema@.backfill_batches(regclass, integer, text, boolean) IS
+    'The batches a backfill phase will walk: how many rows are to do and the key ending each batch of batch_size rows (one count and one ordered pass over the keys). Writes nothing.';
 COMMENT ON FUNCTION @extschema@.backfill_plan(regclass, text, jsonb, text) IS
     'What backfill will run for a table: the classification expression, the key it walks, the tenant column. Validates; writes nothing.';
 COMMENT ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer) IS

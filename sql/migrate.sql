@@ -37,6 +37,78 @@ BEGIN
 END
 $$;
 
+-- The batches of a backfill, fixed when a phase starts: how many rows are to do and
+-- the key that ends every batch_size-th of them (the last bound is the table's
+-- highest key, so the last batch also covers rows appended meanwhile). One count,
+-- then one ordered pass over the keys in a cursor, skipping batch_size - 1 rows at a
+-- time with MOVE (the executor discards them; no window function, no array of every
+-- key: memory is one bound per batch). When few rows are to do (a catch-up after a
+-- run), the keys are collected from a plain scan and sorted, rather than walking the
+-- whole primary key index past rows that already have a tenant.
+CREATE FUNCTION @extschema@.backfill_batches(
+    tbl regclass,
+    batch_size integer DEFAULT 5000,
+    tenant_column text DEFAULT 'tenant_id',
+    only_missing boolean DEFAULT true,
+    OUT rows_todo bigint,
+    OUT bounds text[]
+)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    plan    jsonb;
+    v_where text;
+    v_total real;
+    v_keys  text;
+    c       refcursor;
+    v_key   text;
+    n_moved bigint;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be a positive integer, not %', batch_size USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF only_missing IS NULL THEN
+        RAISE EXCEPTION 'only_missing must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Validates the table, its key and the tenant column; quotes the identifiers.
+    plan := @extschema@.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
+    v_where := CASE WHEN only_missing THEN format('t.%s IS NULL', plan ->> 'tenant_column') ELSE 'true' END;
+    EXECUTE format('SELECT count(*) FROM %s t WHERE %s', plan ->> 'table', v_where) INTO rows_todo;
+    bounds := '{}';
+    IF rows_todo = 0 THEN
+        RETURN;
+    END IF;
+    SELECT greatest(c.reltuples, 1) INTO v_total FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    IF rows_todo * 2 >= v_total THEN
+        -- Most rows: stream them in key order from the primary key index.
+        v_keys := format('SELECT t.%1$s FROM %2$s t WHERE %3$s ORDER BY t.%1$s', plan ->> 'pk', plan ->> 'table', v_where);
+    ELSE
+        -- Few rows: a scan (or a tenant index) and a sort of just those keys.
+        v_keys := format('SELECT f.k FROM (SELECT t.%1$s AS k FROM %2$s t WHERE %3$s OFFSET 0) f ORDER BY f.k',
+                         plan ->> 'pk', plan ->> 'table', v_where);
+    END IF;
+    rows_todo := 0;
+    OPEN c FOR EXECUTE v_keys;
+    LOOP
+        MOVE FORWARD (batch_size - 1) IN c;
+        GET DIAGNOSTICS n_moved = ROW_COUNT;
+        rows_todo := rows_todo + n_moved;
+        FETCH c INTO v_key;
+        EXIT WHEN NOT FOUND;
+        rows_todo := rows_todo + 1;
+        bounds := bounds || v_key;
+    END LOOP;
+    CLOSE c;
+    IF rows_todo > batch_size::bigint * cardinality(bounds) THEN
+        -- (ORDER BY ... DESC LIMIT 1, not max(): not every key type has a max, uuid has not.)
+        EXECUTE format('SELECT t.%1$s::text FROM %2$s t ORDER BY t.%1$s DESC LIMIT 1', plan ->> 'pk', plan ->> 'table')
+           INTO v_key;
+        bounds := bounds || v_key;
+    END IF;
+END
+$$;
+
 -- Assign tenant_id to a table's rows with a classifier, in keyset batches over the
 -- primary key with a COMMIT per batch. The batches are fixed when the run starts
 -- (the key that ends every batch_size-th row without a tenant); the checkpoint and the
@@ -73,8 +145,6 @@ DECLARE
     t_start   timestamptz;
     t_phase   timestamptz;
     v_rate    numeric;
-    v_bounds_sql text;
-    v_missing text;
     v_sql     text;
     v_kind    text;
     v_rules   jsonb;
@@ -92,14 +162,6 @@ BEGIN
         RAISE EXCEPTION 'sleep_ms must not be negative, not %', sleep_ms USING ERRCODE = 'invalid_parameter_value';
     END IF;
     plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
-    -- The batches of a phase, fixed when it starts: the key that ends every
-    -- batch_size-th row to do (one scan and a sort of the keys). %s is the row filter.
-    -- (row_number and lead stream over the key order: no window holds every row.)
-    v_bounds_sql := format($q$SELECT count(*), array_agg(s.k::text ORDER BY s.k) FILTER (WHERE s.rn %%%% $1 = 0 OR s.last)
-                                FROM (SELECT t.%1$s AS k, row_number() OVER w AS rn, lead(t.%1$s) OVER w IS NULL AS last
-                                        FROM %2$s t WHERE %%s WINDOW w AS (ORDER BY t.%1$s)) s$q$,
-                           plan ->> 'pk', plan ->> 'table');
-    v_missing := 't.' || (plan ->> 'tenant_column') || ' IS NULL';
     v_metric := run_name || ':' || (plan ->> 'table');
 
     -- The step to resume, if any: the latest unfinished one for this table.
@@ -111,9 +173,8 @@ BEGIN
 
     IF NOT FOUND THEN
         t_phase := clock_timestamp();
-        EXECUTE format(v_bounds_sql, CASE WHEN overwrite THEN 'true' ELSE v_missing END)
-           INTO v_todo, v_bounds USING batch_size;
-        v_todo := coalesce(v_todo, 0);
+        SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
+          FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
         IF v_todo = 0 THEN
             RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
             RETURN;
@@ -178,7 +239,8 @@ BEGIN
     LOOP
         IF st.phase = 'catch_up' AND st.next_batch = 0 THEN
             -- A catch-up phase starts: batches over the rows without a tenant now.
-            EXECUTE format(v_bounds_sql, v_missing) INTO v_todo, v_bounds USING st.batch_size;
+            SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
+              FROM @extschema@.backfill_batches(tbl, st.batch_size, tenant_column, true) b;
             -- The rows this pass leaves without a tenant are counted as it goes.
             UPDATE @extschema@.migration_steps s
                SET bounds = v_bounds, next_batch = 1, last_key = NULL, phase_rows = coalesce(v_todo, 0),
@@ -209,31 +271,41 @@ BEGIN
                             WHERE t.%1$s = x.k AND x.new IS NOT NULL AND x.new IS DISTINCT FROM x.old
                               AND t.%2$s IS NOT DISTINCT FROM x.old
                            RETURNING x.k, x.old, x.new),
-                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, keys, old_tenants, new_tenants)
-                           SELECT $3, $4, array_agg(u.k::text), array_agg(u.old), array_agg(u.new) FROM u
-                           HAVING count(*) > 0 RETURNING 1)
+                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
+                           SELECT $3, $4, u.old, u.new, array_agg(u.k::text) FROM u GROUP BY u.old, u.new
+                           RETURNING 1)
                 SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL)
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
                      '@extschema@');
         ELSE
             -- Only rows without a tenant: the old value is NULL by construction (and
-            -- re-checked if a row changes under us).
+            -- re-checked if a row changes under us). A row the classifier cannot place
+            -- is left alone (tested only for classifiers that can return NULL).
             v_sql := format($q$
                 WITH u AS (UPDATE %4$s t SET %2$s = (%3$s)
-                            WHERE %5$s AND t.%2$s IS NULL AND (%3$s) IS NOT NULL
+                            WHERE %5$s AND t.%2$s IS NULL%7$s
                            RETURNING t.%1$s AS k, t.%2$s AS new),
-                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, keys, old_tenants, new_tenants)
-                           SELECT $3, $4, array_agg(u.k::text), NULL, array_agg(u.new) FROM u
-                           HAVING count(*) > 0 RETURNING 1)
+                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
+                           SELECT $3, $4, NULL, u.new, array_agg(u.k::text) FROM u GROUP BY u.new
+                           RETURNING 1)
                 SELECT (SELECT count(*) FROM u), NULL::bigint
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     '@extschema@');
+                     '@extschema@',
+                     CASE WHEN (plan -> 'may_return_null')::boolean
+                          THEN format(' AND (%s) IS NOT NULL', plan ->> 'expression') ELSE '' END);
         END IF;
         -- A batch that deadlocks with an application transaction is retried; the
         -- subtransaction leaves nothing behind (COMMIT stays outside this block).
         n_retry := 0;
         IF v_replica THEN
             PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        END IF;
+        -- A batch commits without waiting for its WAL flush: its rows, journal and
+        -- checkpoint are one transaction, so a crash that loses the last few batches
+        -- leaves the table at an earlier checkpoint, which the next CALL resumes from.
+        -- The final commit (phase done) waits, and so flushes every batch before it.
+        IF n_batch > 0 THEN
+            PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         END IF;
         LOOP
             BEGIN

@@ -172,6 +172,7 @@ fn backfill_plan(
             "pk_type": pk_type,
             "tenant_column": quote_ident(tenant_column),
             "expression": expr,
+            "may_return_null": cls.may_return_null(),
             "classifier": classifier.trim().to_ascii_lowercase(),
         })
     });
@@ -643,7 +644,7 @@ fn revert_run(
             let needs_null: bool = c
                 .select(
                     "SELECT EXISTS (SELECT 1 FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass
-                                   AND (old_tenants IS NULL OR pg_catalog.array_position(old_tenants, NULL) IS NOT NULL))
+                                   AND old_tenant IS NULL)
                         AND (SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = $2::pg_catalog.regclass AND attname = $3)",
                     Some(1),
                     &[run_id.into(), table.as_str().into(), column.as_str().into()],

@@ -51,6 +51,16 @@ pub enum Classifier {
     },
 }
 
+impl Classifier {
+    /// Whether the classification expression can yield NULL (a row it cannot place).
+    /// The rule classifiers always end in their rule set's default tenant; only a
+    /// parent lookup without a fallback can find nothing. The backfill tests the
+    /// expression for NULL (evaluating it a second time per row) only when it can be.
+    pub fn may_return_null(&self) -> bool {
+        matches!(self, Classifier::Parent { fallback: None, .. })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanError {
     /// SQLSTATE class hint for the glue: "22023", "42703", "42804", "42P01".
@@ -438,6 +448,29 @@ pub fn index_ddl(table: &str, relname: &str, column: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_a_parent_lookup_without_fallback_may_return_null() {
+        let parent = |fallback: Option<&str>| Classifier::Parent {
+            column: "agent_id".into(),
+            parent: "public.agents".into(),
+            keys: vec!["id".into()],
+            fallback: fallback.map(str::to_string),
+            private: true,
+        };
+        assert!(parent(None).may_return_null());
+        assert!(!parent(Some("11111111-1111-1111-1111-111111111111")).may_return_null());
+        for c in [
+            Classifier::Prompt,
+            Classifier::Knowledge,
+            Classifier::Agent,
+            Classifier::Tool,
+            Classifier::Platform,
+            Classifier::Tenant("11111111-1111-1111-1111-111111111111".into()),
+        ] {
+            assert!(!c.may_return_null(), "{c:?}");
+        }
+    }
 
     fn info(cols: &[(&str, &str)]) -> TableInfo {
         TableInfo {

@@ -22,8 +22,31 @@ select vital_tenancy.backfill_plan('public.messages', 'parent',
          '{"column": "agent_id", "parent": "public.agents", "match": ["id", "name"], "private": true,
            "fallback": "11111111-1111-1111-1111-111111111111"}') ->> 'expression' as message_expression;
 
+-- The batches a backfill walks: the key ending every 100th row without a tenant,
+-- then the table's highest key (for the rest, and rows appended meanwhile).
+select b.rows_todo, cardinality(b.bounds) as batches,
+       b.bounds = (select array_agg(s.id::text order by s.id)
+                     from (select id, row_number() over (order by id) as rn from public.prompts) s
+                    where s.rn % 100 = 0)
+                  || (select id::text from public.prompts order by id desc limit 1) as every_100th_then_highest
+  from vital_tenancy.backfill_batches('public.prompts', 100) b;
+select rows_todo, bounds = array[(select id::text from public.prompts order by id desc limit 1)] as one_batch
+  from vital_tenancy.backfill_batches('public.prompts');
+
 -- Fill by hand, then enforce NOT NULL the online way.
 update public.prompts set tenant_id = vital_tenancy.classify_prompt_tenant(name, domain, created_by, null);
+-- A few rows left to do (as in a catch-up pass): the same bounds, read another way.
+update public.prompts set tenant_id = null where id in (select id from public.prompts order by id offset 500 limit 7);
+analyze public.prompts;
+select b.rows_todo,
+       b.bounds = (select array_agg(s.id::text order by s.id)
+                     from (select id, row_number() over (order by id) as rn from public.prompts where tenant_id is null) s
+                    where s.rn % 3 = 0)
+                  || (select id::text from public.prompts order by id desc limit 1) as every_3rd_then_highest
+  from vital_tenancy.backfill_batches('public.prompts', 3) b;
+update public.prompts set tenant_id = vital_tenancy.classify_prompt_tenant(name, domain, created_by, null) where tenant_id is null;
+select * from vital_tenancy.backfill_batches('public.prompts');
+select rows_todo, cardinality(bounds) as batches from vital_tenancy.backfill_batches('public.prompts', 1000, only_missing => false);
 select step from vital_tenancy.enforce_tenant_column('public.prompts');
 select attnotnull, (select convalidated from pg_constraint where conname = 'prompts_tenant_id_vt_fk') as fk_valid
   from pg_attribute where attrelid = 'public.prompts'::regclass and attname = 'tenant_id';
@@ -72,6 +95,14 @@ select * from vital_tenancy.compare_counts('before', 'never taken');
 select * from vital_tenancy.revert_run(424242);
 \echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.migration_report('no such run');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.backfill_batches('public.prompts', 0);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.backfill_batches('public.prompts', 10, 'no_such_column');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.backfill_batches('public.prompts', 10, only_missing => null);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.backfill_batches('public.vt_view');
 \echo :LAST_ERROR_SQLSTATE
 call vital_tenancy.backfill('public.prompts', 'prompt', batch_size => 0);
 \echo :LAST_ERROR_SQLSTATE
