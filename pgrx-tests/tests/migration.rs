@@ -311,3 +311,121 @@ fn revert_run_restores_the_pre_migration_tenant_values() {
         .unwrap();
     assert!(again.is_empty());
 }
+
+/// A parent lookup without a fallback can find nothing: those rows keep their NULL and
+/// are counted as failed, the others get their parent's tenant and are journaled. Then
+/// an overwrite run journals the old values it replaced, and revert_run puts them back.
+#[test]
+fn parent_backfill_without_fallback_and_an_overwrite_run_with_its_revert() {
+    const DH: &str = "11111111-1111-1111-1111-111111111111";
+    const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
+    const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
+    let db = FixtureDb::new("mig_parent_nulls");
+    let mut c = install(&db);
+    c.batch_execute(&format!(
+        "CREATE TABLE public.vt_parent (id int PRIMARY KEY, tenant_id uuid);
+         INSERT INTO public.vt_parent VALUES (1, '{DH}'), (2, '{PHARMA}'), (3, '{PLATFORM}');
+         CREATE TABLE public.vt_child (id bigint PRIMARY KEY, parent_id int, tenant_id uuid);
+         -- parents 4 and 5 do not exist: 20 of the 50 rows match nothing
+         INSERT INTO public.vt_child SELECT g, g % 5 + 1, NULL FROM generate_series(1, 50) g;"
+    ))
+    .unwrap();
+    let opts = r#"{"column": "parent_id", "parent": "public.vt_parent", "match": ["id"]}"#;
+    let may_null: String = c
+        .query_one(
+            "SELECT vital_tenancy.backfill_plan('public.vt_child', 'parent', $1::text::jsonb) ->> 'may_return_null'",
+            &[&opts],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(may_null, "true");
+    c.batch_execute(&format!(
+        "CALL vital_tenancy.backfill('public.vt_child', 'parent', batch_size => 7, options => '{opts}', run_name => 'nulls')"
+    ))
+    .unwrap();
+    let counts = |c: &mut postgres::Client| -> (i64, i64) {
+        let r = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE c.tenant_id IS NULL),
+                        count(*) FILTER (WHERE c.tenant_id IS DISTINCT FROM p.tenant_id)
+                   FROM public.vt_child c LEFT JOIN public.vt_parent p ON p.id = c.parent_id",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // 20 rows without a parent stay NULL (and NULL is "not distinct" from no parent).
+    assert_eq!(counts(&mut c), (20, 0));
+    let (changed, failed, journaled, old_null): (i64, i64, i64, bool) = {
+        let r = c
+            .query_one(
+                "SELECT s.rows_changed, s.rows_failed,
+                        (SELECT count(*) FROM vital_tenancy.migration_journal j WHERE j.run_id = s.run_id),
+                        (SELECT bool_and(j.old_tenant IS NULL) FROM vital_tenancy.migration_journal j WHERE j.run_id = s.run_id)
+                   FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
+                  WHERE r.name = 'nulls'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!((changed, failed, journaled, old_null), (30, 20, 30, true));
+    let metric_failed: i64 = c
+        .query_one(
+            "SELECT records_failed FROM vital_tenancy.migration_metrics
+              WHERE migration_name = 'nulls:public.vt_child' AND phase = 'catch_up'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(metric_failed, 20);
+
+    // Parent 1 moves to Platform; an overwrite run re-derives its 10 children.
+    c.batch_execute(&format!(
+        "UPDATE public.vt_parent SET tenant_id = '{PLATFORM}' WHERE id = 1"
+    ))
+    .unwrap();
+    // (One statement per call: a multi-statement string is one transaction, and the
+    // procedure must commit.)
+    c.batch_execute(&format!(
+        "CALL vital_tenancy.backfill('public.vt_child', 'parent', batch_size => 7, options => '{opts}',
+                                     overwrite => true, run_name => 'over')"
+    ))
+    .unwrap();
+    assert_eq!(counts(&mut c), (20, 0));
+    let pairs: Vec<(String, String, i64)> = c
+        .query(
+            "SELECT j.old_tenant::text, j.new_tenant::text, count(*)
+               FROM vital_tenancy.migration_journal j JOIN vital_tenancy.migration_runs r USING (run_id)
+              WHERE r.name = 'over' GROUP BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(pairs, vec![(DH.to_string(), PLATFORM.to_string(), 10)]);
+    // A run is reverted once finished (revert_run refuses a running one).
+    let run: i64 = c
+        .query_one("SELECT vital_tenancy.finish_run('over')", &[])
+        .unwrap()
+        .get(0);
+    let reverted: i64 = c
+        .query_one(
+            "SELECT reverted FROM vital_tenancy.revert_run($1) WHERE table_name = 'public.vt_child'",
+            &[&run],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reverted, 10);
+    let back_to_dh: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM public.vt_child WHERE parent_id = 1 AND tenant_id = '{DH}'"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(back_to_dh, 10);
+}
