@@ -16,7 +16,8 @@
 # with fsync off), shared_buffers = 1GB (the 150 MB table, twice that after the
 # update, fits) and max_wal_size = 4GB (no checkpoint in the middle of a variant).
 #
-#   bash benches/backfill.sh            (ROUNDS=5, BATCH=5000, WRITER_TPS=500)
+#   bash benches/backfill.sh            (ROUNDS=5, BATCH=5000, WRITER_TPS=500, FSYNC=on;
+#                                        FSYNC=off shows the ETL with commits that cost nothing)
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 ROUNDS="${ROUNDS:-5}"
@@ -24,9 +25,10 @@ BATCH="${BATCH:-5000}"
 vt_install_deps
 vt_install_extension --release
 python3 -c "import psycopg" 2>/dev/null || pip install -q "psycopg[binary]"
-export VT_PG_OPTS="-c fsync=on -c shared_buffers=1GB -c max_wal_size=4GB"
+FSYNC="${FSYNC:-on}"
+export VT_PG_OPTS="-c fsync=${FSYNC} -c shared_buffers=1GB -c max_wal_size=4GB"
 vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
-if [ "$(vt_psql -d postgres -tAc "SELECT current_setting('fsync') || current_setting('shared_buffers')")" != on1GB ]; then
+if [ "$(vt_psql -d postgres -tAc "SELECT current_setting('fsync') || current_setting('shared_buffers')")" != "${FSYNC}1GB" ]; then
   vt_cluster_stop bench
   vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
 fi
@@ -103,7 +105,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "rows: ${ROWS}; batches of ${BATCH}; concurrent writer: pgbench, 2 clients, ${WRITER_TPS:-500} random single-row UPDATEs/s on the same table; ${ROUNDS} rounds"
+echo "rows: ${ROWS}; fsync ${FSYNC}; batches of ${BATCH}; concurrent writer: pgbench, 2 clients, ${WRITER_TPS:-500} random single-row UPDATEs/s on the same table; ${ROUNDS} rounds"
 echo
 echo "| round | (a) backfill | rows/s | writer wait | (b) one UPDATE | rows/s | writer wait | (c) client ETL rows/s | writer wait | (a)/(b) | (a)/(c) | backfill phases |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"

@@ -59,7 +59,7 @@ AS $$
 DECLARE
     plan    jsonb;
     v_where text;
-    v_total real;
+    v_total bigint;
     v_keys  text;
     c       refcursor;
     v_key   text;
@@ -74,12 +74,13 @@ BEGIN
     -- Validates the table, its key and the tenant column; quotes the identifiers.
     plan := @extschema@.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
     v_where := CASE WHEN only_missing THEN format('t.%s IS NULL', plan ->> 'tenant_column') ELSE 'true' END;
-    EXECUTE format('SELECT count(*) FROM %s t WHERE %s', plan ->> 'table', v_where) INTO rows_todo;
+    -- One scan counts the rows to do and all rows (exact, whatever the statistics say).
+    EXECUTE format('SELECT count(*) FILTER (WHERE %s), count(*) FROM %s t', v_where, plan ->> 'table')
+       INTO rows_todo, v_total;
     bounds := '{}';
     IF rows_todo = 0 THEN
         RETURN;
     END IF;
-    SELECT greatest(c.reltuples, 1) INTO v_total FROM pg_catalog.pg_class c WHERE c.oid = tbl;
     IF rows_todo * 2 >= v_total THEN
         -- Most rows: stream them in key order from the primary key index.
         v_keys := format('SELECT t.%1$s FROM %2$s t WHERE %3$s ORDER BY t.%1$s', plan ->> 'pk', plan ->> 'table', v_where);

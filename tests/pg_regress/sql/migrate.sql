@@ -37,7 +37,6 @@ select rows_todo, bounds = array[(select id::text from public.prompts order by i
 update public.prompts set tenant_id = vital_tenancy.classify_prompt_tenant(name, domain, created_by, null);
 -- A few rows left to do (as in a catch-up pass): the same bounds, read another way.
 update public.prompts set tenant_id = null where id in (select id from public.prompts order by id offset 500 limit 7);
-analyze public.prompts;
 select b.rows_todo,
        b.bounds = (select array_agg(s.id::text order by s.id)
                      from (select id, row_number() over (order by id) as rn from public.prompts where tenant_id is null) s
