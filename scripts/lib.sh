@@ -20,7 +20,8 @@ as_postgres() {
 }
 
 vt_install_deps() {
-  local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libclang-dev clang sudo build-essential pkg-config)
+  # pgbouncer: the e2e pool tests run through a real one in transaction mode.
+  local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libclang-dev clang sudo build-essential pkg-config pgbouncer)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

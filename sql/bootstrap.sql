@@ -70,6 +70,17 @@ BEGIN
   END IF;
 END $$;
 
+-- The trusted-context role: only sessions whose login role (session_user) is a member
+-- may establish a tenant context (vital.tenant_id, set_tenant(), JWT claims, headers).
+-- Grant it to PostgREST's authenticator and to application backends' login roles,
+-- never to a role that clients log in as directly. Cluster-wide, like the admin role.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_context') THEN
+    CREATE ROLE vital_tenancy_context NOLOGIN;
+  END IF;
+END $$;
+
 -- Migration bookkeeping. All kept by pg_dump.
 -- A named migration run (e.g. 'vital-multi-tenant', migrations 003 and 004).
 CREATE TABLE @extschema@.migration_runs (

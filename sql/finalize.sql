@@ -67,13 +67,15 @@ REVOKE EXECUTE ON FUNCTION @extschema@.reset_rules(text) FROM PUBLIC;
 
 -- Tenant context and RLS -----------------------------------------------------
 COMMENT ON FUNCTION @extschema@.current_tenant_id() IS
-    'The tenant of the current request: setting vital.tenant_id, else tenant_id in request.jwt.claims, else x-tenant-id in request.headers if the claims'' sub is a member, else NULL. Malformed values and unknown tenants are ERRORs. SECURITY DEFINER, search_path pinned.';
+    'The tenant of the current request: setting vital.tenant_id, else tenant_id in request.jwt.claims, else x-tenant-id in request.headers if the claims'' sub is a member, else NULL. Only values set in the current transaction count (unless vital_tenancy.session_context), and only for a login role that is a member of vital_tenancy_context. A bad context (malformed, unknown tenant, non-member, untrusted session) is an ERROR here. Cached per statement. SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION @extschema@.pre_request() IS
+    'PostgREST db-pre-request hook: resolves and validates the request''s tenant context once, before the query reads any row; a bad context is an ERROR, values left over from outside the transaction one WARNING. SECURITY DEFINER, search_path pinned.';
 COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
-    'Set vital.tenant_id for the rest of the transaction (SET LOCAL semantics) after checking the tenant exists; NULL clears it. For trusted backends on pooled connections.';
+    'Set vital.tenant_id for the rest of the transaction (SET LOCAL semantics) after checking the tenant exists; NULL clears it. Only for login roles that are members of vital_tenancy_context (ERROR 42501 otherwise); warns about leftover session values.';
 COMMENT ON FUNCTION @extschema@.visible_tenant_ids(boolean) IS
-    'Tenant ids the current request may read: its tenant plus Platform (only its tenant when shared is false); every tenant for vital_tenancy_admin; none without context.';
+    'Tenant ids the current request may read (what the policies compare with): its tenant plus Platform (only its tenant when shared is false); every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
 COMMENT ON FUNCTION @extschema@.writable_tenant_ids() IS
-    'Tenant ids the current request may write: its own tenant; every tenant for vital_tenancy_admin; none without context.';
+    'Tenant ids the current request may write: its own tenant; every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
 COMMENT ON FUNCTION @extschema@.all_tenant_ids() IS
     'Every tenant id in the tenants table (used for platform admins). SECURITY DEFINER, search_path pinned.';
 COMMENT ON FUNCTION @extschema@.set_membership_table(regclass, text, text) IS

@@ -1,32 +1,92 @@
 //! Tenant context: which tenant the current request acts for.
 //!
-//! `current_tenant_id()` reads `vital.tenant_id`, then `request.jwt.claims`, then a
-//! membership-checked `x-tenant-id` in `request.headers` (see `logic::context`). It is
-//! SECURITY DEFINER (the tenants and membership tables need not be readable by the
-//! application's roles) with a pinned search_path, and caches its answer keyed on the
-//! raw settings and the command id, so a column DEFAULT that calls it for every
-//! inserted row costs a setting read and a string compare, not a query.
+//! The sources are `vital.tenant_id`, then `request.jwt.claims`, then a
+//! membership-checked `x-tenant-id` in `request.headers` (see `logic::context`). Before
+//! any of them counts: the session's login role must be a member of
+//! `vital_tenancy_context`, and the value must have been set inside the current
+//! transaction (unless `vital_tenancy.session_context` is on); see `guc`.
+//!
+//! One resolution, two faces. `current_tenant_id()`, `pre_request()` and `set_tenant()`
+//! raise a clear ERROR for a bad context (malformed, unknown tenant, spoofed header,
+//! untrusted session). The functions the policies call, `visible_tenant_ids()` and
+//! `writable_tenant_ids()`, never raise for the context: a bad context is no context
+//! there (nothing visible, no writes). PostgreSQL evaluates a policy's InitPlan only
+//! once some row has passed the caller's own leakproof filters, so an error raised
+//! there would tell the caller whether rows it cannot see exist.
+//!
+//! The answer is cached per statement: keyed on the observed settings, the statement's
+//! start, its snapshot and the subtransaction, so a column DEFAULT that calls
+//! `current_tenant_id()` for every inserted row costs a few setting reads and
+//! comparisons, not a query, while the next statement (or a rolled-back savepoint)
+//! recomputes. Lookups of the tenants and membership tables run as the extension's
+//! owner (the application's roles need no privilege on them).
 
 use crate::errors::{raise, raise_full, OrRaise};
+use crate::guc::{self, CONTEXT_ROLE};
 use crate::logic::context::{
-    format_uuid, resolve, ContextError, RawContext, Source, TENANT_SETTING,
+    format_uuid, honoured, resolve, ContextError, Honoured, IgnoreReason, Observed, Setting,
+    Source, CLAIMS_SETTING, HEADERS_SETTING, TENANT_SETTING,
 };
 use crate::logic::ident::display_ident;
 use crate::logic::rls::ADMIN_ROLE;
 use pgrx::prelude::*;
 use pgrx::{PgRelation, Uuid};
 use std::cell::RefCell;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
-/// The last answer of `current_tenant_id()` in this transaction.
+/// A bad tenant context: raised where the caller asked for the context, no context
+/// inside policies.
+#[derive(Debug, Clone)]
+struct Problem {
+    code: PgSqlErrorCode,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+impl Problem {
+    fn new(code: PgSqlErrorCode, message: String) -> Problem {
+        Problem {
+            code,
+            message,
+            detail: None,
+            hint: None,
+        }
+    }
+    fn raise(self) -> ! {
+        raise_full(self.code, self.message, self.detail, self.hint)
+    }
+}
+
+type Outcome = Result<Option<[u8; 16]>, Problem>;
+
+/// What a cached answer is valid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    observed: Observed,
+    /// Start of the current client statement.
+    statement: i64,
+    /// The active snapshot (xmin, xmax, command id, completed-transactions count):
+    /// a new snapshot that could see other data recomputes.
+    snapshot: Option<(u32, u32, u32, u64)>,
+    subxact: u32,
+}
+
 struct Cached {
-    raw: RawContext,
-    command: u32,
-    tenant: Option<[u8; 16]>,
+    key: Key,
+    outcome: Outcome,
 }
 
 thread_local! {
     static CONTEXT_CACHE: RefCell<Option<Cached>> = const { RefCell::new(None) };
+}
+
+fn clear_cache() {
+    CONTEXT_CACHE.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            *c = None;
+        }
+    });
 }
 
 #[pg_guard]
@@ -43,40 +103,101 @@ unsafe extern "C-unwind" fn xact_callback(
             | XACT_EVENT_PARALLEL_COMMIT
             | XACT_EVENT_PARALLEL_ABORT
     ) {
-        CONTEXT_CACHE.with(|c| {
-            if let Ok(mut c) = c.try_borrow_mut() {
-                *c = None;
-            }
-        });
+        clear_cache();
     }
 }
 
-/// Register the end-of-transaction cache reset. Called once per backend from `_PG_init`.
-pub fn init() {
-    // SAFETY: a static callback that only resets thread-local state of this backend.
-    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    // What a rolled-back savepoint cached may rest on rows it wrote.
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        clear_cache();
+    }
 }
 
-fn guc(name: &str) -> Option<String> {
-    let cname = CString::new(name).ok()?;
-    // SAFETY: GetConfigOption with missing_ok returns NULL or a valid C string owned by
-    // the GUC machinery, which we copy at once.
+/// Register the cache resets. Called once per backend from `_PG_init`.
+pub fn init() {
+    // SAFETY: static callbacks that only reset thread-local state of this backend.
     unsafe {
-        let p = pg_sys::GetConfigOption(cname.as_ptr(), true, false);
-        if p.is_null() {
-            None
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+}
+
+fn setting(name: &str) -> Setting {
+    let value = guc::value(name);
+    let set = value.as_deref().is_some_and(|v| !v.trim().is_empty());
+    Setting {
+        local: set && guc::set_in_this_transaction(name),
+        value,
+    }
+}
+
+/// Everything the context depends on, read without a query.
+fn observe() -> Observed {
+    Observed {
+        tenant_setting: setting(TENANT_SETTING),
+        claims: setting(CLAIMS_SETTING),
+        headers: setting(HEADERS_SETTING),
+        trusted: guc::session_is_trusted(),
+        session_context: guc::SESSION_CONTEXT.get(),
+    }
+}
+
+fn current_key(observed: Observed) -> Key {
+    // SAFETY: reads of this backend's statement clock, active snapshot (only when one
+    // is set) and subtransaction id.
+    unsafe {
+        let snapshot = if pg_sys::ActiveSnapshotSet() {
+            let s = pg_sys::GetActiveSnapshot();
+            (!s.is_null()).then(|| {
+                (
+                    (*s).xmin.into_inner(),
+                    (*s).xmax.into_inner(),
+                    (*s).curcid,
+                    (*s).snapXactCompletionCount,
+                )
+            })
         } else {
-            Some(CStr::from_ptr(p).to_string_lossy().into_owned())
+            None
+        };
+        Key {
+            observed,
+            statement: pg_sys::GetCurrentStatementStartTimestamp(),
+            snapshot,
+            subxact: pg_sys::GetCurrentSubTransactionId(),
         }
     }
 }
 
-fn raw_context() -> RawContext {
-    RawContext {
-        tenant_setting: guc(TENANT_SETTING),
-        claims: guc(crate::logic::context::CLAIMS_SETTING),
-        headers: guc(crate::logic::context::HEADERS_SETTING),
+/// Run `f` with the extension owner's rights (as PostgreSQL's own foreign-key checks
+/// do), so that the tenants and membership tables need not be readable by the caller.
+/// An error inside `f` aborts the (sub)transaction, which restores the user id.
+fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner: Option<pg_sys::Oid> = Spi::connect(|c| {
+        crate::catalog::value::<pg_sys::Oid>(
+            c,
+            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'vital_tenancy'",
+            &[],
+        )
+    });
+    let Some(owner) = owner else { return f() };
+    let mut user = pg_sys::InvalidOid;
+    let mut sec = 0;
+    // SAFETY: save and restore of this backend's current user id and security context.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(owner, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
     }
+    let out = f();
+    // SAFETY: as above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, sec) };
+    out
 }
 
 /// The application's tenants table as SQL text (regclass output), or an ERROR.
@@ -97,33 +218,50 @@ pub(crate) fn tenant_exists(table: &str, id: [u8; 16]) -> bool {
     })
 }
 
-fn require_tenant(id: [u8; 16], source: &str) {
-    let table = tenants_table_sql();
-    if !tenant_exists(&table, id) {
-        raise(
+fn check_tenant(id: [u8; 16], source: &str) -> Result<(), Problem> {
+    let Some(table) = Spi::connect(crate::catalog::tenants_table) else {
+        return Err(Problem {
+            hint: Some("Run vital_tenancy.ensure_tenants() first.".into()),
+            ..Problem::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "no tenants table is known to vital_tenancy".into(),
+            )
+        });
+    };
+    if tenant_exists(&table, id) {
+        Ok(())
+    } else {
+        Err(Problem::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!(
                 "tenant {} from {source} does not exist in {table}",
                 format_uuid(&id)
             ),
-        );
+        ))
     }
 }
 
-/// The membership table and its user and tenant columns, quoted for SQL.
-fn membership_sql() -> (String, String, String) {
+/// The membership table and its user and tenant columns, quoted for SQL; `None` when
+/// the configured table or one of its columns does not exist.
+fn membership_sql() -> Option<(String, String, String)> {
     let row = Spi::connect(|c| {
         let t = c
             .select(
-                "SELECT pg_catalog.to_regclass(COALESCE(
+                "SELECT m.t::pg_catalog.text, m.u, m.c
+                   FROM (SELECT pg_catalog.to_regclass(COALESCE(
                         (SELECT value FROM vital_tenancy.settings WHERE name = 'membership_table'),
-                        'vital_tenancy.tenant_members'))::pg_catalog.text,
-                        COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'membership_user_column'), 'user_id'),
-                        COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'membership_tenant_column'), 'tenant_id')",
+                        'vital_tenancy.tenant_members')) AS t,
+                        COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'membership_user_column'), 'user_id') AS u,
+                        COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'membership_tenant_column'), 'tenant_id') AS c) m
+                  WHERE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = m.t AND a.attname IN (m.u, m.c) AND a.attnum > 0 AND NOT a.attisdropped) = 2",
                 Some(1),
                 &[],
             )
             .or_raise("reading the membership settings");
+        if t.is_empty() {
+            return (None, None, None);
+        }
         let r = t.first();
         (
             r.get::<String>(1).or_raise("reading membership_table"),
@@ -134,21 +272,26 @@ fn membership_sql() -> (String, String, String) {
         )
     });
     match row {
-        (Some(t), Some(u), Some(c)) => (
+        (Some(t), Some(u), Some(c)) => Some((
             t,
             crate::logic::ident::quote_ident(&u),
             crate::logic::ident::quote_ident(&c),
-        ),
-        _ => raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "the tenant membership table configured for vital_tenancy does not exist",
-        ),
+        )),
+        _ => None,
     }
 }
 
-fn is_member(user: [u8; 16], tenant: [u8; 16]) -> bool {
-    let (table, ucol, tcol) = membership_sql();
-    Spi::connect(|c| {
+fn check_member(user: [u8; 16], tenant: [u8; 16]) -> Result<(), Problem> {
+    let Some((table, ucol, tcol)) = membership_sql() else {
+        return Err(Problem {
+            hint: Some("Point vital_tenancy.set_membership_table() at a table with uuid user and tenant columns.".into()),
+            ..Problem::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "the tenant membership table configured for vital_tenancy does not exist".into(),
+            )
+        });
+    };
+    let member = Spi::connect(|c| {
         c.select(
             &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {ucol} = $1 AND {tcol} = $2)"),
             Some(1),
@@ -160,82 +303,145 @@ fn is_member(user: [u8; 16], tenant: [u8; 16]) -> bool {
         .and_then(|t| t.first().get_one::<bool>())
         .or_raise("checking tenant membership")
         .unwrap_or(false)
+    });
+    if member {
+        return Ok(());
+    }
+    Err(Problem {
+        code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "user {} is not a member of tenant {} requested by header x-tenant-id",
+            format_uuid(&user),
+            format_uuid(&tenant)
+        ),
+        detail: Some("A tenant header is only honoured for members of that tenant.".into()),
+        hint: Some(format!(
+            "Add the membership to {table}, or put the tenant in the JWT claims."
+        )),
     })
 }
 
-fn context_error(e: ContextError) -> ! {
+fn context_problem(e: ContextError) -> Problem {
     let code = match e {
         ContextError::MalformedUuid { .. } | ContextError::MalformedJson { .. } => {
             PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION
         }
         ContextError::HeaderWithoutUser { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
     };
-    raise(code, e.to_string())
+    Problem::new(code, e.to_string())
+}
+
+fn untrusted_problem(h: &Honoured) -> Option<Problem> {
+    let refused: Vec<&str> = h
+        .ignored
+        .iter()
+        .filter(|(_, r)| *r == IgnoreReason::UntrustedSession)
+        .map(|(n, _)| *n)
+        .collect();
+    if refused.is_empty() {
+        return None;
+    }
+    Some(Problem {
+        code: PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "tenant context refused: login role \"{}\" is not a member of {CONTEXT_ROLE} ({} ignored)",
+            guc::session_user_name(),
+            refused.join(", ")
+        ),
+        detail: Some("Only a trusted login role (PostgREST's authenticator, an application backend) may establish a tenant context.".into()),
+        hint: Some(format!("GRANT {CONTEXT_ROLE} TO <login role>;")),
+    })
 }
 
 /// Resolve and validate the tenant context (uncached).
-fn resolve_tenant(raw: &RawContext) -> Option<[u8; 16]> {
-    match resolve(raw).unwrap_or_else(|e| context_error(e)) {
-        Source::Setting(t) => {
-            require_tenant(t, "setting vital.tenant_id");
-            Some(t)
-        }
-        Source::Claims(t) => {
-            require_tenant(t, "tenant_id in request.jwt.claims");
-            Some(t)
-        }
-        Source::Header { tenant, user } => {
-            if !is_member(user, tenant) {
-                raise_full(
-                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "user {} is not a member of tenant {} requested by header x-tenant-id",
-                        format_uuid(&user),
-                        format_uuid(&tenant)
-                    ),
-                    Some("A tenant header is only honoured for members of that tenant.".into()),
-                    Some(format!(
-                        "Add the membership to {}, or put the tenant in the JWT claims.",
-                        membership_sql().0
-                    )),
-                );
-            }
-            require_tenant(tenant, "header x-tenant-id");
-            Some(tenant)
-        }
-        Source::None => None,
+fn resolve_outcome(observed: &Observed) -> Outcome {
+    // A parallel worker cannot see which settings the leader set in its transaction;
+    // the context functions are PARALLEL RESTRICTED, and fail closed here regardless.
+    // SAFETY: reads a backend global.
+    if unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+        return Ok(None);
     }
+    let h = honoured(observed);
+    if let Some(p) = untrusted_problem(&h) {
+        return Err(p);
+    }
+    let source = resolve(&h.raw).map_err(context_problem)?;
+    as_extension_owner(|| match source {
+        Source::Setting(t) => check_tenant(t, "setting vital.tenant_id").map(|_| Some(t)),
+        Source::Claims(t) => check_tenant(t, "tenant_id in request.jwt.claims").map(|_| Some(t)),
+        Source::Header { tenant, user } => {
+            check_member(user, tenant)?;
+            check_tenant(tenant, "header x-tenant-id").map(|_| Some(tenant))
+        }
+        Source::None => Ok(None),
+    })
+}
+
+/// The context of the current statement, from the cache when still valid.
+fn outcome() -> Outcome {
+    let key = current_key(observe());
+    let hit = CONTEXT_CACHE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|c| (c.key == key).then(|| c.outcome.clone()))
+    });
+    if let Some(o) = hit {
+        return o;
+    }
+    let o = resolve_outcome(&key.observed);
+    CONTEXT_CACHE.with(|c| {
+        *c.borrow_mut() = Some(Cached {
+            key,
+            outcome: o.clone(),
+        })
+    });
+    o
+}
+
+/// One WARNING naming the settings that hold a value set outside this transaction.
+fn warn_leftovers(h: &Honoured, who: &str) {
+    let left: Vec<&str> = h
+        .ignored
+        .iter()
+        .filter(|(_, r)| *r == IgnoreReason::NotThisTransaction)
+        .map(|(n, _)| *n)
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    ereport!(
+        WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "{who}: {} set outside the current transaction, ignored as tenant context",
+            left.join(", ")
+        ),
+        "A session-level SET, set_config(..., false), ALTER ROLE/DATABASE ... SET, a startup option or an earlier client on a pooled connection left it; only SET LOCAL / set_config(..., true) count (or turn on vital_tenancy.session_context for a dedicated connection per tenant)."
+    );
 }
 
 /// The tenant the current request acts for, or NULL (nothing visible, no writes).
-#[pg_extern(stable, parallel_safe, security_definer)]
+/// A bad context is an ERROR here (it is asked for explicitly, or by a row DEFAULT).
+#[pg_extern(stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 pub fn current_tenant_id() -> Option<Uuid> {
-    let raw = raw_context();
-    // Within one command (e.g. the column DEFAULT for every row of an INSERT) the
-    // answer cannot change; a later command may see changed tenants or memberships.
-    // SAFETY: reads the current command id of this backend's transaction.
-    let command = unsafe { pg_sys::GetCurrentCommandId(false) };
-    let cached = CONTEXT_CACHE.with(|c| {
-        c.borrow()
-            .as_ref()
-            .and_then(|c| (c.raw == raw && c.command == command).then_some(c.tenant))
-    });
-    let tenant = match cached {
-        Some(t) => t,
-        None => {
-            let t = resolve_tenant(&raw);
-            CONTEXT_CACHE.with(|c| {
-                *c.borrow_mut() = Some(Cached {
-                    raw,
-                    command,
-                    tenant: t,
-                })
-            });
-            t
-        }
-    };
-    tenant.map(Uuid::from_bytes)
+    match outcome() {
+        Ok(t) => t.map(Uuid::from_bytes),
+        Err(p) => p.raise(),
+    }
+}
+
+/// PostgREST's `db-pre-request` hook: resolve and validate the request's tenant
+/// context once, before the request's query reads any row. A bad context is an ERROR
+/// here (the same for every request carrying it); leftovers are one WARNING.
+#[pg_extern(volatile, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn pre_request() {
+    let observed = observe();
+    warn_leftovers(&honoured(&observed), "vital_tenancy.pre_request()");
+    if let Err(p) = outcome() {
+        p.raise()
+    }
 }
 
 /// Set the tenant for the rest of the current transaction (`vital.tenant_id`, local).
@@ -243,9 +449,24 @@ pub fn current_tenant_id() -> Option<Uuid> {
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_tenant(tenant: Option<Uuid>) -> Option<Uuid> {
-    if let Some(t) = tenant {
-        require_tenant(*t.as_bytes(), "set_tenant()");
+    let observed = observe();
+    if tenant.is_some() && !observed.trusted {
+        raise_full(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to set a tenant: login role \"{}\" is not a member of {CONTEXT_ROLE}",
+                guc::session_user_name()
+            ),
+            None,
+            Some(format!("Only trusted application backends choose a tenant: GRANT {CONTEXT_ROLE} TO <login role>;")),
+        );
     }
+    if let Some(t) = tenant {
+        if let Err(p) = as_extension_owner(|| check_tenant(*t.as_bytes(), "set_tenant()")) {
+            p.raise();
+        }
+    }
+    warn_leftovers(&honoured(&observed), "vital_tenancy.set_tenant()");
     // SAFETY: plain query of the transaction state.
     if !unsafe { pg_sys::IsTransactionBlock() } {
         ereport!(
@@ -307,25 +528,22 @@ fn all_tenant_ids() -> Vec<Uuid> {
     ))
 }
 
-fn context_tenant() -> Option<Uuid> {
-    // Through SQL, so that current_tenant_id() runs with its definer's rights.
-    Spi::connect(|c| {
-        c.select("SELECT vital_tenancy.current_tenant_id()", Some(1), &[])
-            .and_then(|t| t.first().get_one::<Uuid>())
-            .or_raise("reading the tenant context")
-    })
+/// The tenant inside a policy: a bad context is no context (never an ERROR, whose
+/// firing would depend on rows the caller cannot see).
+fn policy_tenant() -> Option<Uuid> {
+    outcome().ok().flatten().map(Uuid::from_bytes)
 }
 
 /// The tenant ids the current request may read: its tenant plus Platform (only its
 /// tenant when `shared` is false); every tenant for platform admins; none without a
-/// tenant context.
-#[pg_extern(stable, parallel_safe)]
+/// (valid) tenant context.
+#[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
     if current_user_is_admin() {
         return query_uuid_array("SELECT vital_tenancy.all_tenant_ids()");
     }
-    let Some(t) = context_tenant() else {
+    let Some(t) = policy_tenant() else {
         return Vec::new();
     };
     let platform = Uuid::from_bytes(
@@ -339,14 +557,15 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
 }
 
 /// The tenant ids the current request may write: its own tenant (Platform rows are
-/// read-only to other tenants); every tenant for platform admins.
-#[pg_extern(stable, parallel_safe)]
+/// read-only to other tenants); every tenant for platform admins; none without a
+/// (valid) tenant context.
+#[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn writable_tenant_ids() -> Vec<Uuid> {
     if current_user_is_admin() {
         return query_uuid_array("SELECT vital_tenancy.all_tenant_ids()");
     }
-    context_tenant().into_iter().collect()
+    policy_tenant().into_iter().collect()
 }
 
 /// Use another table for the membership check of the x-tenant-id header.

@@ -4,7 +4,10 @@
 //! - [`tenants`]: the tenant registry (`platform_tenant_id()`, `ensure_tenants()`, ...).
 //! - [`citus`]: `citus_readiness()`, `prepare_for_citus()`, `distribute_all()`.
 //! - [`classify`]: rule-driven tenant classifiers, explain/preview, configurable rules.
-//! - [`context`]: tenant context (`current_tenant_id()`, `set_tenant()`, visible/writable ids).
+//! - [`context`]: tenant context (`current_tenant_id()`, `pre_request()`, `set_tenant()`,
+//!   visible/writable ids).
+//! - [`guc`]: the extension's settings, who may set a tenant, and whether a setting was
+//!   set inside the current transaction.
 //! - [`rls`]: `enable_tenant_rls()`, `disable_tenant_rls()`, `rls_status()`.
 //! - [`migrate`]: online DDL path, backfill plan, count snapshots, revert, report
 //!   (the batched `backfill` procedure is PL/pgSQL in `sql/migrate.sql`).
@@ -20,6 +23,7 @@ pub mod citus;
 pub mod classify;
 pub mod context;
 pub mod errors;
+pub mod guc;
 pub mod logic;
 pub mod migrate;
 pub mod monitor;
@@ -32,6 +36,7 @@ pub mod validate;
 /// Called once when a backend loads the library.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    guc::init();
     classify::init();
     context::init();
 }

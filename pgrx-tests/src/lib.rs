@@ -218,3 +218,133 @@ pub fn checksums(c: &mut Client, minus_keys: &[&str]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Quote a string as an SQL literal (for the simple-query protocol, which has no
+/// parameters; PgBouncer in transaction mode shares named prepared statements
+/// between clients, so pooled tests use simple queries only).
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The rows of a simple query's last result, as text.
+pub fn simple_rows(c: &mut Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, postgres::Error> {
+    let mut rows = Vec::new();
+    for m in c.simple_query(sql)? {
+        match m {
+            postgres::SimpleQueryMessage::Row(r) => {
+                rows.push((0..r.len()).map(|i| r.get(i).map(String::from)).collect())
+            }
+            postgres::SimpleQueryMessage::CommandComplete(_) => {}
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
+
+/// A real PgBouncer (Debian's package) in front of one test database, in transaction
+/// pooling mode as Supabase/PostgREST deployments run it, with `pool_size` server
+/// connections. Stopped when dropped. A missing pgbouncer binary is a test failure.
+pub struct Bouncer {
+    child: std::process::Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    db: String,
+}
+
+impl Bouncer {
+    pub fn start(db: &str, users: &[&str], pool_size: u32) -> Bouncer {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("pgbouncer is not installed (apt-get install pgbouncer; scripts/test does)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = std::env::temp_dir().join(format!("vt-bouncer-{db}-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("pgbouncer directory");
+        let users_file: String = users
+            .iter()
+            .chain(["postgres"].iter())
+            .map(|u| format!("\"{u}\" \"\"\n"))
+            .collect();
+        std::fs::write(dir.join("users.txt"), users_file).unwrap();
+        let ini = format!(
+            "[databases]\n{db} = host={host} port={pgport} dbname={db} pool_size={pool_size}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+             max_client_conn = 500\ndefault_pool_size = {pool_size}\nserver_reset_query =\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = {log}\npidfile = {pid}\n",
+            host = env("VT_E2E_HOST"),
+            pgport = env("VT_E2E_PORT"),
+            users = dir.join("users.txt").display(),
+            log = dir.join("pgbouncer.log").display(),
+            pid = dir.join("pgbouncer.pid").display(),
+        );
+        let cfg = dir.join("pgbouncer.ini");
+        std::fs::write(&cfg, ini).unwrap();
+        // PgBouncer refuses to run as root, like PostgreSQL.
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let mut cmd = if as_root {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status();
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", bin]);
+            c
+        } else {
+            Command::new(bin)
+        };
+        let child = cmd
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let b = Bouncer {
+            child,
+            port,
+            dir,
+            db: db.to_string(),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return b;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "pgbouncer did not start: {}",
+            std::fs::read_to_string(b.dir.join("pgbouncer.log")).unwrap_or_default()
+        );
+    }
+
+    /// A client connection through the pool as `user`.
+    pub fn connect(&self, user: &str) -> Client {
+        let info = format!(
+            "host=127.0.0.1 port={} user={user} dbname={}",
+            self.port, self.db
+        );
+        Client::connect(&info, NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect through pgbouncer as {user}: {e}"))
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // runuser's child is pgbouncer itself; make sure it is gone.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

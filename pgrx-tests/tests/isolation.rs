@@ -33,6 +33,8 @@ fn setup(tag: &str) -> (FixtureDb, Client) {
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_iso_admin') THEN CREATE ROLE vt_iso_admin LOGIN IN ROLE vital_tenancy_admin; END IF;
          END $$",
         "GRANT USAGE ON SCHEMA public TO vt_iso_app, vt_iso_admin",
+        // The app backend's login role is trusted to choose a tenant.
+        "GRANT vital_tenancy_context TO vt_iso_app, vt_iso_admin",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON public.messages, public.notes TO vt_iso_app, vt_iso_admin",
         "GRANT USAGE ON SEQUENCE public.notes_id_seq TO vt_iso_app, vt_iso_admin",
     ] {
@@ -199,7 +201,7 @@ fn no_context_empty_and_malformed_settings_fail_closed() {
     assert_eq!(sqlstate(r), "42501", "no context: no tenant may be written");
     // Empty strings count as unset.
     app.batch_execute(
-        "SET vital.tenant_id = ''; SET request.jwt.claims = ''; SET request.headers = ''",
+        "BEGIN; SET LOCAL vital.tenant_id = ''; SET LOCAL request.jwt.claims = ''; SET LOCAL request.headers = ''",
     )
     .unwrap();
     let n: i64 = app
@@ -207,9 +209,26 @@ fn no_context_empty_and_malformed_settings_fail_closed() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
-    // Malformed values are errors naming their source, never a silent fallback.
+    app.batch_execute("ROLLBACK").unwrap();
+    // Malformed values are errors naming their source where the context is asked
+    // for (current_tenant_id(), pre_request()), never a silent fallback; inside the
+    // policies they count as no context (an error there would depend on the rows).
+    // A malformed vital.tenant_id is refused when it is set.
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute("SAVEPOINT s").unwrap();
+    let r = tx.execute(
+        "SELECT set_config('vital.tenant_id', 'not-a-uuid', true)",
+        &[],
+    );
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    let msg = message(tx.execute(
+        "SELECT set_config('vital.tenant_id', 'not-a-uuid', true)",
+        &[],
+    ));
+    drop(tx);
+    assert_eq!(sqlstate(r), "22P02");
+    assert!(msg.contains("vital.tenant_id"), "{msg}");
     for (setting, value, code, source) in [
-        ("vital.tenant_id", "not-a-uuid", "22P02", "vital.tenant_id"),
         ("request.jwt.claims", "{oops", "22P02", "request.jwt.claims"),
         (
             "request.jwt.claims",
@@ -224,14 +243,27 @@ fn no_context_empty_and_malformed_settings_fail_closed() {
             "vital.tenant_id",
         ),
     ] {
-        app.execute("SELECT set_config($1, $2, false)", &[&setting, &value])
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT set_config($1, $2, true)", &[&setting, &value])
             .unwrap();
-        let r = app.query("SELECT count(*) FROM public.notes", &[]);
-        let msg = message(app.query("SELECT count(*) FROM public.notes", &[]));
-        assert_eq!(sqlstate(r), code, "{setting}={value}: {msg}");
-        assert!(msg.contains(source), "{msg}");
-        app.execute("SELECT set_config($1, '', false)", &[&setting])
-            .unwrap();
+        let n: i64 = tx
+            .query_one("SELECT count(*) FROM public.notes", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{setting}={value}: no context inside the policies");
+        for f in [
+            "vital_tenancy.current_tenant_id()",
+            "vital_tenancy.pre_request()",
+        ] {
+            let sql = format!("SELECT {f}::text");
+            tx.batch_execute("SAVEPOINT s").unwrap();
+            let r = tx.query(&sql, &[]);
+            tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+            let msg = message(tx.query(&sql, &[]));
+            tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+            assert_eq!(sqlstate(r), code, "{f} with {setting}={value}: {msg}");
+            assert!(msg.contains(source), "{msg}");
+        }
     }
 }
 
@@ -239,40 +271,41 @@ fn no_context_empty_and_malformed_settings_fail_closed() {
 fn jwt_claims_and_headers() {
     let (db, mut c) = setup("iso_jwt");
     let mut app = db.connect_as("vt_iso_app");
-    let count_tenants = |app: &mut Client| -> Vec<String> {
-        app.query("SELECT tenant_id::text FROM public.notes ORDER BY 1", &[])
-            .unwrap()
+    let with = |app: &mut Client,
+                claims: &str,
+                headers: &str|
+     -> Result<Vec<String>, postgres::Error> {
+        let mut tx = app.transaction()?;
+        tx.execute(
+            "SELECT set_config('request.jwt.claims', $1, true), set_config('request.headers', $2, true)",
+            &[&claims, &headers],
+        )?;
+        let tenants = tx
+            .query("SELECT tenant_id::text FROM public.notes ORDER BY 1", &[])?
             .iter()
             .map(|r| r.get(0))
-            .collect()
+            .collect();
+        let tenant: Option<String> = tx
+            .query_one("SELECT vital_tenancy.current_tenant_id()::text", &[])?
+            .get(0);
+        assert_eq!(tenant.is_some(), !Vec::<String>::is_empty(&tenants));
+        Ok(tenants)
     };
     // Claims with a tenant.
-    app.execute(
-        "SELECT set_config('request.jwt.claims', $1, false)",
-        &[&format!(
-            r#"{{"sub": "{USER}", "role": "authenticated", "tenant_id": "{PHARMA}"}}"#
-        )],
-    )
-    .unwrap();
+    let claims =
+        format!(r#"{{"sub": "{USER}", "role": "authenticated", "tenant_id": "{PHARMA}"}}"#);
     assert_eq!(
-        count_tenants(&mut app),
+        with(&mut app, &claims, "").unwrap(),
         vec![PLATFORM.to_string(), PHARMA.to_string()]
     );
     // Claims without a tenant: nothing.
-    app.execute(
-        "SELECT set_config('request.jwt.claims', $1, false)",
-        &[&format!(r#"{{"sub": "{USER}", "role": "authenticated"}}"#)],
-    )
-    .unwrap();
-    assert!(count_tenants(&mut app).is_empty());
-    // A spoofed header: the user is not a member of Digital Health.
-    app.execute(
-        "SELECT set_config('request.headers', $1, false)",
-        &[&format!(r#"{{"x-tenant-id": "{DIGITAL}"}}"#)],
-    )
-    .unwrap();
-    let r = app.query("SELECT count(*) FROM public.notes", &[]);
-    let msg = message(app.query("SELECT count(*) FROM public.notes", &[]));
+    let claims = format!(r#"{{"sub": "{USER}", "role": "authenticated"}}"#);
+    assert!(with(&mut app, &claims, "").unwrap().is_empty());
+    // A spoofed header: the user is not a member of Digital Health. Asking for the
+    // context is an ERROR naming user and tenant.
+    let header = format!(r#"{{"x-tenant-id": "{DIGITAL}"}}"#);
+    let r = with(&mut app, &claims, &header);
+    let msg = message(with(&mut app, &claims, &header));
     assert_eq!(sqlstate(r), "42501");
     assert!(
         msg.contains(USER) && msg.contains(DIGITAL),
@@ -285,7 +318,7 @@ fn jwt_claims_and_headers() {
     )
     .unwrap();
     assert_eq!(
-        count_tenants(&mut app),
+        with(&mut app, &claims, &header).unwrap(),
         vec![PLATFORM.to_string(), DIGITAL.to_string()]
     );
     // The membership table is not readable by the application role.
@@ -325,16 +358,17 @@ fn views_copy_and_roles_without_privileges() {
     });
     assert_eq!(copied, vec![PLATFORM.to_string(), DIGITAL.to_string()]);
     let mut copier = db.connect_as("vt_iso_app");
-    copier
-        .execute(
-            "SELECT set_config('vital.tenant_id', $1, false)",
-            &[&DIGITAL],
-        )
-        .unwrap();
-    let r = copier
+    let mut tx = copier.transaction().unwrap();
+    tx.execute(
+        "SELECT set_config('vital.tenant_id', $1, true)",
+        &[&DIGITAL],
+    )
+    .unwrap();
+    let r = tx
         .copy_in::<str>("COPY public.notes (body) FROM STDIN")
         .map(|_| ());
     assert_eq!(sqlstate(r), "0A000");
+    drop(tx);
     drop(copier);
     // A role that owns nothing and has no privileges: refused before RLS.
     let mut nobody = db.connect_as("vt_iso_nobody");
@@ -402,24 +436,30 @@ fn security_definer_functions_resist_a_malicious_search_path() {
     let mut app = db.connect_as("vt_iso_app");
     app.batch_execute("SET search_path = evil, pg_temp, public, pg_catalog")
         .unwrap();
-    app.execute(
-        "SELECT set_config('request.jwt.claims', $1, false)",
-        &[&format!(r#"{{"sub": "{USER}"}}"#)],
-    )
-    .unwrap();
-    app.execute(
-        "SELECT set_config('request.headers', $1, false)",
-        &[&format!(r#"{{"x-tenant-id": "{DIGITAL}"}}"#)],
-    )
-    .unwrap();
-    let r = app.query("SELECT count(*) FROM public.notes", &[]);
+    // In one transaction, as a request would: the spoofed membership must not count
+    // (no rows), and asking for the context is 42501.
+    let probe = |app: &mut Client| -> (i64, String) {
+        let mut tx = app.transaction().unwrap();
+        tx.execute(
+            "SELECT set_config('request.jwt.claims', $1, true), set_config('request.headers', $2, true)",
+            &[
+                &format!(r#"{{"sub": "{USER}"}}"#),
+                &format!(r#"{{"x-tenant-id": "{DIGITAL}"}}"#),
+            ],
+        )
+        .unwrap();
+        let n: i64 = tx
+            .query_one("SELECT count(*) FROM public.notes", &[])
+            .unwrap()
+            .get(0);
+        let code = sqlstate(tx.query("SELECT vital_tenancy.current_tenant_id()", &[]));
+        (n, code)
+    };
     assert_eq!(
-        sqlstate(r),
-        "42501",
+        probe(&mut app),
+        (0, "42501".to_string()),
         "the fake membership table must not be consulted"
     );
-    app.execute("SELECT set_config('request.headers', '', false)", &[])
-        .unwrap();
     let r = app.query(
         "SELECT vital_tenancy.set_tenant('99999999-9999-9999-9999-999999999999')",
         &[],
@@ -432,10 +472,8 @@ fn security_definer_functions_resist_a_malicious_search_path() {
     // A temp table named like the membership table does not help either.
     app.batch_execute(&format!(
         "CREATE TEMP TABLE tenant_members (user_id uuid, tenant_id uuid);
-         INSERT INTO pg_temp.tenant_members VALUES ('{USER}', '{DIGITAL}');
-         SELECT set_config('request.headers', '{{\"x-tenant-id\": \"{DIGITAL}\"}}', false);"
+         INSERT INTO pg_temp.tenant_members VALUES ('{USER}', '{DIGITAL}');"
     ))
     .unwrap();
-    let r = app.query("SELECT count(*) FROM public.notes", &[]);
-    assert_eq!(sqlstate(r), "42501");
+    assert_eq!(probe(&mut app), (0, "42501".to_string()));
 }

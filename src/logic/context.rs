@@ -5,6 +5,10 @@
 //! the membership of the claims' `sub`; (4) nothing. An empty string is unset; a
 //! malformed value is an error naming its source. Checking that the tenant exists
 //! and that the user is a member needs the database and is the glue's job.
+//!
+//! Before that, [`honoured`] decides which settings count at all: none when the
+//! session's login role is not trusted, and only values set inside the current
+//! transaction (pool safety) unless the DBA opted in to session-level context.
 
 use super::tenants::uuid_bytes;
 use serde_json::Value;
@@ -21,6 +25,95 @@ pub struct RawContext {
     pub tenant_setting: Option<String>,
     pub claims: Option<String>,
     pub headers: Option<String>,
+}
+
+/// One context setting as the server holds it: its value, and whether that value was
+/// set inside the current transaction (`SET LOCAL`, `set_config(..., true)`, a
+/// function's `SET` clause). A value set any other way (session `SET`,
+/// `set_config(..., false)`, `ALTER ROLE/DATABASE ... SET`, a startup option, or a
+/// leftover of an earlier transaction on the same pooled server connection) is not local.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Setting {
+    pub value: Option<String>,
+    pub local: bool,
+}
+
+impl Setting {
+    pub fn local(v: &str) -> Setting {
+        Setting {
+            value: Some(v.to_string()),
+            local: true,
+        }
+    }
+    pub fn session(v: &str) -> Setting {
+        Setting {
+            value: Some(v.to_string()),
+            local: false,
+        }
+    }
+    fn is_set(&self) -> bool {
+        non_empty(&self.value).is_some()
+    }
+}
+
+/// Everything the context depends on, read from the server without a query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Observed {
+    pub tenant_setting: Setting,
+    pub claims: Setting,
+    pub headers: Setting,
+    /// The login role (`session_user`) is a member of `vital_tenancy_context`.
+    pub trusted: bool,
+    /// `vital_tenancy.session_context` is on: values that outlive a transaction are
+    /// honoured too (a DBA's opt-in for a dedicated connection per tenant).
+    pub session_context: bool,
+}
+
+/// Why a setting that holds a value does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// Not set inside the current transaction (pool safety).
+    NotThisTransaction,
+    /// The session's login role may not establish a tenant context.
+    UntrustedSession,
+}
+
+/// The settings that count, and those that hold a value but were ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Honoured {
+    pub raw: RawContext,
+    pub ignored: Vec<(&'static str, IgnoreReason)>,
+}
+
+/// Decide which settings count: none for an untrusted session; otherwise only the
+/// values set in this transaction, unless `session_context` is on.
+pub fn honoured(o: &Observed) -> Honoured {
+    let mut out = Honoured::default();
+    let sources = [
+        (TENANT_SETTING, &o.tenant_setting),
+        (CLAIMS_SETTING, &o.claims),
+        (HEADERS_SETTING, &o.headers),
+    ];
+    for (name, s) in sources {
+        let keep = if !s.is_set() {
+            false
+        } else if !o.trusted {
+            out.ignored.push((name, IgnoreReason::UntrustedSession));
+            false
+        } else if !s.local && !o.session_context {
+            out.ignored.push((name, IgnoreReason::NotThisTransaction));
+            false
+        } else {
+            true
+        };
+        let value = if keep { s.value.clone() } else { None };
+        match name {
+            TENANT_SETTING => out.raw.tenant_setting = value,
+            CLAIMS_SETTING => out.raw.claims = value,
+            _ => out.raw.headers = value,
+        }
+    }
+    out
 }
 
 /// Where the tenant came from.
@@ -284,6 +377,85 @@ mod tests {
             resolve(&raw(None, Some(r#"{"role": "anon"}"#), Some(&h))),
             Err(ContextError::HeaderWithoutUser { tenant: T.into() })
         );
+    }
+
+    fn obs(t: Setting, c: Setting, h: Setting, trusted: bool, session: bool) -> Observed {
+        Observed {
+            tenant_setting: t,
+            claims: c,
+            headers: h,
+            trusted,
+            session_context: session,
+        }
+    }
+
+    #[test]
+    fn only_values_of_this_transaction_count() {
+        let claims = format!(r#"{{"tenant_id": "{T}"}}"#);
+        // A leftover session tenant does not outrank the request's own claims.
+        let h = honoured(&obs(
+            Setting::session("f7aa6fd4-0af9-4706-8b31-034f1f7accda"),
+            Setting::local(&claims),
+            Setting::default(),
+            true,
+            false,
+        ));
+        assert_eq!(h.raw.tenant_setting, None);
+        assert_eq!(h.raw.claims.as_deref(), Some(claims.as_str()));
+        assert_eq!(
+            h.ignored,
+            vec![(TENANT_SETTING, IgnoreReason::NotThisTransaction)]
+        );
+        assert_eq!(resolve(&h.raw), Ok(Source::Claims(b(T))));
+        // Session claims are leftovers too.
+        let h = honoured(&obs(
+            Setting::default(),
+            Setting::session(&claims),
+            Setting::default(),
+            true,
+            false,
+        ));
+        assert_eq!(resolve(&h.raw), Ok(Source::None));
+        // The DBA's opt-in honours them.
+        let h = honoured(&obs(
+            Setting::default(),
+            Setting::session(&claims),
+            Setting::default(),
+            true,
+            true,
+        ));
+        assert!(h.ignored.is_empty());
+        assert_eq!(resolve(&h.raw), Ok(Source::Claims(b(T))));
+        // Empty values are not reported as ignored.
+        let h = honoured(&obs(
+            Setting::session(""),
+            Setting::session("  "),
+            Setting::default(),
+            true,
+            false,
+        ));
+        assert!(h.ignored.is_empty());
+    }
+
+    #[test]
+    fn an_untrusted_session_establishes_nothing() {
+        let claims = format!(r#"{{"tenant_id": "{T}"}}"#);
+        for session in [false, true] {
+            let h = honoured(&obs(
+                Setting::local(T),
+                Setting::local(&claims),
+                Setting::local(r#"{"x-tenant-id": "x"}"#),
+                false,
+                session,
+            ));
+            assert_eq!(h.raw, RawContext::default());
+            assert_eq!(h.ignored.len(), 3);
+            assert!(h
+                .ignored
+                .iter()
+                .all(|(_, r)| *r == IgnoreReason::UntrustedSession));
+            assert_eq!(resolve(&h.raw), Ok(Source::None));
+        }
     }
 
     #[test]

@@ -83,6 +83,45 @@ reset request.headers;
 select vital_tenancy.set_tenant('99999999-9999-9999-9999-999999999999');
 \echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.set_tenant(NULL) is null as cleared, vital_tenancy.current_tenant_id() is null as no_context;
+
+-- Pool safety: a value that would outlive the transaction (plain SET,
+-- set_config(..., false)) is no context; pre_request() and set_tenant() say so once.
+set vital.tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda';
+select vital_tenancy.current_tenant_id() is null as session_value_ignored, vital_tenancy.visible_tenant_ids();
+select vital_tenancy.pre_request();
+select set_config('request.jwt.claims', '{"tenant_id": "11111111-1111-1111-1111-111111111111"}', false);
+select vital_tenancy.current_tenant_id() is null as session_claims_ignored;
+select vital_tenancy.set_tenant(vital_tenancy.digital_health_tenant_id()) = vital_tenancy.current_tenant_id() as local_value_counts;
+select set_config('vital.tenant_id', '', true), set_config('request.jwt.claims', '', true);
+-- Inside the policies a bad context is no context, never an ERROR (whose firing would
+-- depend on the rows); where the context is asked for, it is the ERROR.
+set local request.jwt.claims = '{broken';
+select vital_tenancy.visible_tenant_ids(), vital_tenancy.writable_tenant_ids();
+select vital_tenancy.pre_request();
+\echo :LAST_ERROR_SQLSTATE
+set local request.jwt.claims = '{"sub": "aaaaaaaa-0000-4000-8000-000000000009"}';
+set local request.headers = '{"x-tenant-id": "11111111-1111-1111-1111-111111111111"}';
+select vital_tenancy.visible_tenant_ids(), vital_tenancy.writable_tenant_ids();
+select vital_tenancy.pre_request();
+\echo :LAST_ERROR_SQLSTATE
+set local request.jwt.claims = '';
+set local request.headers = '';
+
+-- Only a login role that is a member of vital_tenancy_context establishes a context.
+reset role;
+set local session authorization vt_regress_app;
+select session_user, pg_has_role('vital_tenancy_context', 'member') as trusted;
+set local vital.tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda';
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.set_tenant(vital_tenancy.pharma_tenant_id());
+\echo :LAST_ERROR_SQLSTATE
+set local request.jwt.claims = '{"tenant_id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}';
+select vital_tenancy.visible_tenant_ids() as untrusted_sees;
+select vital_tenancy.current_tenant_id();
+\echo :LAST_ERROR_SQLSTATE
+set local request.jwt.claims = '';
+select vital_tenancy.set_tenant(NULL) is null as clearing_is_allowed;
+reset session authorization;
 reset role;
 
 -- Policies. messages gets a tenant column, classified by hand for the test (after

@@ -1,0 +1,39 @@
+-- vital_tenancy 0.1.0 -> 0.2.0 (ALTER EXTENSION vital_tenancy UPDATE TO '0.2.0').
+-- The tenant context holds on real request paths: only trusted login roles choose a
+-- tenant, only values set inside the current transaction count, policies never raise
+-- for a bad context, and PostgREST gets a pre-request hook. tests/upgrade checks that
+-- 0.1.0 + this script equals a fresh 0.2.0 install.
+\echo Use "ALTER EXTENSION vital_tenancy UPDATE TO '0.2.0'" to load this file. \quit
+
+-- The trusted-context role (see bootstrap.sql).
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_context') THEN
+    CREATE ROLE vital_tenancy_context NOLOGIN;
+  END IF;
+END $$;
+
+-- PostgREST's db-pre-request hook.
+CREATE FUNCTION @extschema@.pre_request() RETURNS void
+    SECURITY DEFINER
+    SET search_path TO pg_catalog, pg_temp
+    VOLATILE
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'pre_request_wrapper';
+
+-- They read transaction-local state of the leader (which settings were set in this
+-- transaction), which parallel workers cannot see.
+ALTER FUNCTION @extschema@.current_tenant_id() PARALLEL RESTRICTED;
+ALTER FUNCTION @extschema@.visible_tenant_ids(boolean) PARALLEL RESTRICTED;
+ALTER FUNCTION @extschema@.writable_tenant_ids() PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION @extschema@.current_tenant_id() IS
+    'The tenant of the current request: setting vital.tenant_id, else tenant_id in request.jwt.claims, else x-tenant-id in request.headers if the claims'' sub is a member, else NULL. Only values set in the current transaction count (unless vital_tenancy.session_context), and only for a login role that is a member of vital_tenancy_context. A bad context (malformed, unknown tenant, non-member, untrusted session) is an ERROR here. Cached per statement. SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION @extschema@.pre_request() IS
+    'PostgREST db-pre-request hook: resolves and validates the request''s tenant context once, before the query reads any row; a bad context is an ERROR, values left over from outside the transaction one WARNING. SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
+    'Set vital.tenant_id for the rest of the transaction (SET LOCAL semantics) after checking the tenant exists; NULL clears it. Only for login roles that are members of vital_tenancy_context (ERROR 42501 otherwise); warns about leftover session values.';
+COMMENT ON FUNCTION @extschema@.visible_tenant_ids(boolean) IS
+    'Tenant ids the current request may read (what the policies compare with): its tenant plus Platform (only its tenant when shared is false); every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
+COMMENT ON FUNCTION @extschema@.writable_tenant_ids() IS
+    'Tenant ids the current request may write: its own tenant; every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';

@@ -1,0 +1,201 @@
+//! Server settings the tenant context depends on: the extension's own GUCs
+//! (`vital.tenant_id`, `vital_tenancy.session_context`), who may set a tenant, and
+//! whether a setting's current value was set inside the current transaction.
+//!
+//! PostgreSQL keeps, per setting, a stack of the values a transaction changed
+//! (`config_generic.stack`): `SET LOCAL` and `set_config(..., true)` push an entry in
+//! state `GUC_LOCAL` (or `GUC_SET_LOCAL` after a plain `SET` in the same transaction),
+//! a function's `SET` clause one in state `GUC_SAVE`, a plain `SET` one in `GUC_SET`.
+//! At the end of the transaction the stack is emptied; a value with no entry, or whose
+//! newest entry is `GUC_SET`, outlives the transaction: it is a session value, a role
+//! or database default, a startup option, or what an earlier client left on a pooled
+//! server connection. Only PostgreSQL 15's layout is supported (the one server here).
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::{c_char, c_void, CStr, CString};
+
+/// The role whose members (as login role, `session_user`) may establish a tenant context.
+pub const CONTEXT_ROLE: &str = "vital_tenancy_context";
+
+/// `vital_tenancy.session_context`: honour context values that outlive a transaction.
+pub static SESSION_CONTEXT: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Storage of `vital.tenant_id` (owned by the GUC machinery).
+static mut TENANT_SETTING_VALUE: *mut c_char = std::ptr::null_mut();
+
+/// Define the extension's settings. Called once per backend from `_PG_init`.
+pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"vital_tenancy.session_context",
+        c"Honour tenant context values set outside the current transaction.",
+        c"Off (the default): vital.tenant_id, request.jwt.claims and request.headers count only when set inside the current transaction (SET LOCAL, set_config(..., true)), so a pooled server connection never hands one client's tenant to the next. Turn on only for a login role with a dedicated connection per tenant (ALTER ROLE ... SET).",
+        &SESSION_CONTEXT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // SAFETY: the name, descriptions and the storage are 'static; the check hook is a
+    // plain function. Called from _PG_init, before any SET of this backend can run
+    // through the definition.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"vital.tenant_id".as_ptr(),
+            c"Tenant of the current request (set with SET LOCAL or vital_tenancy.set_tenant()).".as_ptr(),
+            c"Only sessions whose login role is a member of vital_tenancy_context may set it; it counts only when set inside the current transaction unless vital_tenancy.session_context is on.".as_ptr(),
+            std::ptr::addr_of_mut!(TENANT_SETTING_VALUE),
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            0,
+            Some(check_tenant_setting),
+            None,
+            None,
+        );
+    }
+}
+
+/// Whether the session's login role may establish a tenant context. Needs a
+/// transaction (role membership is read from the catalog cache).
+pub fn session_is_trusted() -> bool {
+    let Ok(name) = CString::new(CONTEXT_ROLE) else {
+        return false;
+    };
+    // SAFETY: missing_ok role lookup and a membership test on the role cache, both
+    // valid inside a transaction; GetSessionUserId is this backend's login role.
+    unsafe {
+        if !pg_sys::IsTransactionState() {
+            return false;
+        }
+        let role = pg_sys::get_role_oid(name.as_ptr(), true);
+        let user = pg_sys::GetSessionUserId();
+        role != pg_sys::InvalidOid
+            && user != pg_sys::InvalidOid
+            && pg_sys::is_member_of_role(user, role)
+    }
+}
+
+/// A setting's current value (`None` when it does not exist).
+pub fn value(name: &str) -> Option<String> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: GetConfigOption with missing_ok returns NULL or a valid C string owned by
+    // the GUC machinery, which is copied at once.
+    unsafe {
+        let p = pg_sys::GetConfigOption(cname.as_ptr(), true, false);
+        if p.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(p).to_string_lossy().into_owned())
+        }
+    }
+}
+
+/// PostgreSQL's `guc_name_compare`: ASCII case-insensitive, byte-wise.
+fn guc_name_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let fold = |c: u8| c.to_ascii_lowercase();
+    a.iter().map(|&c| fold(c)).cmp(b.iter().map(|&c| fold(c)))
+}
+
+/// Whether the current value of setting `name` was set inside the current
+/// transaction (see the module comment). False for a setting that does not exist.
+pub fn set_in_this_transaction(name: &str) -> bool {
+    // SAFETY: get_guc_variables()/GetNumConfigOptions() describe the backend's sorted
+    // array of settings (find_option() binary-searches the same array); it is only
+    // read here, within this call, and no setting is created meanwhile.
+    unsafe {
+        let vars = pg_sys::get_guc_variables();
+        let n = pg_sys::GetNumConfigOptions();
+        if vars.is_null() || n <= 0 {
+            return false;
+        }
+        let slice = std::slice::from_raw_parts(vars, n as usize);
+        let found = slice.binary_search_by(|&g| {
+            if g.is_null() || (*g).name.is_null() {
+                return std::cmp::Ordering::Less;
+            }
+            guc_name_cmp(CStr::from_ptr((*g).name).to_bytes(), name.as_bytes())
+        });
+        let Ok(i) = found else { return false };
+        let stack = (*slice[i]).stack;
+        if stack.is_null() {
+            return false;
+        }
+        use pg_sys::GucStackState::*;
+        matches!((*stack).state, GUC_LOCAL | GUC_SET_LOCAL | GUC_SAVE)
+    }
+}
+
+fn check_error(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> bool {
+    // SAFETY: the GUC check-hook error protocol: an error code and palloc'd message
+    // strings that the caller reports when the hook returns false.
+    unsafe {
+        pg_sys::GUC_check_errcode(code as i32);
+        if let Ok(m) = CString::new(msg) {
+            pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(m.as_ptr());
+        }
+        if let Some(h) = hint.and_then(|h| CString::new(h).ok()) {
+            pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(h.as_ptr());
+        }
+    }
+    false
+}
+
+/// Check hook of `vital.tenant_id`: an empty value (no tenant) is always allowed; a
+/// tenant must be a uuid, and a session whose login role is not a member of
+/// `vital_tenancy_context` may not set one (ERROR 42501 at SET time).
+#[pg_guard]
+unsafe extern "C-unwind" fn check_tenant_setting(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: newval points at the proposed value (a C string or NULL).
+    let v = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval).to_string_lossy().into_owned()
+    };
+    let v = v.trim();
+    if v.is_empty() {
+        return true;
+    }
+    if crate::logic::tenants::uuid_bytes(&v.to_ascii_lowercase()).is_none() {
+        return check_error(
+            PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+            format!(
+                "invalid tenant context: setting vital.tenant_id is not a valid uuid: \"{}\"",
+                v.chars().take(60).collect::<String>()
+            ),
+            None,
+        );
+    }
+    // Values from configuration files and role/database defaults are the DBA's; they
+    // are checked again (and by default ignored) when the context is read.
+    use pg_sys::GucSource::*;
+    let interactive = source == PGC_S_SESSION || source == PGC_S_CLIENT;
+    // SAFETY: plain query of the transaction state.
+    if interactive && unsafe { pg_sys::IsTransactionState() } && !session_is_trusted() {
+        return check_error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to set vital.tenant_id: login role \"{}\" is not a member of {CONTEXT_ROLE}",
+                session_user_name()
+            ),
+            Some("Only trusted application backends choose a tenant: GRANT vital_tenancy_context TO <login role>;"),
+        );
+    }
+    true
+}
+
+/// The login role's name (for messages).
+pub fn session_user_name() -> String {
+    // SAFETY: GetUserNameFromId with noerr returns NULL or a palloc'd name.
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true);
+        if p.is_null() {
+            "?".into()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Upgrade tier: every released version, installed from its frozen script
+# (sql/released/), then ALTER EXTENSION vital_tenancy UPDATE, must define exactly what a
+# fresh install of the current version defines (tests/upgrade/describe.sql, diffed),
+# also on a database that ran the real migration on the old version. A change to SQL
+# objects without an upgrade script fails here.
+# Needs the test cluster of scripts/test (PGHOST/PGPORT set, extension installed).
+# Prints "upgrade: N passed, M failed" as its last line.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+set +e
+HERE="${VT_ROOT}/tests/upgrade"
+OUT="${VT_WORK}/upgrade"
+rm -rf "${OUT}"; mkdir -p "${OUT}"
+EXTDIR="$(${VT_PG_CONFIG} --sharedir)/extension"
+CURRENT=$(sed -n 's/^version = "\(.*\)"/\1/p' "${VT_ROOT}/Cargo.toml" | head -1)
+passed=0; failed=0
+ok() { echo "ok - $*"; passed=$((passed + 1)); }
+not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
+q() { vt_psql -d "$1" -At -c "$2"; }
+
+vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" -c "CREATE DATABASE vt_up_fresh"
+q vt_up_fresh "CREATE EXTENSION vital_tenancy" >/dev/null
+vt_psql -d vt_up_fresh -f "${HERE}/describe.sql" > "${OUT}/fresh.txt"
+
+for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
+  old=$(basename "${script}" .sql); old=${old#vital_tenancy--}
+  cp "${script}" "${EXTDIR}/"
+  # 1. An empty database: old install + update == fresh install.
+  db="vt_up_${old//./_}"
+  vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${db} WITH (FORCE)" -c "CREATE DATABASE ${db}"
+  if q "${db}" "CREATE EXTENSION vital_tenancy VERSION '${old}'" >/dev/null \
+     && q "${db}" "ALTER EXTENSION vital_tenancy UPDATE" >/dev/null \
+     && [ "$(q "${db}" "SELECT extversion FROM pg_extension WHERE extname = 'vital_tenancy'")" = "${CURRENT}" ]; then
+    ok "${old} -> ${CURRENT}: ALTER EXTENSION UPDATE"
+  else
+    not_ok "${old} -> ${CURRENT}: ALTER EXTENSION UPDATE"
+  fi
+  vt_psql -d "${db}" -f "${HERE}/describe.sql" > "${OUT}/updated-${old}.txt"
+  if diff -u "${OUT}/fresh.txt" "${OUT}/updated-${old}.txt" > "${OUT}/diff-${old}.txt"; then
+    ok "${old} -> ${CURRENT}: updated objects equal a fresh install ($(wc -l < "${OUT}/fresh.txt") lines)"
+  else
+    not_ok "${old} -> ${CURRENT}: updated objects differ from a fresh install (- fresh, + updated):"
+    cat "${OUT}/diff-${old}.txt"
+  fi
+  # 2. A production-shaped database: the real fixture migrated on the old version
+  # (policies call the extension's functions), then updated in place.
+  mdb="vt_up_migrated_${old//./_}"
+  vt_fresh_fixture_db "${mdb}"
+  q "${mdb}" "CREATE EXTENSION vital_tenancy VERSION '${old}'" >/dev/null
+  if PG_BIN="${VT_PG_BIN}" bash "${VT_ROOT}/scripts/migrate" "host=${VT_HOST} port=${VT_PORT} user=postgres dbname=${mdb}" \
+       --no-backup --report "${OUT}/report-${old}.md" > "${OUT}/migrate-${old}.log" 2>&1 \
+     && q "${mdb}" "ALTER EXTENSION vital_tenancy UPDATE" >/dev/null; then
+    ok "${old} -> ${CURRENT}: migrated database updated in place"
+  else
+    not_ok "${old} -> ${CURRENT}: migrated database updated in place (see ${OUT}/migrate-${old}.log)"
+  fi
+  # The updated boundary works: a trusted backend's transaction-local tenant sees its
+  # rows and Platform's, a session-level leftover nothing.
+  got=$(vt_psql -d "${mdb}" -At <<SQL
+BEGIN;
+SET LOCAL ROLE authenticated;
+SELECT set_config('request.jwt.claims', '{"tenant_id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}', true);
+SELECT count(DISTINCT tenant_id) FROM public.prompts;
+COMMIT;
+SET request.jwt.claims = '{"tenant_id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}';
+BEGIN;
+SET LOCAL ROLE authenticated;
+SELECT count(*) FROM public.prompts;
+COMMIT;
+SQL
+)
+  if [ "$(echo "${got}" | tail -2 | tr '\n' ' ')" = "2 0 " ]; then
+    ok "${old} -> ${CURRENT}: boundary after the update (local claims: 2 tenants; leftover: 0 rows)"
+  else
+    not_ok "${old} -> ${CURRENT}: boundary after the update, got: ${got}"
+  fi
+  vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${db} WITH (FORCE)" -c "DROP DATABASE IF EXISTS ${mdb} WITH (FORCE)" >/dev/null
+done
+vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" >/dev/null
+echo "upgrade: ${passed} passed, ${failed} failed"
+[ "${failed}" -eq 0 ]
