@@ -17,7 +17,7 @@ END $$;
 CREATE FUNCTION @extschema@.pre_request() RETURNS void
     SECURITY DEFINER
     SET search_path TO pg_catalog, pg_temp
-    VOLATILE
+    STRICT VOLATILE
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'pre_request_wrapper';
 

@@ -12,7 +12,7 @@ SELECT line FROM (
   SELECT format('function %s returns %s kind=%s vol=%s par=%s strict=%s secdef=%s config=%s src=%s bin=%s acl=%s comment=%s',
                 p.oid::regprocedure, pg_get_function_result(p.oid), p.prokind, p.provolatile, p.proparallel,
                 p.proisstrict, p.prosecdef, p.proconfig,
-                CASE WHEN p.prolang = 'c'::regproc::oid THEN p.prosrc ELSE md5(p.prosrc) END,
+                CASE WHEN p.prolang = (SELECT l.oid FROM pg_language l WHERE l.lanname = 'c') THEN p.prosrc ELSE md5(p.prosrc) END,
                 p.probin, p.proacl, obj_description(p.oid, 'pg_proc')) AS line
     FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
   UNION ALL

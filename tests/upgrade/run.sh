@@ -21,7 +21,10 @@ q() { vt_psql -d "$1" -At -c "$2"; }
 
 vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" -c "CREATE DATABASE vt_up_fresh"
 q vt_up_fresh "CREATE EXTENSION vital_tenancy" >/dev/null
-vt_psql -d vt_up_fresh -f "${HERE}/describe.sql" > "${OUT}/fresh.txt"
+describe() { # db out: fails unless describe.sql ran and printed something
+  vt_psql -d "$1" -f "${HERE}/describe.sql" > "$2" && [ -s "$2" ]
+}
+describe vt_up_fresh "${OUT}/fresh.txt" || not_ok "describe a fresh install"
 
 for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   old=$(basename "${script}" .sql); old=${old#vital_tenancy--}
@@ -36,8 +39,8 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   else
     not_ok "${old} -> ${CURRENT}: ALTER EXTENSION UPDATE"
   fi
-  vt_psql -d "${db}" -f "${HERE}/describe.sql" > "${OUT}/updated-${old}.txt"
-  if diff -u "${OUT}/fresh.txt" "${OUT}/updated-${old}.txt" > "${OUT}/diff-${old}.txt"; then
+  describe "${db}" "${OUT}/updated-${old}.txt" || not_ok "describe the updated install"
+  if [ -s "${OUT}/fresh.txt" ] && diff -u "${OUT}/fresh.txt" "${OUT}/updated-${old}.txt" > "${OUT}/diff-${old}.txt"; then
     ok "${old} -> ${CURRENT}: updated objects equal a fresh install ($(wc -l < "${OUT}/fresh.txt") lines)"
   else
     not_ok "${old} -> ${CURRENT}: updated objects differ from a fresh install (- fresh, + updated):"
