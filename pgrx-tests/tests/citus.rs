@@ -142,6 +142,7 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
     c.batch_execute(
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_citus_app') THEN CREATE ROLE vt_citus_app LOGIN; END IF; END $$;
          GRANT USAGE ON SCHEMA public TO vt_citus_app;
+         GRANT vital_tenancy_context TO vt_citus_app;
          GRANT SELECT, INSERT, DELETE ON public.messages TO vt_citus_app;",
     )
     .unwrap();

@@ -28,11 +28,6 @@ fn setup(tag: &str) -> (FixtureDb, Client) {
     let (ok, out, err) = migrate(&db.name, &[]);
     assert!(ok, "migration failed: {out}\n{err}");
     c.batch_execute(&format!(
-        "ALTER DATABASE {} SET vital_tenancy.session_context = on",
-        db.name
-    ))
-    .unwrap();
-    c.batch_execute(&format!(
         "DO $$ BEGIN
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_att_authenticator') THEN
              CREATE ROLE vt_att_authenticator LOGIN NOINHERIT; END IF;

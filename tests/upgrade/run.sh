@@ -8,6 +8,7 @@
 # Prints "upgrade: N passed, M failed" as its last line.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+VT_HOST="${VT_HOST:-${PGHOST:-}}"; VT_PORT="${VT_PORT:-${PGPORT:-}}"
 set +e
 HERE="${VT_ROOT}/tests/upgrade"
 OUT="${VT_WORK}/upgrade"
