@@ -81,6 +81,18 @@ BEGIN
   END IF;
 END $$;
 
+-- The server-side role of the application's API routes (instead of a BYPASSRLS service
+-- key): no BYPASSRLS; a request running as it (SET LOCAL ROLE, or PostgREST from a JWT
+-- whose role claim names it, minted server-side with the JWT secret) chooses its tenant
+-- by the x-tenant-id header without a user membership, inside the same boundary. Grant
+-- it to the login role the server path uses; never to anon or authenticated.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_service') THEN
+    CREATE ROLE vital_tenancy_service NOLOGIN;
+  END IF;
+END $$;
+
 -- Migration bookkeeping. All kept by pg_dump.
 -- A named migration run (e.g. 'vital-multi-tenant', migrations 003 and 004).
 CREATE TABLE @extschema@.migration_runs (

@@ -76,6 +76,8 @@ COMMENT ON FUNCTION @extschema@.visible_tenant_ids(boolean) IS
     'Tenant ids the current request may read (what the policies compare with): its tenant plus Platform (only its tenant when shared is false); every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
 COMMENT ON FUNCTION @extschema@.writable_tenant_ids() IS
     'Tenant ids the current request may write: its own tenant; every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
+COMMENT ON FUNCTION @extschema@.refresh_tenant_policies() IS
+    'Re-create the extension''s policies (vt_*) on every table enable_tenant_rls() manages, from the current definition; the application''s policies, defaults, indexes and RLS flags are left alone. Run by ALTER EXTENSION UPDATE when the policies change. DBA only.';
 COMMENT ON FUNCTION @extschema@.all_tenant_ids() IS
     'Every tenant id in the tenants table (used for platform admins). SECURITY DEFINER, search_path pinned.';
 COMMENT ON FUNCTION @extschema@.set_membership_table(regclass, text, text) IS
@@ -90,6 +92,7 @@ COMMENT ON FUNCTION @extschema@.rls_status() IS
 REVOKE EXECUTE ON FUNCTION @extschema@.enable_tenant_rls(regclass, text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.disable_tenant_rls(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.set_membership_table(regclass, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.refresh_tenant_policies() FROM PUBLIC;
 
 -- Migrations ------------------------------------------------------------------
 COMMENT ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) IS
@@ -135,7 +138,7 @@ COMMENT ON FUNCTION @extschema@.duplicates(regclass, text[]) IS
 COMMENT ON FUNCTION @extschema@.category_mismatches() IS
     'Tools whose category text disagrees with tool_categories.name of their category_id.';
 COMMENT ON FUNCTION @extschema@.rls_coverage(text[]) IS
-    'Tables with a tenant column whose RLS is off, not forced, without policies or not index-friendly.';
+    'Tables with a tenant column whose RLS is off, not forced, without policies or not index-friendly; and per table every role (superusers aside) that holds privileges on it while bypassing RLS (BYPASSRLS, e.g. service_role), with what to do instead.';
 COMMENT ON FUNCTION @extschema@.validate(text[]) IS
     'Run every check: (check_name, severity blocking/warning, table_name, failing, detail).';
 COMMENT ON FUNCTION @extschema@.assert_valid(text[]) IS
@@ -152,7 +155,7 @@ REVOKE EXECUTE ON FUNCTION @extschema@.declare_reference(regclass, text, regclas
 
 -- Health, indexes, usage, export ---------------------------------------------------
 COMMENT ON FUNCTION @extschema@.health() IS
-    'Health document: database, tenants (healthy when all three exist with data), referential integrity, RLS coverage, last migration run.';
+    'Health document: database, tenants (healthy when all three exist with data), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), last migration run.';
 COMMENT ON FUNCTION @extschema@.index_advice(text[]) IS
     'Missing tenant indexes and the plan''s composite indexes, each with a CREATE INDEX CONCURRENTLY IF NOT EXISTS statement for \gexec.';
 COMMENT ON FUNCTION @extschema@.index_coverage(text[]) IS

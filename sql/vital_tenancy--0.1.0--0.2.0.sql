@@ -2,7 +2,9 @@
 -- The tenant context holds on real request paths: only trusted login roles choose a
 -- tenant, only values set inside the current transaction count, policies never raise
 -- for a bad context, and PostgREST gets a pre-request hook. tests/upgrade checks that
--- 0.1.0 + this script equals a fresh 0.2.0 install.
+-- 0.1.0 + this script equals a fresh 0.2.0 install. The policies change too (a policy
+-- for vital_tenancy_service; the admin policy names the tenant column): they are
+-- re-created on every managed table at the end (a brief ACCESS EXCLUSIVE lock each).
 \echo Use "ALTER EXTENSION vital_tenancy UPDATE TO '0.2.0'" to load this file. \quit
 
 -- The trusted-context role (see bootstrap.sql).
@@ -10,6 +12,14 @@ DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_context') THEN
     CREATE ROLE vital_tenancy_context NOLOGIN;
+  END IF;
+END $$;
+
+-- The server-side role of the application's API routes (see bootstrap.sql).
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_service') THEN
+    CREATE ROLE vital_tenancy_service NOLOGIN;
   END IF;
 END $$;
 
@@ -37,3 +47,21 @@ COMMENT ON FUNCTION @extschema@.visible_tenant_ids(boolean) IS
     'Tenant ids the current request may read (what the policies compare with): its tenant plus Platform (only its tenant when shared is false); every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
 COMMENT ON FUNCTION @extschema@.writable_tenant_ids() IS
     'Tenant ids the current request may write: its own tenant; every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
+COMMENT ON FUNCTION @extschema@.rls_coverage(text[]) IS
+    'Tables with a tenant column whose RLS is off, not forced, without policies or not index-friendly; and per table every role (superusers aside) that holds privileges on it while bypassing RLS (BYPASSRLS, e.g. service_role), with what to do instead.';
+COMMENT ON FUNCTION @extschema@.health() IS
+    'Health document: database, tenants (healthy when all three exist with data), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), last migration run.';
+
+-- Re-create the extension's policies from the new definition.
+CREATE FUNCTION @extschema@.refresh_tenant_policies() RETURNS TABLE (
+    table_name text,
+    action text
+)
+    STRICT VOLATILE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'refresh_tenant_policies_wrapper';
+COMMENT ON FUNCTION @extschema@.refresh_tenant_policies() IS
+    'Re-create the extension''s policies (vt_*) on every table enable_tenant_rls() manages, from the current definition; the application''s policies, defaults, indexes and RLS flags are left alone. Run by ALTER EXTENSION UPDATE when the policies change. DBA only.';
+REVOKE EXECUTE ON FUNCTION @extschema@.refresh_tenant_policies() FROM PUBLIC;
+SELECT count(*) FROM @extschema@.refresh_tenant_policies();

@@ -24,8 +24,8 @@
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::guc::{self, CONTEXT_ROLE};
 use crate::logic::context::{
-    format_uuid, honoured, resolve, ContextError, Honoured, IgnoreReason, Observed, Setting,
-    Source, CLAIMS_SETTING, HEADERS_SETTING, TENANT_SETTING,
+    format_uuid, honoured, own_only, resolve_as, ContextError, Honoured, IgnoreReason, Observed,
+    Setting, Source, CLAIMS_SETTING, HEADERS_SETTING, TENANT_SETTING,
 };
 use crate::logic::ident::display_ident;
 use crate::logic::rls::ADMIN_ROLE;
@@ -58,7 +58,15 @@ impl Problem {
     }
 }
 
-type Outcome = Result<Option<[u8; 16]>, Problem>;
+/// A valid context: the tenant, and whether the request asked to read only its own
+/// tenant's rows (`x-tenant-scope: own`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Context {
+    tenant: [u8; 16],
+    own_only: bool,
+}
+
+type Outcome = Result<Option<Context>, Problem>;
 
 /// What a cached answer is valid for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +154,7 @@ fn observe() -> Observed {
         headers: setting(HEADERS_SETTING),
         trusted: guc::session_is_trusted(),
         session_context: guc::SESSION_CONTEXT.get(),
+        service: guc::current_role_is_service(),
     }
 }
 
@@ -327,6 +336,7 @@ fn context_problem(e: ContextError) -> Problem {
             PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION
         }
         ContextError::HeaderWithoutUser { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        ContextError::MalformedScope { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
     };
     Problem::new(code, e.to_string())
 }
@@ -365,16 +375,22 @@ fn resolve_outcome(observed: &Observed) -> Outcome {
     if let Some(p) = untrusted_problem(&h) {
         return Err(p);
     }
-    let source = resolve(&h.raw).map_err(context_problem)?;
-    as_extension_owner(|| match source {
+    let source = resolve_as(&h.raw, observed.service).map_err(context_problem)?;
+    let own = own_only(&h.raw).map_err(context_problem)?;
+    let tenant = as_extension_owner(|| match source {
         Source::Setting(t) => check_tenant(t, "setting vital.tenant_id").map(|_| Some(t)),
         Source::Claims(t) => check_tenant(t, "tenant_id in request.jwt.claims").map(|_| Some(t)),
         Source::Header { tenant, user } => {
             check_member(user, tenant)?;
             check_tenant(tenant, "header x-tenant-id").map(|_| Some(tenant))
         }
+        Source::Service(t) => check_tenant(t, "header x-tenant-id").map(|_| Some(t)),
         Source::None => Ok(None),
-    })
+    })?;
+    Ok(tenant.map(|tenant| Context {
+        tenant,
+        own_only: own,
+    }))
 }
 
 /// The context of the current statement, from the cache when still valid.
@@ -426,7 +442,7 @@ fn warn_leftovers(h: &Honoured, who: &str) {
 #[search_path(pg_catalog, pg_temp)]
 pub fn current_tenant_id() -> Option<Uuid> {
     match outcome() {
-        Ok(t) => t.map(Uuid::from_bytes),
+        Ok(t) => t.map(|c| Uuid::from_bytes(c.tenant)),
         Err(p) => p.raise(),
     }
 }
@@ -530,8 +546,8 @@ fn all_tenant_ids() -> Vec<Uuid> {
 
 /// The tenant inside a policy: a bad context is no context (never an ERROR, whose
 /// firing would depend on rows the caller cannot see).
-fn policy_tenant() -> Option<Uuid> {
-    outcome().ok().flatten().map(Uuid::from_bytes)
+fn policy_context() -> Option<Context> {
+    outcome().ok().flatten()
 }
 
 /// The tenant ids the current request may read: its tenant plus Platform (only its
@@ -543,13 +559,14 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
     if current_user_is_admin() {
         return query_uuid_array("SELECT vital_tenancy.all_tenant_ids()");
     }
-    let Some(t) = policy_tenant() else {
+    let Some(ctx) = policy_context() else {
         return Vec::new();
     };
+    let t = Uuid::from_bytes(ctx.tenant);
     let platform = Uuid::from_bytes(
         crate::logic::tenants::uuid_bytes(crate::logic::tenants::PLATFORM.id).unwrap_or_default(),
     );
-    if shared && t != platform {
+    if shared && !ctx.own_only && t != platform {
         vec![t, platform]
     } else {
         vec![t]
@@ -565,7 +582,10 @@ fn writable_tenant_ids() -> Vec<Uuid> {
     if current_user_is_admin() {
         return query_uuid_array("SELECT vital_tenancy.all_tenant_ids()");
     }
-    policy_tenant().into_iter().collect()
+    policy_context()
+        .map(|c| Uuid::from_bytes(c.tenant))
+        .into_iter()
+        .collect()
 }
 
 /// Use another table for the membership check of the x-tenant-id header.

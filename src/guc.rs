@@ -19,6 +19,9 @@ use std::ffi::{c_char, c_void, CStr, CString};
 /// The role whose members (as login role, `session_user`) may establish a tenant context.
 pub const CONTEXT_ROLE: &str = "vital_tenancy_context";
 
+/// The server-side role: a request running as it chooses its tenant by header alone.
+pub const SERVICE_ROLE: &str = "vital_tenancy_service";
+
 /// `vital_tenancy.session_context`: honour context values that outlive a transaction.
 pub static SESSION_CONTEXT: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -71,6 +74,27 @@ pub fn session_is_trusted() -> bool {
         role != pg_sys::InvalidOid
             && user != pg_sys::InvalidOid
             && pg_sys::is_member_of_role(user, role)
+    }
+}
+
+/// Whether the request's current role (as `SET ROLE` left it, outside any SECURITY
+/// DEFINER switch) has the privileges of `vital_tenancy_service`. Superusers have every
+/// role's privileges but are not the service path.
+pub fn current_role_is_service() -> bool {
+    let Ok(name) = CString::new(SERVICE_ROLE) else {
+        return false;
+    };
+    // SAFETY: as in session_is_trusted; GetOuterUserId is the role SET ROLE chose.
+    unsafe {
+        if !pg_sys::IsTransactionState() {
+            return false;
+        }
+        let role = pg_sys::get_role_oid(name.as_ptr(), true);
+        let user = pg_sys::GetOuterUserId();
+        role != pg_sys::InvalidOid
+            && user != pg_sys::InvalidOid
+            && !pg_sys::superuser_arg(user)
+            && pg_sys::has_privs_of_role(user, role)
     }
 }
 

@@ -129,6 +129,62 @@ fn tenant_index(c: &SpiClient<'_>, oid: pg_sys::Oid, attnum: i16) -> Option<Stri
     .or_raise("looking for a tenant index")
 }
 
+/// Replace the extension's policies on a table with the current definition
+/// (`logic::rls::policies`); the application's own policies are left alone.
+fn apply_policies(c: &mut SpiClient<'_>, t: &Target, shared: bool) -> Vec<String> {
+    let col = quote_ident(&t.column);
+    let mut actions = Vec::new();
+    drop_own_policies(c, t.oid, &t.sql_name);
+    let grant = !has_own_permissive_policies(c, t.oid);
+    for (name, sql) in policies(&t.sql_name, &col, shared, grant) {
+        run(c, &sql, "creating a policy");
+        actions.push(format!("policy {name}"));
+    }
+    if !grant {
+        actions.push("the table's own permissive policies decide access within the tenant".into());
+    }
+    actions
+}
+
+/// Re-create the extension's policies on every table `enable_tenant_rls()` manages,
+/// from the current definition (run by `ALTER EXTENSION vital_tenancy UPDATE` when the
+/// policies change). Tables since dropped are skipped. Nothing else is touched.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn refresh_tenant_policies(
+) -> TableIterator<'static, (name!(table_name, String), name!(action, String))> {
+    let mut out = Vec::new();
+    Spi::connect_mut(|c| {
+        let rows: Vec<(pg_sys::Oid, String, bool)> = c
+            .select(
+                "SELECT r.tbl::pg_catalog.oid, r.tenant_column::text, r.shared
+                   FROM vital_tenancy.rls_tables r JOIN pg_catalog.pg_class c ON c.oid = r.tbl
+                  ORDER BY r.tbl::pg_catalog.regclass::pg_catalog.text",
+                None,
+                &[],
+            )
+            .or_raise("reading rls_tables")
+            .map(|r| {
+                (
+                    r.get::<pg_sys::Oid>(1)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(pg_sys::InvalidOid),
+                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<bool>(3).ok().flatten().unwrap_or(true),
+                )
+            })
+            .collect();
+        for (oid, column, shared) in rows {
+            let t = target(c, oid, &column);
+            for a in apply_policies(c, &t, shared) {
+                out.push((t.sql_name.clone(), a));
+            }
+        }
+    });
+    TableIterator::new(out)
+}
+
 /// Turn on tenant isolation for a table: ENABLE and FORCE row level security, the
 /// tenant policies, the column default and an index. Idempotent.
 #[pg_extern(volatile)]
@@ -205,16 +261,7 @@ fn enable_tenant_rls(
         );
         actions.push("row level security enabled and forced".into());
 
-        drop_own_policies(c, t.oid, &t.sql_name);
-        let grant = !has_own_permissive_policies(c, t.oid);
-        for (name, sql) in policies(&t.sql_name, &col, shared, grant) {
-            run(c, &sql, "creating a policy");
-            actions.push(format!("policy {name}"));
-        }
-        if !grant {
-            actions
-                .push("the table's own permissive policies decide access within the tenant".into());
-        }
+        actions.extend(apply_policies(c, &t, shared));
 
         run(
             c,

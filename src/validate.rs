@@ -567,14 +567,45 @@ fn rls_problems(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String
     .collect()
 }
 
+/// For each tenant table, the roles (superusers aside) that hold a privilege on it and
+/// bypass row level security: the boundary does not apply to them.
+fn bypass_roles(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String, String)> {
+    let tables: Vec<String> = tenanted_tables(c, schemas)
+        .into_iter()
+        .map(|t| t.table)
+        .collect();
+    c.select(
+        "SELECT t, pg_catalog.format(
+                  'role %I bypasses row level security (BYPASSRLS) and holds %s on it: the tenant boundary does not apply to its requests; run the application''s server path as vital_tenancy_service instead, then ALTER ROLE %I NOBYPASSRLS or revoke its privileges',
+                  r.rolname, p.privs, r.rolname)
+           FROM pg_catalog.unnest($1::text[]) t
+           CROSS JOIN pg_catalog.pg_roles r
+           CROSS JOIN LATERAL (
+                SELECT pg_catalog.string_agg(priv, ', ' ORDER BY o) AS privs
+                  FROM pg_catalog.unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) WITH ORDINALITY x(priv, o)
+                 WHERE pg_catalog.has_table_privilege(r.oid, t::pg_catalog.regclass, priv)) p
+          WHERE r.rolbypassrls AND NOT r.rolsuper AND p.privs IS NOT NULL
+          ORDER BY t, r.rolname",
+        None,
+        &[tables.into()],
+    )
+    .or_raise("reading roles that bypass row level security")
+    .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
+    .collect()
+}
+
 /// Tables with a tenant column whose RLS is off, not forced, without policies, or
-/// whose policy cannot use an index.
+/// whose policy cannot use an index; and the roles that bypass RLS on them.
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn rls_coverage(
     schemas: default!(Option<Vec<String>>, "NULL"),
 ) -> TableIterator<'static, (name!(table_name, String), name!(problem, String))> {
-    TableIterator::new(Spi::connect(|c| rls_problems(c, &schemas)))
+    TableIterator::new(Spi::connect(|c| {
+        let mut rows = rls_problems(c, &schemas);
+        rows.extend(bypass_roles(c, &schemas));
+        rows
+    }))
 }
 
 type CheckRow = (String, String, Option<String>, i64, Option<String>);
@@ -673,6 +704,17 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
         .map(|(t, p)| (t, 1, p))
         .collect();
     push_check(&mut out, "rls_coverage", "warning", rls);
+    let mut per_table: Vec<(String, i64, String)> = Vec::new();
+    for (t, p) in bypass_roles(c, schemas) {
+        match per_table.last_mut() {
+            Some(last) if last.0 == t => {
+                last.1 += 1;
+                last.2 = format!("{}; {p}", last.2);
+            }
+            _ => per_table.push((t, 1, p)),
+        }
+    }
+    push_check(&mut out, "rls_bypass_roles", "warning", per_table);
     out
 }
 

@@ -15,7 +15,7 @@ fn migrated(tag: &str) -> (FixtureDb, postgres::Client) {
 fn failing(c: &mut postgres::Client) -> Vec<(String, String, i64)> {
     c.query(
         "SELECT check_name, COALESCE(table_name, ''), failing FROM vital_tenancy.validate()
-          WHERE failing > 0 ORDER BY 1, 2",
+          WHERE failing > 0 AND check_name <> 'rls_bypass_roles' ORDER BY 1, 2",
         &[],
     )
     .unwrap()
@@ -125,7 +125,7 @@ fn each_check_reports_exactly_the_planted_problems() {
     };
     assert_eq!(cov, (3, 1, 2));
     let problem: String = c
-        .query_one("SELECT problem FROM vital_tenancy.rls_coverage() WHERE table_name = 'public.knowledge_domains'", &[])
+        .query_one("SELECT problem FROM vital_tenancy.rls_coverage() WHERE table_name = 'public.knowledge_domains' AND problem NOT LIKE 'role %'", &[])
         .unwrap()
         .get(0);
     // disable_tenant_rls put back the fixture's own state: RLS on, not forced, its
@@ -135,7 +135,7 @@ fn each_check_reports_exactly_the_planted_problems() {
         "{problem}"
     );
     let problem: String = c
-        .query_one("SELECT problem FROM vital_tenancy.rls_coverage() WHERE table_name = 'public.extra_notes'", &[])
+        .query_one("SELECT problem FROM vital_tenancy.rls_coverage() WHERE table_name = 'public.extra_notes' AND problem NOT LIKE 'role %'", &[])
         .unwrap()
         .get(0);
     assert!(
@@ -177,10 +177,60 @@ fn each_check_reports_exactly_the_planted_problems() {
 #[test]
 fn health_advice_usage_and_export_on_a_clean_migration() {
     let (_db, mut c) = migrated("val_health");
-    let h: serde_json::Value = c
-        .query_one("SELECT vital_tenancy.health()::text", &[])
-        .map(|r| serde_json::from_str(r.get(0)).unwrap())
+    let health = |c: &mut postgres::Client| -> serde_json::Value {
+        c.query_one("SELECT vital_tenancy.health()::text", &[])
+            .map(|r| serde_json::from_str(r.get(0)).unwrap())
+            .unwrap()
+    };
+    // The fixture's service_role (BYPASSRLS, with every privilege on the tenant tables,
+    // as Supabase has it) skips the boundary: health names it, on every tenant table.
+    let h = health(&mut c);
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(
+        h["rls"]["bypass_roles"],
+        serde_json::json!(["service_role"]),
+        "{h}"
+    );
+    let bypass: Vec<(String, i64)> = c
+        .query(
+            "SELECT table_name, failing FROM vital_tenancy.validate() WHERE check_name = 'rls_bypass_roles' AND failing > 0 ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Every tenant table service_role holds privileges on (the fixture grants it all of
+    // public; the tables 001 creates it got none).
+    let held: Vec<String> = c
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM vital_tenancy.rls_tables r
+               JOIN pg_class c ON c.oid = r.tbl JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE has_table_privilege('service_role', r.tbl, 'SELECT, INSERT, UPDATE, DELETE') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(held.len() >= 9, "{held:?}");
+    assert_eq!(bypass.iter().map(|b| b.0.clone()).collect::<Vec<_>>(), held);
+    assert!(bypass.iter().all(|(_, n)| *n == 1));
+    let problem: String = c
+        .query_one(
+            "SELECT problem FROM vital_tenancy.rls_coverage() WHERE table_name = 'public.prompts'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        problem.contains("service_role") && problem.contains("vital_tenancy_service"),
+        "{problem}"
+    );
+    // Without its privileges on the tenant tables it no longer counts: healthy.
+    c.batch_execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM service_role")
         .unwrap();
+    let h = health(&mut c);
     assert_eq!(h["status"], "healthy", "{h}");
     assert_eq!(h["tenants"]["status"], "healthy");
     assert_eq!(h["last_migration"]["status"], "completed");

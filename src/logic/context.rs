@@ -18,6 +18,9 @@ pub const TENANT_SETTING: &str = "vital.tenant_id";
 pub const CLAIMS_SETTING: &str = "request.jwt.claims";
 pub const HEADERS_SETTING: &str = "request.headers";
 pub const TENANT_HEADER: &str = "x-tenant-id";
+/// `own` narrows what a request reads to its own tenant (no Platform rows); `shared`
+/// or no header: each table's own setting (shared tables include Platform).
+pub const SCOPE_HEADER: &str = "x-tenant-scope";
 
 /// The raw values of the three settings (`None` when unset).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -67,6 +70,9 @@ pub struct Observed {
     /// `vital_tenancy.session_context` is on: values that outlive a transaction are
     /// honoured too (a DBA's opt-in for a dedicated connection per tenant).
     pub session_context: bool,
+    /// The request runs as the server-side role `vital_tenancy_service` (its current
+    /// role, as set by `SET ROLE`, has that role's privileges; superusers aside).
+    pub service: bool,
 }
 
 /// Why a setting that holds a value does not count.
@@ -126,6 +132,9 @@ pub enum Source {
         tenant: [u8; 16],
         user: [u8; 16],
     },
+    /// A header tenant chosen by the server-side role (`vital_tenancy_service`): the
+    /// server picked it, no user membership applies.
+    Service([u8; 16]),
     None,
 }
 
@@ -137,6 +146,8 @@ pub enum ContextError {
     MalformedJson { source: String },
     /// 42501: a tenant header with no authenticated user to check membership for.
     HeaderWithoutUser { tenant: String },
+    /// 22023: an `x-tenant-scope` header other than `own` or `shared`.
+    MalformedScope { value: String },
 }
 
 impl fmt::Display for ContextError {
@@ -148,6 +159,10 @@ impl fmt::Display for ContextError {
             ContextError::MalformedJson { source } => {
                 write!(f, "invalid tenant context: setting {source} is not valid JSON")
             }
+            ContextError::MalformedScope { value } => write!(
+                f,
+                "invalid tenant context: header {SCOPE_HEADER} must be \"own\" or \"shared\", not \"{value}\""
+            ),
             ContextError::HeaderWithoutUser { tenant } => write!(
                 f,
                 "header {TENANT_HEADER} asks for tenant {tenant}, but the request has no authenticated user (no \"sub\" in {CLAIMS_SETTING})"
@@ -207,8 +222,52 @@ fn json_str<'a>(
     }
 }
 
-/// Decide where the tenant comes from.
+/// Decide where the tenant comes from, for a request that is not the server-side role.
 pub fn resolve(raw: &RawContext) -> Result<Source, ContextError> {
+    resolve_as(raw, false)
+}
+
+/// A header's value (names are case-insensitive); `None` when absent, null or empty.
+fn header<'a>(
+    h: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, ContextError> {
+    let src = format!("header {name} in {HEADERS_SETTING}");
+    match h
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+    {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim())),
+        Some(other) => Err(ContextError::MalformedUuid {
+            source: src,
+            value: short(&other.to_string()),
+        }),
+    }
+}
+
+/// Whether the request asked (`x-tenant-scope: own`) to read its own tenant's rows
+/// only, without Platform's.
+pub fn own_only(raw: &RawContext) -> Result<bool, ContextError> {
+    let Some(h) = parse_json(HEADERS_SETTING, non_empty(&raw.headers))? else {
+        return Ok(false);
+    };
+    match header(&h, SCOPE_HEADER) {
+        Ok(None) => Ok(false),
+        Ok(Some(v)) if v.eq_ignore_ascii_case("own") => Ok(true),
+        Ok(Some(v)) if v.eq_ignore_ascii_case("shared") => Ok(false),
+        Ok(Some(v)) => Err(ContextError::MalformedScope { value: short(v) }),
+        Err(_) => Err(ContextError::MalformedScope {
+            value: "(not a string)".into(),
+        }),
+    }
+}
+
+/// Decide where the tenant comes from. `service`: the request runs as the server-side
+/// role, whose `x-tenant-id` header needs no user membership.
+pub fn resolve_as(raw: &RawContext, service: bool) -> Result<Source, ContextError> {
     if let Some(v) = non_empty(&raw.tenant_setting) {
         return Ok(Source::Setting(parse_uuid(
             &format!("setting {TENANT_SETTING}"),
@@ -225,21 +284,13 @@ pub fn resolve(raw: &RawContext) -> Result<Source, ContextError> {
     let headers = parse_json(HEADERS_SETTING, non_empty(&raw.headers))?;
     if let Some(h) = &headers {
         let src = format!("header {TENANT_HEADER} in {HEADERS_SETTING}");
-        let value = h
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(TENANT_HEADER))
-            .map(|(_, v)| v);
-        let tenant = match value {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.trim().is_empty() => None,
-            Some(Value::String(s)) => Some(parse_uuid(&src, s.trim())?),
-            Some(other) => {
-                return Err(ContextError::MalformedUuid {
-                    source: src,
-                    value: short(&other.to_string()),
-                })
-            }
+        let tenant = match header(h, TENANT_HEADER)? {
+            None => None,
+            Some(s) => Some(parse_uuid(&src, s)?),
         };
+        if let (Some(tenant), true) = (tenant, service) {
+            return Ok(Source::Service(tenant));
+        }
         if let Some(tenant) = tenant {
             let sub_src = format!("sub in {CLAIMS_SETTING}");
             let user = match &claims {
@@ -386,6 +437,7 @@ mod tests {
             headers: h,
             trusted,
             session_context: session,
+            service: false,
         }
     }
 
@@ -456,6 +508,49 @@ mod tests {
                 .all(|(_, r)| *r == IgnoreReason::UntrustedSession));
             assert_eq!(resolve(&h.raw), Ok(Source::None));
         }
+    }
+
+    #[test]
+    fn the_service_role_chooses_by_header_alone() {
+        let h = format!(r#"{{"x-tenant-id": "{T}"}}"#);
+        assert_eq!(
+            resolve_as(
+                &raw(None, Some(r#"{"role": "vital_tenancy_service"}"#), Some(&h)),
+                true
+            ),
+            Ok(Source::Service(b(T)))
+        );
+        assert_eq!(
+            resolve_as(&raw(None, None, Some(&h)), true),
+            Ok(Source::Service(b(T)))
+        );
+        // Anyone else still needs a user and a membership.
+        assert_eq!(
+            resolve_as(&raw(None, None, Some(&h)), false),
+            Err(ContextError::HeaderWithoutUser { tenant: T.into() })
+        );
+        // No header: nothing, even for the service role.
+        assert_eq!(
+            resolve_as(&raw(None, None, Some("{}")), true),
+            Ok(Source::None)
+        );
+        // Malformed is malformed for it too.
+        assert!(resolve_as(&raw(None, None, Some(r#"{"x-tenant-id": "x"}"#)), true).is_err());
+    }
+
+    #[test]
+    fn scope_header_narrows_to_the_own_tenant() {
+        let r = |h: &str| own_only(&raw(None, None, Some(h)));
+        assert_eq!(r("{}"), Ok(false));
+        assert_eq!(r(r#"{"x-tenant-scope": "own"}"#), Ok(true));
+        assert_eq!(r(r#"{"X-Tenant-Scope": " OWN "}"#), Ok(true));
+        assert_eq!(r(r#"{"x-tenant-scope": "shared"}"#), Ok(false));
+        assert!(matches!(
+            r(r#"{"x-tenant-scope": "all"}"#),
+            Err(ContextError::MalformedScope { .. })
+        ));
+        assert!(r(r#"{"x-tenant-scope": 1}"#).is_err());
+        assert_eq!(own_only(&raw(None, None, None)), Ok(false));
     }
 
     #[test]

@@ -11,20 +11,28 @@
 //! policy of its own; otherwise the application's policies keep deciding who within
 //! the tenant may do what. Platform admins get their own permissive policy, and the
 //! boundary lets them through because their visible/writable arrays hold every tenant.
+//! The server-side role `vital_tenancy_service` (the application's API routes) gets a
+//! permissive policy of its own: every row of its request's tenant (and Platform's on
+//! shared tables), whatever the application's user-level policies say, inside the same
+//! boundary. No policy of the extension is constant-true: each names the tenant column.
 
 /// The role whose members read and write every tenant's rows.
 pub const ADMIN_ROLE: &str = "vital_tenancy_admin";
+
+/// The server-side role of the application's API routes.
+pub const SERVICE_ROLE: &str = "vital_tenancy_service";
 
 /// Prefix of every policy the extension creates; nothing else is touched.
 pub const POLICY_PREFIX: &str = "vt_";
 
 /// Names of the policies, in creation order.
-pub const POLICY_NAMES: [&str; 6] = [
+pub const POLICY_NAMES: [&str; 7] = [
     "vt_tenant_select",
     "vt_tenant_insert",
     "vt_tenant_update",
     "vt_tenant_delete",
     "vt_tenant_access",
+    "vt_service_access",
     "vt_platform_admin",
 ];
 
@@ -72,7 +80,15 @@ pub fn policies(
     out.push((
         POLICY_NAMES[5],
         format!(
-            "CREATE POLICY vt_platform_admin ON {table} AS PERMISSIVE FOR ALL TO {ADMIN_ROLE} USING (true) WITH CHECK (true)"
+            "CREATE POLICY vt_service_access ON {table} AS PERMISSIVE FOR ALL TO {SERVICE_ROLE} USING ({visible}) WITH CHECK ({writable})"
+        ),
+    ));
+    // For admins the arrays hold every tenant; the policy still names the column, so it
+    // never admits a row by itself (e.g. if the restrictive boundary were dropped).
+    out.push((
+        POLICY_NAMES[6],
+        format!(
+            "CREATE POLICY vt_platform_admin ON {table} AS PERMISSIVE FOR ALL TO {ADMIN_ROLE} USING ({visible}) WITH CHECK ({writable})"
         ),
     ));
     out
@@ -97,17 +113,18 @@ mod tests {
     #[test]
     fn policies_compare_the_column_with_an_initplan() {
         let p = policies("\"public\".\"messages\"", "\"tenant_id\"", true, true);
-        assert_eq!(p.len(), 6);
+        assert_eq!(p.len(), 7);
         for (name, sql) in &p {
             assert!(sql.contains(name), "{sql}");
             assert!(!sql.contains(" OR "), "no OR in tenant policies: {sql}");
-            if *name != "vt_platform_admin" {
-                assert!(
-                    sql.contains("\"tenant_id\" = ANY ((SELECT vital_tenancy."),
-                    "{sql}"
-                );
-            }
+            assert!(!sql.contains("(true)"), "no constant-true policy: {sql}");
+            assert!(
+                sql.contains("\"tenant_id\" = ANY ((SELECT vital_tenancy."),
+                "{sql}"
+            );
         }
+        assert!(p[5].1.contains("TO vital_tenancy_service"));
+        assert!(p[6].1.contains("TO vital_tenancy_admin"));
         assert!(p[0].1.contains("visible_tenant_ids(true)"));
         assert!(p[0].1.contains("AS RESTRICTIVE FOR SELECT"));
     }
@@ -115,7 +132,7 @@ mod tests {
     #[test]
     fn unshared_tables_and_tables_with_own_policies() {
         let p = policies("t", "c", false, false);
-        assert_eq!(p.len(), 5);
+        assert_eq!(p.len(), 6);
         assert!(p[0].1.contains("visible_tenant_ids(false)"));
         assert!(!p.iter().any(|(n, _)| *n == "vt_tenant_access"));
     }

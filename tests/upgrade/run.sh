@@ -27,6 +27,17 @@ describe() { # db out: fails unless describe.sql ran and printed something
 }
 describe vt_up_fresh "${OUT}/fresh.txt" || not_ok "describe a fresh install"
 
+# The same fixture migrated on this version: the policies an update must arrive at.
+pol="SELECT c.relname || ' ' || p.polname || ' ' || p.polpermissive || ' ' || p.polcmd::text || ' ' ||
+            pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.pg_get_userbyid(r) FROM unnest(p.polroles) r ORDER BY 1), ',') || ' ' ||
+            COALESCE(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '-') || ' ' || COALESCE(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), '-')
+       FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid ORDER BY 1"
+vt_fresh_fixture_db vt_up_migrated_fresh
+q vt_up_migrated_fresh "CREATE EXTENSION vital_tenancy" >/dev/null
+PG_BIN="${VT_PG_BIN}" bash "${VT_ROOT}/scripts/migrate" "host=${VT_HOST} port=${VT_PORT} user=postgres dbname=vt_up_migrated_fresh" \
+  --no-backup --report "${OUT}/report-fresh.md" > "${OUT}/migrate-fresh.log" 2>&1 || not_ok "migrate the fixture on ${CURRENT}"
+q vt_up_migrated_fresh "${pol}" > "${OUT}/policies-fresh.txt"
+
 for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   old=$(basename "${script}" .sql); old=${old#vital_tenancy--}
   cp "${script}" "${EXTDIR}/"
@@ -59,6 +70,15 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   else
     not_ok "${old} -> ${CURRENT}: migrated database updated in place (see ${OUT}/migrate-${old}.log)"
   fi
+  # Its policies are the current definition: equal to those of the same fixture
+  # migrated on this version (the application's and the extension's).
+  q "${mdb}" "${pol}" > "${OUT}/policies-updated-${old}.txt"
+  if [ -s "${OUT}/policies-fresh.txt" ] && diff -u "${OUT}/policies-fresh.txt" "${OUT}/policies-updated-${old}.txt" > "${OUT}/policies-diff-${old}.txt"; then
+    ok "${old} -> ${CURRENT}: policies of the updated database equal a fresh migration's ($(wc -l < "${OUT}/policies-fresh.txt") policies)"
+  else
+    not_ok "${old} -> ${CURRENT}: policies differ from a fresh migration's (- fresh, + updated):"
+    cat "${OUT}/policies-diff-${old}.txt"
+  fi
   # The updated boundary works: a trusted backend's transaction-local tenant sees its
   # rows and Platform's, a session-level leftover nothing.
   got=$(vt_psql -d "${mdb}" -At <<SQL
@@ -79,8 +99,23 @@ SQL
   else
     not_ok "${old} -> ${CURRENT}: boundary after the update, got: ${got}"
   fi
+  # As the Upgrading notes say: re-run 006 (idempotent), which grants the server-side
+  # role; then the API path works on the updated database.
+  got=$(vt_psql -d "${mdb}" -f "${VT_ROOT}/sql/migrations/006_rls_policies.sql" >/dev/null 2>&1 && vt_psql -d "${mdb}" -At <<SQL
+BEGIN;
+SET LOCAL ROLE vital_tenancy_service;
+SELECT set_config('request.headers', '{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}', true);
+SELECT count(DISTINCT tenant_id) FROM public.prompts;
+COMMIT;
+SQL
+)
+  if [ "$(echo "${got}" | tail -1)" = "2" ]; then
+    ok "${old} -> ${CURRENT}: after re-running 006 the vital_tenancy_service path sees its tenant and Platform"
+  else
+    not_ok "${old} -> ${CURRENT}: service path after re-running 006, got: ${got}"
+  fi
   vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${db} WITH (FORCE)" -c "DROP DATABASE IF EXISTS ${mdb} WITH (FORCE)" >/dev/null
 done
-vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" >/dev/null
+vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" -c "DROP DATABASE IF EXISTS vt_up_migrated_fresh WITH (FORCE)" >/dev/null
 echo "upgrade: ${passed} passed, ${failed} failed"
 [ "${failed}" -eq 0 ]

@@ -138,6 +138,12 @@ select count(*) as actions from vital_tenancy.enable_tenant_rls('public.messages
 select polname, polpermissive, polcmd, pg_get_expr(polqual, polrelid) as using_expr
   from pg_policy where polrelid = 'public.messages'::regclass order by polname;
 select * from vital_tenancy.rls_status();
+-- No policy of the extension is constant-true; refresh_tenant_policies() re-creates
+-- them from the current definition (what ALTER EXTENSION UPDATE runs).
+select count(*) as constant_true from pg_policy where polrelid = 'public.messages'::regclass and polname like 'vt\_%'
+   and 'true' in (pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid));
+select * from vital_tenancy.refresh_tenant_policies();
+select count(*) as policies from pg_policy where polrelid = 'public.messages'::regclass;
 grant select, insert, update, delete on public.messages to vt_regress_app;
 
 -- As an ordinary role: the boundary holds although the table's own policies say USING (true).
