@@ -294,6 +294,21 @@ fn a_pooled_connection_never_hands_a_tenant_to_the_next_client() {
         assert_eq!(r.unwrap()[1][0].as_deref(), Some("t"), "after `{leftover}`");
         b.batch_execute("COMMIT; RESET ALL").unwrap();
     }
+    // Not closed by the extension (README, security model): a WITH HOLD cursor is
+    // session state, materialised under the first client's tenant at its commit, and
+    // the next client on the server connection can fetch it.
+    let mut a = bouncer.connect("vt_att_backend");
+    a.batch_execute(&format!(
+        "BEGIN; SELECT vital_tenancy.set_tenant('{PHARMA}'); SET LOCAL ROLE authenticated;
+         DECLARE vt_hold CURSOR WITH HOLD FOR SELECT DISTINCT tenant_id::text FROM public.prompts; COMMIT"
+    ))
+    .unwrap();
+    drop(a);
+    let mut b = bouncer.connect("vt_att_backend");
+    let held = simple_rows(&mut b, "FETCH ALL FROM vt_hold").unwrap();
+    assert!(held.iter().any(|r| r[0].as_deref() == Some(PHARMA)), "the documented hazard: {held:?}");
+    b.batch_execute("CLOSE vt_hold").unwrap();
+    drop(b);
     drop(bouncer);
     // Startup options and role defaults outlive transactions too: not honoured, and
     // they do not outrank the request's own claims.
