@@ -79,7 +79,11 @@ COMMENT ON FUNCTION @extschema@.writable_tenant_ids() IS
 COMMENT ON FUNCTION @extschema@.refresh_tenant_policies() IS
     'Re-create the extension''s policies (vt_*) on every table enable_tenant_rls() manages, from the current definition; the application''s policies, defaults, indexes and RLS flags are left alone. Run by ALTER EXTENSION UPDATE when the policies change. DBA only.';
 COMMENT ON FUNCTION @extschema@.all_tenant_ids() IS
-    'Every tenant id in the tenants table (used for platform admins). SECURITY DEFINER, search_path pinned.';
+    'Every tenant id in the tenants table: for platform admins and DBAs (not executable by PUBLIC). SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION @extschema@.protect_tenants_table() IS
+    'Protect the tenants registry: revoke INSERT/UPDATE/DELETE/TRUNCATE from every role but its owner and vital_tenancy_admin, enable row level security with policies so a request reads its own tenant''s row and Platform''s (every row for admins, none without a context). Idempotent; migration 006 runs it. DBA only.';
+COMMENT ON FUNCTION @extschema@.tenant_id_by_slug(text) IS
+    'The id of the tenant with this slug, or NULL: the lookup an application needs before sign-in, without opening the registry. SECURITY DEFINER, search_path pinned.';
 COMMENT ON FUNCTION @extschema@.set_membership_table(regclass, text, text) IS
     'Use another table (with uuid user and tenant columns) for the membership check of the x-tenant-id header.';
 COMMENT ON FUNCTION @extschema@.enable_tenant_rls(regclass, text, boolean) IS
@@ -93,6 +97,9 @@ REVOKE EXECUTE ON FUNCTION @extschema@.enable_tenant_rls(regclass, text, boolean
 REVOKE EXECUTE ON FUNCTION @extschema@.disable_tenant_rls(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.set_membership_table(regclass, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.refresh_tenant_policies() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.protect_tenants_table() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.all_tenant_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.all_tenant_ids() TO vital_tenancy_admin;
 
 -- Migrations ------------------------------------------------------------------
 COMMENT ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) IS

@@ -65,3 +65,27 @@ COMMENT ON FUNCTION @extschema@.refresh_tenant_policies() IS
     'Re-create the extension''s policies (vt_*) on every table enable_tenant_rls() manages, from the current definition; the application''s policies, defaults, indexes and RLS flags are left alone. Run by ALTER EXTENSION UPDATE when the policies change. DBA only.';
 REVOKE EXECUTE ON FUNCTION @extschema@.refresh_tenant_policies() FROM PUBLIC;
 SELECT count(*) FROM @extschema@.refresh_tenant_policies();
+
+-- The tenants registry: protected by migration 006 (protect_tenants_table()), a
+-- narrow slug lookup for before sign-in, and the list of all tenants for admins only.
+CREATE FUNCTION @extschema@.protect_tenants_table() RETURNS TABLE (
+    action text
+)
+    STRICT VOLATILE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'protect_tenants_table_wrapper';
+CREATE FUNCTION @extschema@.tenant_id_by_slug(slug text) RETURNS uuid
+    STRICT STABLE SECURITY DEFINER PARALLEL SAFE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'tenant_id_by_slug_wrapper';
+COMMENT ON FUNCTION @extschema@.all_tenant_ids() IS
+    'Every tenant id in the tenants table: for platform admins and DBAs (not executable by PUBLIC). SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION @extschema@.protect_tenants_table() IS
+    'Protect the tenants registry: revoke INSERT/UPDATE/DELETE/TRUNCATE from every role but its owner and vital_tenancy_admin, enable row level security with policies so a request reads its own tenant''s row and Platform''s (every row for admins, none without a context). Idempotent; migration 006 runs it. DBA only.';
+COMMENT ON FUNCTION @extschema@.tenant_id_by_slug(text) IS
+    'The id of the tenant with this slug, or NULL: the lookup an application needs before sign-in, without opening the registry. SECURITY DEFINER, search_path pinned.';
+REVOKE EXECUTE ON FUNCTION @extschema@.protect_tenants_table() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.all_tenant_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.all_tenant_ids() TO vital_tenancy_admin;

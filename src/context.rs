@@ -533,15 +533,23 @@ fn query_uuid_array(sql: &str) -> Vec<Uuid> {
     })
 }
 
-/// Every tenant id (for platform admins). SECURITY DEFINER: the tenants table need
-/// not be readable by the caller.
+/// Every tenant id, read as the extension's owner (the registry is not readable by
+/// tenants).
+fn every_tenant() -> Vec<Uuid> {
+    as_extension_owner(|| {
+        let table = tenants_table_sql();
+        query_uuid_array(&format!(
+            "SELECT COALESCE(pg_catalog.array_agg(id ORDER BY id), '{{}}') FROM {table}"
+        ))
+    })
+}
+
+/// Every tenant id: for platform admins and the extension (EXECUTE is not granted to
+/// PUBLIC: the list of tenants is not a tenant's business).
 #[pg_extern(stable, parallel_safe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn all_tenant_ids() -> Vec<Uuid> {
-    let table = tenants_table_sql();
-    query_uuid_array(&format!(
-        "SELECT COALESCE(pg_catalog.array_agg(id ORDER BY id), '{{}}') FROM {table}"
-    ))
+    every_tenant()
 }
 
 /// The tenant inside a policy: a bad context is no context (never an ERROR, whose
@@ -557,7 +565,7 @@ fn policy_context() -> Option<Context> {
 #[search_path(pg_catalog, pg_temp)]
 fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
     if current_user_is_admin() {
-        return query_uuid_array("SELECT vital_tenancy.all_tenant_ids()");
+        return every_tenant();
     }
     let Some(ctx) = policy_context() else {
         return Vec::new();
@@ -580,7 +588,7 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
 #[search_path(pg_catalog, pg_temp)]
 fn writable_tenant_ids() -> Vec<Uuid> {
     if current_user_is_admin() {
-        return query_uuid_array("SELECT vital_tenancy.all_tenant_ids()");
+        return every_tenant();
     }
     policy_context()
         .map(|c| Uuid::from_bytes(c.tenant))

@@ -600,3 +600,101 @@ mod tests {
         Spi::run(r#"SELECT * FROM vital_tenancy.ensure_tenants('vt_t5.tenants', '{"type": "industry", "pharmaceuticals": {"type": "pharma"}}')"#).unwrap();
     }
 }
+
+/// Protect the application's tenants registry: writes only for its owner (a DBA) and
+/// `vital_tenancy_admin` (every other role's INSERT/UPDATE/DELETE/TRUNCATE revoked),
+/// and row level security so that a request reads its own tenant's row and
+/// Platform's, nothing without a context. Idempotent; migration 006 runs it.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn protect_tenants_table() -> TableIterator<'static, (name!(action, String),)> {
+    let mut actions: Vec<String> = Vec::new();
+    Spi::connect_mut(|c| {
+        let table = crate::catalog::require_tenants_table(c);
+        // Role names are quoted by PostgreSQL (format %I); PUBLIC is the grantee 0.
+        let revokes: Vec<String> = c
+            .select(
+                "SELECT pg_catalog.format('REVOKE %s ON %s FROM %s',
+                          pg_catalog.string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type), $1::pg_catalog.regclass,
+                          CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END)
+                   FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+                  WHERE c.oid = $1::pg_catalog.regclass AND a.grantee <> c.relowner
+                    AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+                    AND (a.grantee = 0 OR pg_catalog.pg_get_userbyid(a.grantee) <> 'vital_tenancy_admin')
+                  GROUP BY a.grantee ORDER BY 1",
+                None,
+                &[table.as_str().into()],
+            )
+            .or_raise("reading the registry's privileges")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect();
+        for ddl in revokes {
+            c.update(&ddl, None, &[])
+                .or_raise("revoking a registry privilege");
+            actions.push(ddl);
+        }
+        for (ddl, what) in [
+            (
+                format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO vital_tenancy_admin"),
+                "granted SELECT, INSERT, UPDATE, DELETE to vital_tenancy_admin",
+            ),
+            (
+                format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"),
+                "row level security enabled (not forced: the owner manages the registry)",
+            ),
+        ] {
+            c.update(&ddl, None, &[])
+                .or_raise("protecting the registry");
+            actions.push(what.into());
+        }
+        let existing: Vec<String> = c
+            .select(
+                "SELECT polname::text FROM pg_catalog.pg_policy WHERE polrelid = $1::pg_catalog.regclass AND polname = ANY ($2)",
+                None,
+                &[
+                    table.as_str().into(),
+                    crate::logic::rls::REGISTRY_POLICY_NAMES.to_vec().into(),
+                ],
+            )
+            .or_raise("reading the registry's policies")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect();
+        for name in existing {
+            c.update(
+                &format!("DROP POLICY {} ON {table}", quote_ident(&name)),
+                None,
+                &[],
+            )
+            .or_raise("dropping a registry policy");
+        }
+        for (name, ddl) in crate::logic::rls::registry_policies(&table) {
+            c.update(&ddl, None, &[])
+                .or_raise("creating a registry policy");
+            actions.push(format!("policy {name}"));
+        }
+    });
+    TableIterator::new(actions.into_iter().map(|a| (a,)))
+}
+
+/// The id of the tenant with this slug, or NULL: the one lookup an application needs
+/// before sign-in, without opening the registry. SECURITY DEFINER, search_path pinned.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn tenant_id_by_slug(slug: &str) -> Option<Uuid> {
+    Spi::connect(|c| {
+        let table = crate::catalog::require_tenants_table(c);
+        c.select(
+            &format!("SELECT id FROM {table} WHERE slug = $1"),
+            Some(1),
+            &[slug.into()],
+        )
+        .and_then(|t| {
+            if t.is_empty() {
+                Ok(None)
+            } else {
+                t.first().get_one::<Uuid>()
+            }
+        })
+        .or_raise("looking up a tenant slug")
+    })
+}

@@ -564,6 +564,33 @@ fn rls_problems(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String
     )
     .or_raise("reading rls_status")
     .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
+    .chain(registry_problems(c))
+    .collect()
+}
+
+/// The tenants registry listable by every role with SELECT (no row level security), or
+/// writable by roles other than its owner and vital_tenancy_admin (superusers aside).
+fn registry_problems(c: &SpiClient<'_>) -> Vec<(String, String)> {
+    c.select(
+        "WITH r AS (SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text AS name, c.relrowsecurity, c.relowner, c.relacl
+                      FROM pg_catalog.pg_class c
+                     WHERE c.oid = COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))),
+              g AS (SELECT r.name, a.privilege_type, a.grantee,
+                           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END AS role
+                      FROM r, pg_catalog.aclexplode(r.relacl) a
+                     WHERE a.grantee <> r.relowner
+                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles x WHERE x.oid = a.grantee AND (x.rolsuper OR x.rolname = 'vital_tenancy_admin')))
+         SELECT r.name, 'row level security is off on the tenants registry: every role with SELECT on it lists every tenant (run vital_tenancy.protect_tenants_table())'
+           FROM r WHERE NOT r.relrowsecurity AND EXISTS (SELECT 1 FROM g WHERE g.privilege_type = 'SELECT')
+         UNION ALL
+         SELECT g.name, pg_catalog.format('the tenants registry is writable by %s: only DBAs and vital_tenancy_admin should write it (run vital_tenancy.protect_tenants_table())',
+                                          pg_catalog.string_agg(DISTINCT g.role, ', '))
+           FROM g WHERE g.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') GROUP BY g.name",
+        None,
+        &[],
+    )
+    .or_raise("reading the tenants registry's protection")
+    .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
     .collect()
 }
 

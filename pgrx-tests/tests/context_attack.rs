@@ -306,7 +306,10 @@ fn a_pooled_connection_never_hands_a_tenant_to_the_next_client() {
     drop(a);
     let mut b = bouncer.connect("vt_att_backend");
     let held = simple_rows(&mut b, "FETCH ALL FROM vt_hold").unwrap();
-    assert!(held.iter().any(|r| r[0].as_deref() == Some(PHARMA)), "the documented hazard: {held:?}");
+    assert!(
+        held.iter().any(|r| r[0].as_deref() == Some(PHARMA)),
+        "the documented hazard: {held:?}"
+    );
     b.batch_execute("CLOSE vt_hold").unwrap();
     drop(b);
     drop(bouncer);

@@ -1,6 +1,6 @@
 -- 006: tenant row-level security on every tenant table (enabled and forced;
 -- restrictive tenant boundary; shared tables readable by every tenant; messages are
--- private to their tenant). One transaction; re-running replaces only the
+-- private to their tenant); the server-side role's grants; the registry protected. One transaction; re-running replaces only the
 -- extension's own policies.
 \set ON_ERROR_STOP on
 BEGIN;
@@ -27,5 +27,8 @@ SELECT pg_catalog.format('GRANT %s ON %s TO vital_tenancy_service', p.privs, r.t
  ORDER BY r.tbl::text
 \gexec
 GRANT SELECT ON public.tenants TO vital_tenancy_service;
+-- The registry itself: tenants read their own row and Platform's; only DBAs and
+-- vital_tenancy_admin write it (the fixture let authenticated write and anon list it).
+SELECT * FROM vital_tenancy.protect_tenants_table();
 SELECT * FROM vital_tenancy.rls_status();
 COMMIT;

@@ -94,6 +94,39 @@ pub fn policies(
     out
 }
 
+/// Names of the policies on the tenants registry.
+pub const REGISTRY_POLICY_NAMES: [&str; 3] = [
+    "vt_registry_boundary",
+    "vt_registry_read",
+    "vt_registry_admin",
+];
+
+/// `(policy name, CREATE POLICY statement)` for the tenants registry: a request reads
+/// its own tenant's row and Platform's (every row for admins, none without a context);
+/// only platform admins write through RLS (the owner, a DBA, is not forced). `table`
+/// must be quoted SQL.
+pub fn registry_policies(table: &str) -> Vec<(&'static str, String)> {
+    let visible = "id = ANY ((SELECT vital_tenancy.visible_tenant_ids(true))::uuid[])";
+    vec![
+        (
+            REGISTRY_POLICY_NAMES[0],
+            format!(
+                "CREATE POLICY vt_registry_boundary ON {table} AS RESTRICTIVE FOR ALL TO PUBLIC USING ({visible}) WITH CHECK (pg_catalog.pg_has_role('{ADMIN_ROLE}', 'USAGE'))"
+            ),
+        ),
+        (
+            REGISTRY_POLICY_NAMES[1],
+            format!("CREATE POLICY vt_registry_read ON {table} AS PERMISSIVE FOR SELECT TO PUBLIC USING ({visible})"),
+        ),
+        (
+            REGISTRY_POLICY_NAMES[2],
+            format!(
+                "CREATE POLICY vt_registry_admin ON {table} AS PERMISSIVE FOR ALL TO {ADMIN_ROLE} USING ({visible}) WITH CHECK (id IS NOT NULL)"
+            ),
+        ),
+    ]
+}
+
 /// Whether a deparsed policy expression (`pg_get_expr(polqual)`) compares the tenant
 /// column with a once-per-statement sub-select, the shape an index can serve.
 pub fn is_index_friendly(expr: &str, column: &str) -> bool {
@@ -138,6 +171,24 @@ mod tests {
         assert_eq!(p.len(), 6);
         assert!(p[0].1.contains("visible_tenant_ids(false)"));
         assert!(!p.iter().any(|(n, _)| *n == "vt_tenant_access"));
+    }
+
+    #[test]
+    fn registry_policies_name_the_id_and_admit_writes_for_admins_only() {
+        let p = registry_policies("\"public\".\"tenants\"");
+        assert_eq!(p.len(), 3);
+        assert!(p[0].1.contains("AS RESTRICTIVE FOR ALL TO PUBLIC"));
+        assert!(p[0]
+            .1
+            .contains("pg_has_role('vital_tenancy_admin', 'USAGE')"));
+        for (name, sql) in &p {
+            assert!(sql.contains(name));
+            assert!(sql.contains("id = ANY ((SELECT vital_tenancy.visible_tenant_ids(true))"));
+            assert!(
+                !sql.contains("USING (true)") && !sql.contains("CHECK (true)"),
+                "{sql}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Upgrade tier: every released version, installed from its frozen script
-# (sql/released/), then ALTER EXTENSION vital_tenancy UPDATE, must define exactly what a
+# (sql/released/vital_tenancy--<version>.sql, migrations in sql/released/<version>/), then ALTER EXTENSION vital_tenancy UPDATE, must define exactly what a
 # fresh install of the current version defines (tests/upgrade/describe.sql, diffed),
 # also on a database that ran the real migration on the old version. A change to SQL
 # objects without an upgrade script fails here.
@@ -63,21 +63,22 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   mdb="vt_up_migrated_${old//./_}"
   vt_fresh_fixture_db "${mdb}"
   q "${mdb}" "CREATE EXTENSION vital_tenancy VERSION '${old}'" >/dev/null
+  # With that release's own migration scripts (frozen in sql/released/<version>/).
   if PG_BIN="${VT_PG_BIN}" bash "${VT_ROOT}/scripts/migrate" "host=${VT_HOST} port=${VT_PORT} user=postgres dbname=${mdb}" \
-       --no-backup --report "${OUT}/report-${old}.md" > "${OUT}/migrate-${old}.log" 2>&1 \
+       --no-backup --report "${OUT}/report-${old}.md" --migrations "${VT_ROOT}/sql/released/${old}/migrations" > "${OUT}/migrate-${old}.log" 2>&1 \
      && q "${mdb}" "ALTER EXTENSION vital_tenancy UPDATE" >/dev/null; then
     ok "${old} -> ${CURRENT}: migrated database updated in place"
   else
     not_ok "${old} -> ${CURRENT}: migrated database updated in place (see ${OUT}/migrate-${old}.log)"
   fi
-  # Its policies are the current definition: equal to those of the same fixture
-  # migrated on this version (the application's and the extension's).
-  q "${mdb}" "${pol}" > "${OUT}/policies-updated-${old}.txt"
-  if [ -s "${OUT}/policies-fresh.txt" ] && diff -u "${OUT}/policies-fresh.txt" "${OUT}/policies-updated-${old}.txt" > "${OUT}/policies-diff-${old}.txt"; then
-    ok "${old} -> ${CURRENT}: policies of the updated database equal a fresh migration's ($(wc -l < "${OUT}/policies-fresh.txt") policies)"
+  # The update itself re-created the extension's policies (before any 006 re-run).
+  refreshed=$(q "${mdb}" "SELECT (SELECT count(*) FROM pg_policy WHERE polname = 'vt_service_access') || ' ' || (SELECT count(*) FROM vital_tenancy.rls_tables) || ' ' ||
+                              (SELECT count(*) FROM pg_policy WHERE polname = 'vt_platform_admin' AND pg_get_expr(polqual, polrelid) = 'true')")
+  set -- ${refreshed}
+  if [ "$1" = "$2" ] && [ "$1" -gt 0 ] && [ "$3" = 0 ]; then
+    ok "${old} -> ${CURRENT}: the update re-created the policies of all $2 managed tables"
   else
-    not_ok "${old} -> ${CURRENT}: policies differ from a fresh migration's (- fresh, + updated):"
-    cat "${OUT}/policies-diff-${old}.txt"
+    not_ok "${old} -> ${CURRENT}: policies after the update: service policies, tables, constant-true admin policies = ${refreshed}"
   fi
   # The updated boundary works: a trusted backend's transaction-local tenant sees its
   # rows and Platform's, a session-level leftover nothing.
@@ -100,7 +101,7 @@ SQL
     not_ok "${old} -> ${CURRENT}: boundary after the update, got: ${got}"
   fi
   # As the Upgrading notes say: re-run 006 (idempotent), which grants the server-side
-  # role; then the API path works on the updated database.
+  # role and protects the registry; then the API path works on the updated database.
   got=$(vt_psql -d "${mdb}" -f "${VT_ROOT}/sql/migrations/006_rls_policies.sql" >/dev/null 2>&1 && vt_psql -d "${mdb}" -At <<SQL
 BEGIN;
 SET LOCAL ROLE vital_tenancy_service;
@@ -113,6 +114,15 @@ SQL
     ok "${old} -> ${CURRENT}: after re-running 006 the vital_tenancy_service path sees its tenant and Platform"
   else
     not_ok "${old} -> ${CURRENT}: service path after re-running 006, got: ${got}"
+  fi
+  # Its policies are now the current definition: equal to those of the same fixture
+  # migrated on this version (the application's, the extension's, the registry's).
+  q "${mdb}" "${pol}" > "${OUT}/policies-updated-${old}.txt"
+  if [ -s "${OUT}/policies-fresh.txt" ] && diff -u "${OUT}/policies-fresh.txt" "${OUT}/policies-updated-${old}.txt" > "${OUT}/policies-diff-${old}.txt"; then
+    ok "${old} -> ${CURRENT}: policies of the updated database equal a fresh migration's ($(wc -l < "${OUT}/policies-fresh.txt") policies)"
+  else
+    not_ok "${old} -> ${CURRENT}: policies differ from a fresh migration's (- fresh, + updated):"
+    cat "${OUT}/policies-diff-${old}.txt"
   fi
   vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${db} WITH (FORCE)" -c "DROP DATABASE IF EXISTS ${mdb} WITH (FORCE)" >/dev/null
 done
