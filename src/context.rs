@@ -262,7 +262,11 @@ fn membership_sql() -> Option<(String, String, String)> {
                         'vital_tenancy.tenant_members')) AS t,
                         COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'membership_user_column'), 'user_id') AS u,
                         COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'membership_tenant_column'), 'tenant_id') AS c) m
-                  WHERE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
+                  WHERE m.t IS NOT NULL
+                    -- never a temporary table (a bare name stored by 0.1.0 could resolve to
+                    -- the calling session's own pg_temp table)
+                    AND (SELECT c.relpersistence <> 't' FROM pg_catalog.pg_class c WHERE c.oid = m.t)
+                    AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
                           WHERE a.attrelid = m.t AND a.attname IN (m.u, m.c) AND a.attnum > 0 AND NOT a.attisdropped) = 2",
                 Some(1),
                 &[],
@@ -296,7 +300,7 @@ fn check_member(user: [u8; 16], tenant: [u8; 16]) -> Result<(), Problem> {
             hint: Some("Point vital_tenancy.set_membership_table() at a table with uuid user and tenant columns.".into()),
             ..Problem::new(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "the tenant membership table configured for vital_tenancy does not exist".into(),
+                "the tenant membership table configured for vital_tenancy does not exist, lacks its user or tenant column, or is temporary".into(),
             )
         });
     };
@@ -605,16 +609,36 @@ fn set_membership_table(
     tenant_column: default!(&str, "'tenant_id'"),
 ) {
     let oid = tbl.oid();
-    let name: String = Spi::connect(|c| {
-        c.select(
-            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-            Some(1),
-            &[oid.into()],
+    // Always schema-qualified (a bare name would be resolved again at every look-up);
+    // never a temporary table (another session's temp table of the same name would
+    // then decide memberships).
+    let (name, temporary): (String, bool) = Spi::connect(|c| {
+        let t = c
+            .select(
+                "SELECT CASE WHEN c.relpersistence = 't' THEN 'pg_temp.' || pg_catalog.quote_ident(c.relname)
+                            ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END, c.relpersistence = 't'
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1",
+                Some(1),
+                &[oid.into()],
+            )
+            .or_raise("naming the membership table");
+        let r = t.first();
+        (
+            r.get::<String>(1)
+                .or_raise("naming the membership table")
+                .unwrap_or_default(),
+            r.get::<bool>(2)
+                .or_raise("reading relpersistence")
+                .unwrap_or(false),
         )
-        .and_then(|t| t.first().get_one())
-        .or_raise("naming the membership table")
-        .unwrap_or_default()
     });
+    if temporary {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("membership table {name} is a temporary table; memberships must live in a permanent table"),
+        );
+    }
     for col in [user_column, tenant_column] {
         let is_uuid: Option<bool> = Spi::connect(|c| {
             c.select(

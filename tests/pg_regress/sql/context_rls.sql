@@ -45,7 +45,11 @@ select vital_tenancy.set_membership_table('public.org_members', 'nope', 'org');
 \echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.set_membership_table('public.org_members', 'member', 'note');
 \echo :LAST_ERROR_SQLSTATE
+create temp table tmp_members (member uuid, org uuid);
+select vital_tenancy.set_membership_table('pg_temp.tmp_members', 'member', 'org');
+\echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.set_membership_table('public.org_members', 'member', 'org');
+select value from vital_tenancy.settings where name = 'membership_table';
 set local role vt_regress_app;
 set local request.jwt.claims = '{"sub": "aaaaaaaa-0000-4000-8000-000000000001"}';
 set local request.headers = '{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}';
@@ -55,6 +59,15 @@ reset role;
 insert into public.org_members values ('aaaaaaaa-0000-4000-8000-000000000001', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda');
 set local role vt_regress_app;
 select slug from t where id = vital_tenancy.current_tenant_id();
+reset role;
+-- A bare name stored by an earlier version that resolves to a session's own temp table
+-- never decides memberships (no context in policies; 55000 where asked for).
+update vital_tenancy.settings set value = 'tmp_members' where name = 'membership_table';
+insert into pg_temp.tmp_members values ('aaaaaaaa-0000-4000-8000-000000000001', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda');
+set local role vt_regress_app;
+select vital_tenancy.visible_tenant_ids() as via_temp_table;
+select vital_tenancy.current_tenant_id();
+\echo :LAST_ERROR_SQLSTATE
 reset role;
 delete from vital_tenancy.settings where name like 'membership%';
 set local role vt_regress_app;
