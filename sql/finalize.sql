@@ -160,6 +160,15 @@ REVOKE EXECUTE ON FUNCTION @extschema@.revert_run(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.finish_run(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.declare_reference(regclass, text, regclass, text[]) FROM PUBLIC;
 
+-- Tenant-scoped keys and references ------------------------------------------------
+COMMENT ON FUNCTION @extschema@.tenant_keys_plan() IS
+    'What the keys step (migration 007) will do on the tables under tenant RLS: each unique key made per tenant (index_ddl to run first with \gexec, then ddl swaps the constraint onto it) and each reference between tenant tables given its tenant guard. Empty once done. Writes nothing.';
+COMMENT ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) IS
+    'Apply the keys step: swap each unique constraint onto its per-tenant index (ERROR 55000 if an index is missing: run the plan''s index_ddl first) and create each reference guard, under lock_timeout with retries. Idempotent. DBA only.';
+COMMENT ON FUNCTION @extschema@.tenant_reference_check() IS
+    'Trigger guarding a reference between tenant tables: the parent must belong to the row''s tenant or to Platform; the same 23503 whether the parent does not exist or belongs to another tenant. SECURITY DEFINER, search_path pinned.';
+REVOKE EXECUTE ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) FROM PUBLIC;
+
 -- Health, indexes, usage, export ---------------------------------------------------
 COMMENT ON FUNCTION @extschema@.health() IS
     'Health document: database, tenants (healthy when all three exist with data), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), last migration run.';

@@ -89,3 +89,58 @@ COMMENT ON FUNCTION @extschema@.tenant_id_by_slug(text) IS
 REVOKE EXECUTE ON FUNCTION @extschema@.protect_tenants_table() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.all_tenant_ids() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.all_tenant_ids() TO vital_tenancy_admin;
+
+-- Tenant-scoped keys and references (migration 007 applies them).
+CREATE FUNCTION @extschema@.tenant_keys_plan() RETURNS TABLE (
+    table_name text,
+    change text,
+    index_ddl text,
+    ddl text
+)
+    STRICT STABLE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'tenant_keys_plan_wrapper';
+CREATE FUNCTION @extschema@.apply_tenant_keys(lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5) RETURNS TABLE (
+    table_name text,
+    change text
+)
+    STRICT VOLATILE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'apply_tenant_keys_wrapper';
+CREATE FUNCTION @extschema@.tenant_reference_check() RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ref text;
+    child_tenant uuid;
+    ok boolean;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT ($1).%I::text, ($1).%I', TG_ARGV[1], TG_ARGV[3])
+       INTO ref, child_tenant USING NEW;
+    IF ref IS NULL THEN
+        RETURN NEW;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s p WHERE p.%I = ($1).%I AND p.%I = ANY ($2))',
+                              TG_ARGV[0]::pg_catalog.regclass, TG_ARGV[2], TG_ARGV[1], TG_ARGV[4])
+       INTO ok USING NEW, ARRAY[child_tenant, '00000000-0000-0000-0000-000000000001'::uuid];
+    IF NOT ok THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'foreign_key_violation',
+            MESSAGE = pg_catalog.format(
+                'insert or update on table %s violates a tenant reference: key (%s)=(%s) is not present in table %s for tenant %s or Platform',
+                TG_RELID::pg_catalog.regclass, TG_ARGV[1], ref, TG_ARGV[0]::pg_catalog.regclass, COALESCE(child_tenant::text, '(none)')),
+            DETAIL = 'A row may reference only rows of its own tenant or of Platform.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.tenant_keys_plan() IS
+    'What the keys step (migration 007) will do on the tables under tenant RLS: each unique key made per tenant (index_ddl to run first with \gexec, then ddl swaps the constraint onto it) and each reference between tenant tables given its tenant guard. Empty once done. Writes nothing.';
+COMMENT ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) IS
+    'Apply the keys step: swap each unique constraint onto its per-tenant index (ERROR 55000 if an index is missing: run the plan''s index_ddl first) and create each reference guard, under lock_timeout with retries. Idempotent. DBA only.';
+COMMENT ON FUNCTION @extschema@.tenant_reference_check() IS
+    'Trigger guarding a reference between tenant tables: the parent must belong to the row''s tenant or to Platform; the same 23503 whether the parent does not exist or belongs to another tenant. SECURITY DEFINER, search_path pinned.';
+REVOKE EXECUTE ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) FROM PUBLIC;

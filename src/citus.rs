@@ -8,7 +8,6 @@
 
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::quote_ident;
-use crate::logic::migrate::derived_name;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -114,16 +113,7 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
 }
 
 fn cols(c: &SpiClient<'_>, oid: pg_sys::Oid, keys: &[i16]) -> Vec<String> {
-    keys.iter()
-        .map(|k| {
-            one::<String>(
-                c,
-                "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum = $2",
-                &[oid.into(), (*k).into()],
-            )
-            .unwrap_or_default()
-        })
-        .collect()
+    crate::keys::column_names(c, oid, keys)
 }
 
 /// (name, parent table, child columns, parent columns, definition) of a foreign key.
@@ -134,59 +124,24 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
     let role_of = |oid: pg_sys::Oid| all.iter().find(|t| t.oid == oid).map(|t| t.role.clone());
     for t in all.iter().filter(|t| t.role == Role::Distributed) {
         let tatt = t.tenant_attnum.unwrap_or(0);
-        // Primary key and unique constraints without tenant_id.
-        let keys: Vec<(String, String, Vec<i16>)> = c
-            .select(
-                "SELECT conname::text, contype::text, conkey FROM pg_catalog.pg_constraint
-                  WHERE conrelid = $1 AND contype IN ('p', 'u') AND NOT ($2 = ANY (conkey)) ORDER BY contype, conname",
-                None,
-                &[t.oid.into(), tatt.into()],
-            )
-            .or_raise("reading keys")
-            .map(|r| {
-                (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                    r.get::<Vec<i16>>(3).ok().flatten().unwrap_or_default(),
-                )
-            })
-            .collect();
-        for (con, kind, key) in keys {
-            let names = cols(c, t.oid, &key);
-            let qcols: Vec<String> = std::iter::once("tenant_id".to_string())
-                .chain(names.iter().cloned())
-                .map(|x| quote_ident(&x))
-                .collect();
-            let ix = derived_name(&t.relname, "tenant", &format!("{}_key", names.join("_")));
-            let index_ddl = format!(
-                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
-                quote_ident(&ix),
-                t.name,
-                qcols.join(", ")
-            );
-            let swap = format!(
-                "ALTER TABLE {} DROP CONSTRAINT {}, ADD CONSTRAINT {} {} USING INDEX {}",
-                t.name,
-                quote_ident(&con),
-                quote_ident(&con),
-                if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" },
-                quote_ident(&ix)
-            );
+        // Primary key and unique constraints without tenant_id (the computation the
+        // keys step shares).
+        for k in crate::keys::key_changes(c, t.oid, &t.name, &t.relname, "tenant_id", tatt, true) {
             out.push(Blocker {
                 table: t.name.clone(),
                 what: format!(
                     "{} {} ({}) does not include tenant_id",
-                    if kind == "p" {
+                    if k.primary {
                         "primary key"
                     } else {
                         "unique constraint"
                     },
-                    con,
-                    names.join(", ")
+                    k.con,
+                    k.columns.join(", ")
                 ),
-                ddl: Some(format!("{index_ddl};\n{swap}")),
-                index: Some((ix, index_ddl)),
-                apply: Some(vec![swap]),
+                ddl: Some(format!("{};\n{}", k.index_ddl, k.swap_ddl)),
+                index: Some((k.index, k.index_ddl)),
+                apply: Some(vec![k.swap_ddl]),
                 kind: 2,
             });
         }

@@ -13,6 +13,8 @@
 //!   (the batched `backfill` procedure is PL/pgSQL in `sql/migrate.sql`).
 //! - [`validate`]: validation set-returning functions, `validate()`, `assert_valid()`.
 //! - [`monitor`]: `health()`, `index_advice()`, `index_coverage()`, `tenant_usage()`, `export_tenant()`.
+//! - [`keys`]: tenant-scoped unique keys and reference guards (`tenant_keys_plan()`,
+//!   `apply_tenant_keys()`); the key computation the Citus path shares.
 //! - [`catalog`]: catalog look-ups shared by the functions above.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
@@ -24,6 +26,7 @@ pub mod classify;
 pub mod context;
 pub mod errors;
 pub mod guc;
+pub mod keys;
 pub mod logic;
 pub mod migrate;
 pub mod monitor;
@@ -50,6 +53,7 @@ extension_sql_file!(
     name = "migrate_procedures",
     requires = [migrate::backfill_plan, classify::preview_classification]
 );
+extension_sql_file!("../sql/keys.sql", name = "tenant_keys");
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// This module is required by `cargo pgrx test` invocations.
