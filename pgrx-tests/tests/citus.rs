@@ -30,19 +30,27 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
     let trig = |t: &str| {
         format!("trigger update_{t}_updated_at: Citus runs triggers on distributed tables only with citus.enable_unsafe_triggers")
     };
+    // Migration 007 made the unique keys per tenant already; its reference guards are
+    // triggers Citus must be told about.
+    let guard = |fk: &str| {
+        format!("trigger vt_tenant_ref_{fk}: Citus runs triggers on distributed tables only with citus.enable_unsafe_triggers")
+    };
     let mut expected = vec![
+        r("agent_tool_assignments", "distributed", &guard("agent_tool_assignments_agent_id_fkey")),
+        r("agent_tool_assignments", "distributed", &guard("agent_tool_assignments_tool_id_fkey")),
+        r("knowledge_base", "distributed", &guard("knowledge_base_source_id_fkey")),
+        r("messages", "distributed", &guard("messages_parent_message_id_fkey")),
+        r("organizational_roles", "distributed", &guard("organizational_roles_department_id_fkey")),
         r("agent_tool_assignments", "distributed", "foreign key agent_tool_assignments_agent_id_fkey to distributed table public.agents does not include tenant_id"),
         r("agent_tool_assignments", "distributed", "foreign key agent_tool_assignments_assigned_by_fkey to local table auth.users"),
         r("agent_tool_assignments", "distributed", "primary key agent_tool_assignments_pkey (id) does not include tenant_id"),
         r("agent_tool_assignments", "distributed", &trig("agent_tool_assignments")),
-        r("agent_tool_assignments", "distributed", "unique constraint agent_tool_assignments_agent_id_tool_id_key (agent_id, tool_id) does not include tenant_id"),
         r("agents", "distributed", "primary key agents_pkey (id) does not include tenant_id"),
         r("agents", "distributed", &trig("agents")),
         r("business_functions", "reference", ""),
         r("departments", "reference", ""),
         r("knowledge_base", "distributed", "foreign key knowledge_base_source_id_fkey to distributed table public.knowledge_sources does not include tenant_id"),
         r("knowledge_base", "distributed", "primary key knowledge_base_pkey (id) does not include tenant_id"),
-        r("knowledge_base", "distributed", "unique constraint knowledge_base_pinecone_id_key (pinecone_id) does not include tenant_id"),
         r("knowledge_domains", "reference", ""),
         r("knowledge_sources", "distributed", "primary key knowledge_sources_pkey (id) does not include tenant_id"),
         r("messages", "distributed", "foreign key messages_parent_message_id_fkey to distributed table public.messages does not include tenant_id"),
@@ -50,7 +58,6 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
         r("organizational_roles", "distributed", "primary key organizational_roles_pkey (id) does not include tenant_id"),
         r("prompts", "distributed", "primary key prompts_pkey (id) does not include tenant_id"),
         r("prompts", "distributed", &trig("prompts")),
-        r("prompts", "distributed", "unique constraint prompts_name_key (name) does not include tenant_id"),
         r("tenants", "reference", ""),
         r("tool_categories", "reference", ""),
         r("tools", "reference", ""),
@@ -73,7 +80,8 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(ddl.len(), 10);
+    // The seven primary keys (007 already made the three unique keys per tenant).
+    assert_eq!(ddl.len(), 7);
     for d in &ddl {
         c.batch_execute(d).unwrap();
     }
@@ -88,7 +96,7 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
             .iter()
             .filter(|s| *s == "attach key using index")
             .count(),
-        10
+        7
     );
     assert_eq!(
         steps
@@ -103,13 +111,14 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
         "prepare_for_citus changed data"
     );
 
-    // What is left: the triggers and the auth.users foreign key, for the DBA to decide.
+    // What is left: the triggers (the application's and 007's five reference guards) and
+    // the auth.users foreign key, for the DBA to decide.
     let left: Vec<String> = readiness(&mut c)
         .into_iter()
         .filter(|x| !x.2.is_empty())
         .map(|x| x.2)
         .collect();
-    assert_eq!(left.len(), 4, "{left:?}");
+    assert_eq!(left.len(), 9, "{left:?}");
     assert!(
         left.iter()
             .all(|b| b.starts_with("trigger") || b.contains("auth.users")),

@@ -69,14 +69,29 @@ fn keys_and_references_are_per_tenant_after_007() {
     )
     .unwrap();
     let pharma_prompt = one_id(&mut dba, &format!("SELECT name::text FROM public.prompts WHERE tenant_id = '{PHARMA}' ORDER BY name LIMIT 1"));
-    let pharma_source = one_id(&mut dba, &format!("SELECT id::text FROM public.knowledge_sources WHERE tenant_id = '{PHARMA}' ORDER BY id LIMIT 1"));
-    let platform_source = one_id(&mut dba, &format!("SELECT id::text FROM public.knowledge_sources WHERE tenant_id = '{PLATFORM}' ORDER BY id LIMIT 1"));
+    // A Pharmaceuticals message (the finding: a Digital Health reply pinned to it) and a
+    // shared Platform knowledge source, written by the DBA.
+    let pharma_message = one_id(
+        &mut dba,
+        &format!("INSERT INTO public.messages (role, content, tenant_id) VALUES ('user', 'pharma thread', '{PHARMA}') RETURNING id::text"),
+    );
+    let platform_source = one_id(
+        &mut dba,
+        &format!("INSERT INTO public.knowledge_sources (title, domain, tenant_id) VALUES ('Shared guideline', 'general_medicine', '{PLATFORM}') RETURNING id::text"),
+    );
+    let dh_source = one_id(
+        &mut dba,
+        &format!("INSERT INTO public.knowledge_sources (title, domain, tenant_id) VALUES ('DH notes', 'digital_health', '{DIGITAL}') RETURNING id::text"),
+    );
     let mut pgrst = db.connect_as("vt_keys_authenticator");
     let insert_prompt = |name: &str| {
         format!(
             "INSERT INTO public.prompts (name, display_name, description) VALUES ({}, 'x', 'x') ON CONFLICT DO NOTHING RETURNING tenant_id::text",
             literal(name)
         )
+    };
+    let reply = |parent: &str| {
+        format!("INSERT INTO public.messages (role, content, parent_message_id) VALUES ('user', 'reply', '{parent}') RETURNING id")
     };
     let insert_chunk = |source: &str| {
         format!(
@@ -91,11 +106,11 @@ fn keys_and_references_are_per_tenant_after_007() {
         r.is_empty(),
         "before 007: ON CONFLICT tells Digital Health that Pharmaceuticals has the name"
     );
-    let r = as_digital_health(&mut pgrst, &insert_chunk(&pharma_source)).unwrap();
+    let r = as_digital_health(&mut pgrst, &reply(&pharma_message)).unwrap();
     assert_eq!(
         r.len(),
         1,
-        "before 007: a Digital Health chunk points at a Pharmaceuticals source"
+        "before 007: a Digital Health reply points at a Pharmaceuticals message"
     );
     let plan: i64 = dba
         .query_one(
@@ -144,11 +159,11 @@ fn keys_and_references_are_per_tenant_after_007() {
     );
     // A reference to another tenant's row fails exactly like one to a row that does not exist.
     let missing = "99999999-9999-4999-8999-999999999999";
-    let (code_a, msg_a) = as_digital_health(&mut pgrst, &insert_chunk(&pharma_source)).unwrap_err();
-    let (code_b, msg_b) = as_digital_health(&mut pgrst, &insert_chunk(missing)).unwrap_err();
+    let (code_a, msg_a) = as_digital_health(&mut pgrst, &reply(&pharma_message)).unwrap_err();
+    let (code_b, msg_b) = as_digital_health(&mut pgrst, &reply(missing)).unwrap_err();
     assert_eq!((code_a.as_str(), code_b.as_str()), ("23503", "23503"));
     assert_eq!(
-        msg_a.replace(&pharma_source, "<key>"),
+        msg_a.replace(&pharma_message, "<key>"),
         msg_b.replace(missing, "<key>"),
         "same error either way"
     );
@@ -160,7 +175,6 @@ fn keys_and_references_are_per_tenant_after_007() {
         "a Platform parent must be allowed"
     );
     // Its own parents too.
-    let dh_source = one_id(&mut dba, &format!("SELECT id::text FROM public.knowledge_sources WHERE tenant_id = '{DIGITAL}' ORDER BY id LIMIT 1"));
     assert_eq!(
         as_digital_health(&mut pgrst, &insert_chunk(&dh_source))
             .unwrap()
