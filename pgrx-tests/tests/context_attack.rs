@@ -311,6 +311,22 @@ fn a_pooled_connection_never_hands_a_tenant_to_the_next_client() {
         "the documented hazard: {held:?}"
     );
     b.batch_execute("CLOSE vt_hold").unwrap();
+    // Temp tables too: created under one client's tenant, read by the next.
+    drop(b);
+    let mut a = bouncer.connect("vt_att_backend");
+    a.batch_execute(&format!(
+        "BEGIN; SELECT vital_tenancy.set_tenant('{PHARMA}'); SET LOCAL ROLE authenticated;
+         CREATE TEMP TABLE vt_left AS SELECT DISTINCT tenant_id::text AS t FROM public.prompts; COMMIT"
+    ))
+    .unwrap();
+    drop(a);
+    let mut b = bouncer.connect("vt_att_backend");
+    let left = simple_rows(&mut b, "SELECT t FROM pg_temp.vt_left").unwrap();
+    assert!(
+        left.iter().any(|r| r[0].as_deref() == Some(PHARMA)),
+        "the documented hazard: {left:?}"
+    );
+    b.batch_execute("DROP TABLE pg_temp.vt_left").unwrap();
     drop(b);
     drop(bouncer);
     // Startup options and role defaults outlive transactions too: not honoured, and
@@ -371,6 +387,43 @@ fn a_pooled_connection_never_hands_a_tenant_to_the_next_client() {
         db.name
     ))
     .unwrap();
+}
+
+#[test]
+fn pg_stat_activity_shows_query_text_to_the_same_login_role_only() {
+    // Not closed by the extension (README, security model): sessions of one login role
+    // (PostgREST's authenticator) see each other's query text, literals included.
+    let (db, _c) = setup("att_activity");
+    let secret = "vt-activity-secret-4e1";
+    let name = db.name.clone();
+    let runner = std::thread::spawn(move || {
+        let mut c = vital_tenancy_e2e::connect(&name, "vt_att_backend");
+        c.batch_execute(&format!("SELECT pg_sleep(1.5), '{secret}'"))
+            .unwrap();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let look = |role: &str| -> Vec<String> {
+        let mut c = db.connect_as(role);
+        simple_rows(
+            &mut c,
+            &format!("SELECT COALESCE(query, '') FROM pg_stat_activity WHERE usename = 'vt_att_backend' AND pid <> pg_backend_pid() AND query LIKE '%pg_sleep%'"),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect()
+    };
+    let same = look("vt_att_backend");
+    let other = look("vt_att_direct");
+    runner.join().unwrap();
+    assert!(
+        same.iter().any(|q| q.contains(secret)),
+        "same login role sees the text: {same:?}"
+    );
+    assert!(
+        other.iter().all(|q| !q.contains(secret)),
+        "another role does not: {other:?}"
+    );
 }
 
 #[test]
