@@ -238,10 +238,8 @@ fn phase_6_2_tool_isolation_and_shared_data_with_show_all() {
     // Give each tenant a tool of its own next to the shared (Platform) catalogue.
     for (t, key) in [(DIGITAL, "dh_only_tool"), (PHARMA, "pharma_only_tool")] {
         dba.execute(
-            &format!(
-                "INSERT INTO public.tools (tool_key, name, description, tenant_id)
-                 SELECT $1, $1, 'tenant tool', $2::text::uuid"
-            ),
+            "INSERT INTO public.tools (tool_key, name, description, tenant_id)
+             SELECT $1, $1, 'tenant tool', $2::text::uuid",
             &[&key, &t],
         )
         .unwrap_or_else(|e| panic!("insert tool: {e}"));

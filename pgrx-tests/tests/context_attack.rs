@@ -406,7 +406,7 @@ fn pg_stat_activity_shows_query_text_to_the_same_login_role_only() {
         let mut c = db.connect_as(role);
         simple_rows(
             &mut c,
-            &format!("SELECT COALESCE(query, '') FROM pg_stat_activity WHERE usename = 'vt_att_backend' AND pid <> pg_backend_pid() AND query LIKE '%pg_sleep%'"),
+            "SELECT COALESCE(query, '') FROM pg_stat_activity WHERE usename = 'vt_att_backend' AND pid <> pg_backend_pid() AND query LIKE '%pg_sleep%'",
         )
         .unwrap()
         .into_iter()

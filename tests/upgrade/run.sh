@@ -27,6 +27,11 @@ describe() { # db out: fails unless describe.sql ran and printed something
 }
 describe vt_up_fresh "${OUT}/fresh.txt" || not_ok "describe a fresh install"
 
+# The extension's tables, each as a row count and an md5 over its rows: what an update
+# must keep.
+data="SELECT c.relname || ' ' || (xpath('/row/n/text()', query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %s', c.oid::regclass), false, true, '')))[1]::text
+              || ' ' || COALESCE((xpath('/row/m/text()', query_to_xml(pg_catalog.format('SELECT md5(string_agg(x::text, ''|'' ORDER BY x::text)) AS m FROM %s x', c.oid::regclass), false, true, '')))[1]::text, '-')
+        FROM pg_catalog.pg_class c WHERE c.relnamespace = 'vital_tenancy'::regnamespace AND c.relkind = 'r' ORDER BY 1"
 # The same fixture migrated on this version: the policies an update must arrive at.
 pol="SELECT c.relname || ' ' || p.polname || ' ' || p.polpermissive || ' ' || p.polcmd::text || ' ' ||
             pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.pg_get_userbyid(r) FROM unnest(p.polroles) r ORDER BY 1), ',') || ' ' ||
@@ -66,10 +71,21 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   # With that release's own migration scripts (frozen in sql/released/<version>/).
   if PG_BIN="${VT_PG_BIN}" bash "${VT_ROOT}/scripts/migrate" "host=${VT_HOST} port=${VT_PORT} user=postgres dbname=${mdb}" \
        --no-backup --report "${OUT}/report-${old}.md" --migrations "${VT_ROOT}/sql/released/${old}/migrations" > "${OUT}/migrate-${old}.log" 2>&1 \
+     && q "${mdb}" "INSERT INTO vital_tenancy.tenant_members (user_id, tenant_id) VALUES ('aaaaaaaa-0000-4000-8000-000000000001', '11111111-1111-1111-1111-111111111111')" >/dev/null \
+     && q "${mdb}" "SELECT vital_tenancy.set_rules('agent', rules) FROM vital_tenancy.rules() WHERE kind = 'agent'" >/dev/null \
+     && q "${mdb}" "${data}" > "${OUT}/data-before-${old}.txt" \
      && q "${mdb}" "ALTER EXTENSION vital_tenancy UPDATE" >/dev/null; then
     ok "${old} -> ${CURRENT}: migrated database updated in place"
   else
     not_ok "${old} -> ${CURRENT}: migrated database updated in place (see ${OUT}/migrate-${old}.log)"
+  fi
+  # The extension's own data (settings, a membership and stored rules added above, runs,
+  # steps, journal, metrics, log, snapshots, rls_tables) is still there, row for row.
+  q "${mdb}" "${data}" > "${OUT}/data-after-${old}.txt"
+  if [ -s "${OUT}/data-before-${old}.txt" ] && diff -u "${OUT}/data-before-${old}.txt" "${OUT}/data-after-${old}.txt"; then
+    ok "${old} -> ${CURRENT}: the extension's data survives the update ($(wc -l < "${OUT}/data-before-${old}.txt") tables)"
+  else
+    not_ok "${old} -> ${CURRENT}: the extension's data changed in the update (- before, + after)"
   fi
   # The update itself re-created the extension's policies (before any 006 re-run).
   refreshed=$(q "${mdb}" "SELECT (SELECT count(*) FROM pg_policy WHERE polname = 'vt_service_access') || ' ' || (SELECT count(*) FROM vital_tenancy.rls_tables) || ' ' ||
