@@ -11,6 +11,7 @@
 //! or database default, a startup option, or what an earlier client left on a pooled
 //! server connection. Only PostgreSQL 15's layout is supported (the one server here).
 
+use crate::logic::rls::SERVICE_ROLE;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -18,9 +19,6 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 /// The role whose members (as login role, `session_user`) may establish a tenant context.
 pub const CONTEXT_ROLE: &str = "vital_tenancy_context";
-
-/// The server-side role: a request running as it chooses its tenant by header alone.
-pub const SERVICE_ROLE: &str = "vital_tenancy_service";
 
 /// `vital_tenancy.session_context`: honour context values that outlive a transaction.
 pub static SESSION_CONTEXT: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -57,45 +55,42 @@ pub fn init() {
     }
 }
 
-/// Whether the session's login role may establish a tenant context. Needs a
-/// transaction (role membership is read from the catalog cache).
-pub fn session_is_trusted() -> bool {
-    let Ok(name) = CString::new(CONTEXT_ROLE) else {
-        return false;
-    };
-    // SAFETY: missing_ok role lookup and a membership test on the role cache, both
-    // valid inside a transaction; GetSessionUserId is this backend's login role.
-    unsafe {
+/// The oid of the named role and of `user()`, both valid, inside a transaction (role
+/// lookups read the catalog caches); `None` otherwise.
+fn role_and_user(
+    name: &str,
+    user: impl FnOnce() -> pg_sys::Oid,
+) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: a plain query of the transaction state, then a missing_ok role lookup.
+    let role = unsafe {
         if !pg_sys::IsTransactionState() {
-            return false;
+            return None;
         }
-        let role = pg_sys::get_role_oid(name.as_ptr(), true);
-        let user = pg_sys::GetSessionUserId();
-        role != pg_sys::InvalidOid
-            && user != pg_sys::InvalidOid
-            && pg_sys::is_member_of_role(user, role)
-    }
+        pg_sys::get_role_oid(cname.as_ptr(), true)
+    };
+    let user = user();
+    (role != pg_sys::InvalidOid && user != pg_sys::InvalidOid).then_some((role, user))
+}
+
+/// Whether the session's login role may establish a tenant context.
+pub fn session_is_trusted() -> bool {
+    // SAFETY: GetSessionUserId is this backend's login role; is_member_of_role reads
+    // the role membership cache (inside the transaction role_and_user checked).
+    role_and_user(CONTEXT_ROLE, || unsafe { pg_sys::GetSessionUserId() })
+        .is_some_and(|(role, user)| unsafe { pg_sys::is_member_of_role(user, role) })
 }
 
 /// Whether the request's current role (as `SET ROLE` left it, outside any SECURITY
 /// DEFINER switch) has the privileges of `vital_tenancy_service`. Superusers have every
 /// role's privileges but are not the service path.
 pub fn current_role_is_service() -> bool {
-    let Ok(name) = CString::new(SERVICE_ROLE) else {
-        return false;
-    };
-    // SAFETY: as in session_is_trusted; GetOuterUserId is the role SET ROLE chose.
-    unsafe {
-        if !pg_sys::IsTransactionState() {
-            return false;
-        }
-        let role = pg_sys::get_role_oid(name.as_ptr(), true);
-        let user = pg_sys::GetOuterUserId();
-        role != pg_sys::InvalidOid
-            && user != pg_sys::InvalidOid
-            && !pg_sys::superuser_arg(user)
-            && pg_sys::has_privs_of_role(user, role)
-    }
+    // SAFETY: GetOuterUserId is the role SET ROLE chose; the checks read role caches.
+    role_and_user(SERVICE_ROLE, || unsafe { pg_sys::GetOuterUserId() }).is_some_and(
+        |(role, user)| unsafe {
+            !pg_sys::superuser_arg(user) && pg_sys::has_privs_of_role(user, role)
+        },
+    )
 }
 
 /// A setting's current value (`None` when it does not exist).

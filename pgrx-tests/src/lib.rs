@@ -348,3 +348,58 @@ impl Drop for Bouncer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Rows of a simple query, as text.
+pub type Rows = Vec<Vec<Option<String>>>;
+
+/// A failed statement's SQLSTATE and message.
+pub type Failure = (String, String);
+
+/// One request as PostgREST makes it, over the simple protocol: a transaction; `role`,
+/// the request's claims and headers set with `set_config(..., true)`; the pre-request
+/// hook when asked; then `sql` (one or more statements). Always rolled back. Returns
+/// the rows that follow the set-up (the hook's row excluded), or the failure.
+pub fn postgrest(
+    c: &mut Client,
+    role: &str,
+    claims: &str,
+    headers: &str,
+    pre_request: bool,
+    sql: &str,
+) -> Result<Rows, Failure> {
+    let full = format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED;
+         SELECT set_config('role', {}, true), set_config('request.jwt.claims', {}, true),
+                set_config('request.headers', {}, true);
+         {}
+         {sql};",
+        literal(role),
+        literal(claims),
+        literal(headers),
+        if pre_request {
+            "SELECT vital_tenancy.pre_request();"
+        } else {
+            ""
+        }
+    );
+    let r = simple_rows(c, &full);
+    let _ = c.batch_execute("ROLLBACK");
+    r.map(|rows| {
+        rows.into_iter()
+            .skip(1 + usize::from(pre_request))
+            .collect()
+    })
+    .map_err(|e| {
+        let d = e.as_db_error();
+        (
+            d.map(|d| d.code().code().to_string()).unwrap_or_default(),
+            d.map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string()),
+        )
+    })
+}
+
+/// The three tenants' ids.
+pub const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
+pub const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
+pub const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";

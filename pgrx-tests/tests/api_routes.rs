@@ -5,11 +5,9 @@
 //! ways that path must stay closed to anonymous and user requests.
 
 use postgres::Client;
-use vital_tenancy_e2e::{literal, migrate, simple_rows, sqlstate, FixtureDb};
-
-const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
-const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
-const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
+use vital_tenancy_e2e::{
+    literal, migrate, simple_rows, sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM,
+};
 
 fn setup(tag: &str) -> (FixtureDb, Client) {
     let db = FixtureDb::new(tag);

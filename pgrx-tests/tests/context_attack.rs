@@ -9,11 +9,10 @@
 //! 4. the context cache outliving a statement or a rolled-back savepoint.
 
 use postgres::Client;
-use vital_tenancy_e2e::{literal, migrate, simple_rows, sqlstate, Bouncer, FixtureDb};
+use vital_tenancy_e2e::{
+    literal, migrate, simple_rows, sqlstate, Bouncer, FixtureDb, DIGITAL, PHARMA, PLATFORM,
+};
 
-const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
-const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
-const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
 /// A Digital Health user (member of Digital Health only).
 const DH_USER: &str = "aaaaaaaa-0000-4000-8000-0000000000d1";
 const SECRET: &str = "pharma-secret-7f3a: Q3 trial readout";
@@ -49,19 +48,9 @@ fn setup(tag: &str) -> (FixtureDb, Client) {
 }
 
 /// The outcome of one request: its rows, or its SQLSTATE.
-type Outcome = Result<Vec<Vec<Option<String>>>, String>;
+type Outcome = Result<vital_tenancy_e2e::Rows, String>;
 
-fn outcome(r: Result<Vec<Vec<Option<String>>>, postgres::Error>) -> Outcome {
-    r.map_err(|e| {
-        e.as_db_error()
-            .map(|d| d.code().code().to_string())
-            .unwrap_or_else(|| e.to_string())
-    })
-}
-
-/// One request as PostgREST makes it: a transaction, the role and the request's
-/// claims and headers set transaction-locally, optionally the pre-request hook, then
-/// the query.
+/// One PostgREST-shaped request (see `vital_tenancy_e2e::postgrest`), failures by SQLSTATE.
 fn request(
     c: &mut Client,
     role: &str,
@@ -70,29 +59,7 @@ fn request(
     pre_request: bool,
     query: &str,
 ) -> Outcome {
-    let sql = format!(
-        "BEGIN ISOLATION LEVEL READ COMMITTED;
-         SELECT set_config('role', {}, true), set_config('request.jwt.claims', {}, true),
-                set_config('request.headers', {}, true);
-         {}
-         {query};",
-        literal(role),
-        literal(claims),
-        literal(headers),
-        if pre_request {
-            "SELECT vital_tenancy.pre_request();"
-        } else {
-            ""
-        }
-    );
-    let r = outcome(simple_rows(c, &sql));
-    let _ = c.batch_execute("ROLLBACK");
-    // The query's rows come after the set_config row (and pre_request's).
-    r.map(|rows| {
-        rows.into_iter()
-            .skip(1 + usize::from(pre_request))
-            .collect()
-    })
+    vital_tenancy_e2e::postgrest(c, role, claims, headers, pre_request, query).map_err(|e| e.0)
 }
 
 /// Filters as PostgREST writes them for `?content=gte.X&content=lt.Y`: leakproof
@@ -297,37 +264,33 @@ fn a_pooled_connection_never_hands_a_tenant_to_the_next_client() {
     // Not closed by the extension (README, security model): a WITH HOLD cursor is
     // session state, materialised under the first client's tenant at its commit, and
     // the next client on the server connection can fetch it.
-    let mut a = bouncer.connect("vt_att_backend");
-    a.batch_execute(&format!(
-        "BEGIN; SELECT vital_tenancy.set_tenant('{PHARMA}'); SET LOCAL ROLE authenticated;
-         DECLARE vt_hold CURSOR WITH HOLD FOR SELECT DISTINCT tenant_id::text FROM public.prompts; COMMIT"
-    ))
-    .unwrap();
-    drop(a);
-    let mut b = bouncer.connect("vt_att_backend");
-    let held = simple_rows(&mut b, "FETCH ALL FROM vt_hold").unwrap();
-    assert!(
-        held.iter().any(|r| r[0].as_deref() == Some(PHARMA)),
-        "the documented hazard: {held:?}"
-    );
-    b.batch_execute("CLOSE vt_hold").unwrap();
-    // Temp tables too: created under one client's tenant, read by the next.
-    drop(b);
-    let mut a = bouncer.connect("vt_att_backend");
-    a.batch_execute(&format!(
-        "BEGIN; SELECT vital_tenancy.set_tenant('{PHARMA}'); SET LOCAL ROLE authenticated;
-         CREATE TEMP TABLE vt_left AS SELECT DISTINCT tenant_id::text AS t FROM public.prompts; COMMIT"
-    ))
-    .unwrap();
-    drop(a);
-    let mut b = bouncer.connect("vt_att_backend");
-    let left = simple_rows(&mut b, "SELECT t FROM pg_temp.vt_left").unwrap();
-    assert!(
-        left.iter().any(|r| r[0].as_deref() == Some(PHARMA)),
-        "the documented hazard: {left:?}"
-    );
-    b.batch_execute("DROP TABLE pg_temp.vt_left").unwrap();
-    drop(b);
+    // Temp tables too. Each is made under one client's tenant and read by the next.
+    for (make, read, done) in [
+        (
+            "DECLARE vt_hold CURSOR WITH HOLD FOR SELECT DISTINCT tenant_id::text FROM public.prompts",
+            "FETCH ALL FROM vt_hold",
+            "CLOSE vt_hold",
+        ),
+        (
+            "CREATE TEMP TABLE vt_left AS SELECT DISTINCT tenant_id::text AS t FROM public.prompts",
+            "SELECT t FROM pg_temp.vt_left",
+            "DROP TABLE pg_temp.vt_left",
+        ),
+    ] {
+        let mut a = bouncer.connect("vt_att_backend");
+        a.batch_execute(&format!(
+            "BEGIN; SELECT vital_tenancy.set_tenant('{PHARMA}'); SET LOCAL ROLE authenticated; {make}; COMMIT"
+        ))
+        .unwrap();
+        drop(a);
+        let mut b = bouncer.connect("vt_att_backend");
+        let left = simple_rows(&mut b, read).unwrap();
+        assert!(
+            left.iter().any(|r| r[0].as_deref() == Some(PHARMA)),
+            "the documented hazard ({make}): {left:?}"
+        );
+        b.batch_execute(done).unwrap();
+    }
     drop(bouncer);
     // Startup options and role defaults outlive transactions too: not honoured, and
     // they do not outrank the request's own claims.

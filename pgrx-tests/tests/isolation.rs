@@ -6,11 +6,8 @@
 //! and the platform-admin role.
 
 use postgres::Client;
-use vital_tenancy_e2e::{message, sqlstate, FixtureDb};
+use vital_tenancy_e2e::{message, sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM};
 
-const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
-const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
-const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
 const TENANTS: [&str; 3] = [PLATFORM, DIGITAL, PHARMA];
 const USER: &str = "aaaaaaaa-0000-4000-8000-000000000001";
 

@@ -4,11 +4,7 @@
 //! migration the fixture's grants let a tenant rename another (the control).
 
 use postgres::Client;
-use vital_tenancy_e2e::{literal, migrate, simple_rows, sqlstate, FixtureDb};
-
-const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
-const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
-const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
+use vital_tenancy_e2e::{migrate, sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM};
 
 fn roles(c: &mut Client) {
     c.batch_execute(
@@ -25,27 +21,14 @@ fn roles(c: &mut Client) {
     .unwrap();
 }
 
-/// One PostgREST-shaped request; the rows of its last statement, or its SQLSTATE.
+/// One PostgREST-shaped request without headers; its rows, or its SQLSTATE.
 fn request(
     c: &mut Client,
     role: &str,
     claims: &str,
     sql: &str,
-) -> Result<Vec<Vec<Option<String>>>, String> {
-    let r = simple_rows(
-        c,
-        &format!(
-            "BEGIN; SELECT set_config('role', '{role}', true), set_config('request.jwt.claims', {}, true); {sql}",
-            literal(claims)
-        ),
-    );
-    let _ = c.batch_execute("ROLLBACK");
-    r.map(|rows| rows.into_iter().skip(1).collect())
-        .map_err(|e| {
-            e.as_db_error()
-                .map(|d| d.code().code().to_string())
-                .unwrap_or_else(|| e.to_string())
-        })
+) -> Result<vital_tenancy_e2e::Rows, String> {
+    vital_tenancy_e2e::postgrest(c, role, claims, "{}", false, sql).map_err(|e| e.0)
 }
 
 #[test]

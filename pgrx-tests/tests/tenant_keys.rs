@@ -6,35 +6,17 @@
 //! second run of 007 finds nothing to do.
 
 use postgres::Client;
-use vital_tenancy_e2e::{literal, migrate, psql_file, repo_root, simple_rows, FixtureDb};
+use vital_tenancy_e2e::{
+    literal, migrate, psql_file, repo_root, FixtureDb, DIGITAL, PHARMA, PLATFORM,
+};
 
-const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
-const DIGITAL: &str = "11111111-1111-1111-1111-111111111111";
-const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
-
-/// A request as a Digital Health user; its last statement's rows, or (SQLSTATE, message).
+/// A request as a Digital Health user; its rows, or (SQLSTATE, message).
 fn as_digital_health(
     c: &mut Client,
     sql: &str,
-) -> Result<Vec<Vec<Option<String>>>, (String, String)> {
+) -> Result<vital_tenancy_e2e::Rows, vital_tenancy_e2e::Failure> {
     let claims = format!(r#"{{"role": "authenticated", "tenant_id": "{DIGITAL}"}}"#);
-    let r = simple_rows(
-        c,
-        &format!(
-            "BEGIN; SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', {}, true); {sql}",
-            literal(&claims)
-        ),
-    );
-    let _ = c.batch_execute("ROLLBACK");
-    r.map(|rows| rows.into_iter().skip(1).collect())
-        .map_err(|e| {
-            let d = e.as_db_error();
-            (
-                d.map(|d| d.code().code().to_string()).unwrap_or_default(),
-                d.map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string()),
-            )
-        })
+    vital_tenancy_e2e::postgrest(c, "authenticated", &claims, "{}", false, sql)
 }
 
 fn one_id(dba: &mut Client, sql: &str) -> String {
