@@ -356,15 +356,32 @@ fn a_pooled_connection_never_hands_a_tenant_to_the_next_client() {
 fn pg_stat_activity_shows_query_text_to_the_same_login_role_only() {
     // Not closed by the extension (README, security model): sessions of one login role
     // (PostgREST's authenticator) see each other's query text, literals included.
-    let (db, _c) = setup("att_activity");
+    let (db, mut dba) = setup("att_activity");
     let secret = "vt-activity-secret-4e1";
     let name = db.name.clone();
     let runner = std::thread::spawn(move || {
         let mut c = vital_tenancy_e2e::connect(&name, "vt_att_backend");
-        c.batch_execute(&format!("SELECT pg_sleep(1.5), '{secret}'"))
+        c.batch_execute(&format!("SELECT pg_sleep(4), '{secret}'"))
             .unwrap();
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Wait (as the DBA) until the query runs, however slow the machine.
+    let running = |dba: &mut Client| -> bool {
+        let n: i64 = dba
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%vt-activity-secret%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        n > 0
+    };
+    for _ in 0..100 {
+        if running(&mut dba) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(running(&mut dba), "the query never started");
     let look = |role: &str| -> Vec<String> {
         let mut c = db.connect_as(role);
         simple_rows(
