@@ -15,6 +15,15 @@ AS $$
 DECLARE
     attempt integer := 0;
 BEGIN
+    -- 0 or NULL would wait for the lock forever, NULL retries would retry forever.
+    IF lock_timeout_ms IS NULL OR lock_timeout_ms <= 0 THEN
+        RAISE EXCEPTION 'run_ddl: lock_timeout_ms must be a positive number of milliseconds, not %', COALESCE(lock_timeout_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retries IS NULL OR retries < 0 THEN
+        RAISE EXCEPTION 'run_ddl: retries must be 0 or more, not %', COALESCE(retries::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     LOOP
         attempt := attempt + 1;
         BEGIN

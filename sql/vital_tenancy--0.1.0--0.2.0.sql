@@ -144,3 +144,45 @@ COMMENT ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) IS
 COMMENT ON FUNCTION @extschema@.tenant_reference_check() IS
     'Trigger guarding a reference between tenant tables: the parent must belong to the row''s tenant or to Platform; the same 23503 whether the parent does not exist or belongs to another tenant. SECURITY DEFINER, search_path pinned.';
 REVOKE EXECUTE ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) FROM PUBLIC;
+
+-- run_ddl refuses a lock_timeout_ms of 0 or NULL and NULL or negative retries (they
+-- waited or retried forever).
+CREATE OR REPLACE FUNCTION @extschema@.run_ddl(
+    ddl text, step text, tbl text, lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5
+) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    attempt integer := 0;
+BEGIN
+    -- 0 or NULL would wait for the lock forever, NULL retries would retry forever.
+    IF lock_timeout_ms IS NULL OR lock_timeout_ms <= 0 THEN
+        RAISE EXCEPTION 'run_ddl: lock_timeout_ms must be a positive number of milliseconds, not %', COALESCE(lock_timeout_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retries IS NULL OR retries < 0 THEN
+        RAISE EXCEPTION 'run_ddl: retries must be 0 or more, not %', COALESCE(retries::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        attempt := attempt + 1;
+        BEGIN
+            PERFORM set_config('lock_timeout', lock_timeout_ms || 'ms', true);
+            EXECUTE ddl;
+            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt > retries THEN
+                RAISE EXCEPTION '%: % could not get its lock within % ms, % attempts', tbl, step, lock_timeout_ms, attempt
+                    USING ERRCODE = 'lock_not_available',
+                          DETAIL = ddl,
+                          HINT = 'A long transaction holds a lock on the table (see pg_stat_activity / pg_locks); run again when it has finished.';
+            END IF;
+            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts)
+            VALUES (tbl, step || ' (lock timeout, retrying)', ddl, attempt);
+            PERFORM pg_sleep(least(0.1 * 2 ^ attempt, 5));
+        END;
+    END LOOP;
+END
+$$;

@@ -128,3 +128,56 @@ pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) ->
     })
     .collect()
 }
+
+/// ERROR 42809 unless `oid` is an application table the toolkit may change: not in a
+/// system schema or the extension's own, not temporary, not the tenants registry
+/// (which has its own protection, `protect_tenants_table()`). `name` is for messages.
+pub(crate) fn require_application_table(c: &SpiClient<'_>, oid: pg_sys::Oid, name: &str) {
+    if let Some(why) = application_table_problem(c, oid, name) {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{why}; the tenant toolkit applies to the application's tables"),
+        );
+    }
+}
+
+/// Why `oid` is not an application table (see `require_application_table`), if it is not.
+pub(crate) fn application_table_problem(
+    c: &SpiClient<'_>,
+    oid: pg_sys::Oid,
+    name: &str,
+) -> Option<String> {
+    let row = c
+        .select(
+            "SELECT n.nspname::text, c.relpersistence = 't',
+                    c.oid = COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = $1",
+            Some(1),
+            &[oid.into()],
+        )
+        .or_raise("reading the table's schema");
+    if row.is_empty() {
+        return None;
+    }
+    let r = row.first();
+    let schema: String = r.get(1).or_raise("nspname").unwrap_or_default();
+    let temporary: bool = r.get(2).or_raise("relpersistence").unwrap_or(false);
+    let registry: bool = r.get(3).or_raise("registry").unwrap_or(false);
+    if schema == "vital_tenancy" {
+        Some(format!("{name} is one of vital_tenancy's own tables"))
+    } else if schema == "pg_catalog"
+        || schema == "information_schema"
+        || schema.starts_with("pg_toast")
+    {
+        Some(format!("{name} is in the system schema {schema}"))
+    } else if temporary {
+        Some(format!("{name} is a temporary table"))
+    } else if registry {
+        Some(format!(
+            "{name} is the tenants registry (protect it with vital_tenancy.protect_tenants_table())"
+        ))
+    } else {
+        None
+    }
+}

@@ -51,6 +51,7 @@ fn require_table(c: &SpiClient<'_>, oid: pg_sys::Oid) -> (String, String) {
             format!("{name} is not a table"),
         );
     }
+    crate::catalog::require_application_table(c, oid, &name);
     (name, relname)
 }
 

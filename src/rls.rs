@@ -43,6 +43,7 @@ fn target(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> Target {
             format!("{sql_name} is not a table; tenant RLS applies to tables"),
         );
     }
+    crate::catalog::require_application_table(c, oid, &sql_name);
     let col = c
         .select(
             "SELECT a.attnum, a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
@@ -176,6 +177,12 @@ fn refresh_tenant_policies(
             })
             .collect();
         for (oid, column, shared) in rows {
+            // A table an earlier version accepted but this one refuses keeps its policies.
+            let name = crate::catalog::table_name(c, oid);
+            if let Some(why) = crate::catalog::application_table_problem(c, oid, &name) {
+                out.push((name, format!("skipped: {why}")));
+                continue;
+            }
             let t = target(c, oid, &column);
             for a in apply_policies(c, &t, shared) {
                 out.push((t.sql_name.clone(), a));

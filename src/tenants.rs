@@ -126,6 +126,22 @@ fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sy
             ),
         )
     };
+    // The registry is the application's: never in a system schema, the extension's own
+    // or a session's temporary one.
+    let s = table.schema.as_str();
+    if s == "pg_catalog"
+        || s == "information_schema"
+        || s == "vital_tenancy"
+        || s.starts_with("pg_toast")
+        || s.starts_with("pg_temp")
+    {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "tenants table {table} would be in schema \"{s}\"; the tenants registry belongs in an application schema"
+            ),
+        );
+    }
     let found = client
         .select(
             "SELECT oid, relkind::text FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relname = $2",

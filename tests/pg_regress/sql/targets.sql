@@ -1,0 +1,43 @@
+-- The toolkit changes only the application's tables: the extension's own tables, system
+-- schemas, temporary tables and the tenants registry are refused (42809) and nothing
+-- changes; run_ddl refuses timeouts that would wait forever (22023).
+\set ON_ERROR_ROLLBACK on
+\set SHOW_CONTEXT never
+begin;
+create extension vital_tenancy;
+select count(*) from vital_tenancy.ensure_tenants('public.tenants', '{"type": "industry"}');
+select * from vital_tenancy.enable_tenant_rls('vital_tenancy.tenant_members', 'tenant_id');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.add_tenant_column('vital_tenancy.settings');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('vital_tenancy.migration_journal_batches', 'platform', '{}', 'old_tenant');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.add_tenant_column('information_schema.sql_features');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.add_tenant_column('public.tenants');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.enable_tenant_rls('public.tenants', 'id');
+\echo :LAST_ERROR_SQLSTATE
+create temp table tmp_notes (id int primary key, tenant_id uuid);
+select * from vital_tenancy.enable_tenant_rls('pg_temp.tmp_notes');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.ensure_tenants('information_schema.tenants', '{}');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.ensure_tenants('vital_tenancy.tenants', '{}');
+\echo :LAST_ERROR_SQLSTATE
+-- Nothing changed.
+select count(*) as managed from vital_tenancy.rls_tables;
+select relrowsecurity from pg_class where oid = 'vital_tenancy.tenant_members'::regclass;
+select count(*) as extra_columns from pg_attribute where attrelid = 'vital_tenancy.settings'::regclass and attname = 'tenant_id';
+select to_regclass('information_schema.tenants') is null as not_created;
+-- run_ddl: timeouts that would wait or retry forever.
+create table public.vt_targets_t (id int);
+select vital_tenancy.run_ddl('ALTER TABLE public.vt_targets_t ADD COLUMN x int', 'step', 'public.vt_targets_t', 0, 3);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.run_ddl('ALTER TABLE public.vt_targets_t ADD COLUMN x int', 'step', 'public.vt_targets_t', NULL, 3);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.run_ddl('ALTER TABLE public.vt_targets_t ADD COLUMN x int', 'step', 'public.vt_targets_t', 100, NULL);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.run_ddl('ALTER TABLE public.vt_targets_t ADD COLUMN x int', 'step', 'public.vt_targets_t', 100, 0);
+select count(*) as added from pg_attribute where attrelid = 'public.vt_targets_t'::regclass and attname = 'x';
+rollback;
