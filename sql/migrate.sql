@@ -14,6 +14,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     attempt integer := 0;
+    caller_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     -- 0 or NULL would wait for the lock forever, NULL retries would retry forever.
     IF lock_timeout_ms IS NULL OR lock_timeout_ms <= 0 THEN
@@ -29,6 +30,8 @@ BEGIN
         BEGIN
             PERFORM set_config('lock_timeout', lock_timeout_ms || 'ms', true);
             EXECUTE ddl;
+            -- The caller's lock_timeout again for the rest of its transaction.
+            PERFORM set_config('lock_timeout', caller_timeout, true);
             INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
             RETURN;
         EXCEPTION WHEN lock_not_available THEN

@@ -64,7 +64,6 @@ CREATE FUNCTION @extschema@.refresh_tenant_policies() RETURNS TABLE (
 COMMENT ON FUNCTION @extschema@.refresh_tenant_policies() IS
     'Re-create the extension''s policies (vt_*) on every table enable_tenant_rls() manages, from the current definition; the application''s policies, defaults, indexes and RLS flags are left alone. Run by ALTER EXTENSION UPDATE when the policies change. DBA only.';
 REVOKE EXECUTE ON FUNCTION @extschema@.refresh_tenant_policies() FROM PUBLIC;
-SELECT count(*) FROM @extschema@.refresh_tenant_policies();
 
 -- The tenants registry: protected by migration 006 (protect_tenants_table()), a
 -- narrow slug lookup for before sign-in, and the list of all tenants for admins only.
@@ -146,7 +145,7 @@ COMMENT ON FUNCTION @extschema@.tenant_reference_check() IS
 REVOKE EXECUTE ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) FROM PUBLIC;
 
 -- run_ddl refuses a lock_timeout_ms of 0 or NULL and NULL or negative retries (they
--- waited or retried forever).
+-- waited or retried forever), and gives the caller its lock_timeout back.
 CREATE OR REPLACE FUNCTION @extschema@.run_ddl(
     ddl text, step text, tbl text, lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5
 ) RETURNS void
@@ -155,6 +154,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     attempt integer := 0;
+    caller_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     -- 0 or NULL would wait for the lock forever, NULL retries would retry forever.
     IF lock_timeout_ms IS NULL OR lock_timeout_ms <= 0 THEN
@@ -170,6 +170,8 @@ BEGIN
         BEGIN
             PERFORM set_config('lock_timeout', lock_timeout_ms || 'ms', true);
             EXECUTE ddl;
+            -- The caller's lock_timeout again for the rest of its transaction.
+            PERFORM set_config('lock_timeout', caller_timeout, true);
             INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
@@ -186,3 +188,6 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Last, with every function of 0.2.0 in place: the policies from the new definition.
+SELECT count(*) FROM @extschema@.refresh_tenant_policies();

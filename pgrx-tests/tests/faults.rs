@@ -291,3 +291,67 @@ fn ddl_steps_wait_under_lock_timeout_retry_and_give_up_cleanly() {
         .get(0);
     assert!(retried >= 1, "the retries are logged");
 }
+
+#[test]
+fn enable_tenant_rls_behind_a_long_transaction_gives_up_instead_of_blocking_readers() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = FixtureDb::new("fault_rls_lock");
+    let mut c = db.dba();
+    c.batch_execute(
+        "CREATE EXTENSION vital_tenancy;
+         SELECT * FROM vital_tenancy.ensure_tenants('public.tenants', '{\"type\": \"industry\"}');
+         CREATE TABLE public.lk (id int PRIMARY KEY, tenant_id uuid REFERENCES public.tenants (id));
+         INSERT INTO public.lk VALUES (1, vital_tenancy.platform_tenant_id());",
+    )
+    .unwrap();
+    // A transaction that read the table and stays open.
+    let mut holder = db.dba();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM public.lk")
+        .unwrap();
+    // A reader starts while enable_tenant_rls waits; it must not queue for long.
+    let name = db.name.clone();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut r = vital_tenancy_e2e::connect(&name, "postgres");
+        let start = Instant::now();
+        let n: i64 = r
+            .query_one("SELECT count(*) FROM public.lk", &[])
+            .unwrap()
+            .get(0);
+        (n, start.elapsed())
+    });
+    let start = Instant::now();
+    let r = c.query(
+        "SELECT * FROM vital_tenancy.enable_tenant_rls('public.lk')",
+        &[],
+    );
+    let waited = start.elapsed();
+    assert_eq!(vital_tenancy_e2e::sqlstate(r), "55P03");
+    assert!(waited < Duration::from_secs(60), "gave up after {waited:?}");
+    let (n, reader_waited) = reader.join().unwrap();
+    assert_eq!(n, 1);
+    // The reader queues at most one lock_timeout (2 s) behind an attempt, never for as
+    // long as the holder's transaction.
+    assert!(
+        reader_waited < Duration::from_secs(5),
+        "reader waited {reader_waited:?}"
+    );
+    // Nothing was done.
+    let (rls, recorded): (bool, i64) = {
+        let row = c
+            .query_one("SELECT relrowsecurity, (SELECT count(*) FROM vital_tenancy.rls_tables) FROM pg_class WHERE oid = 'public.lk'::regclass", &[])
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((rls, recorded), (false, 0));
+    // Once the holder ends, it goes through.
+    holder.batch_execute("COMMIT").unwrap();
+    let actions = c
+        .query(
+            "SELECT * FROM vital_tenancy.enable_tenant_rls('public.lk')",
+            &[],
+        )
+        .unwrap();
+    assert!(!actions.is_empty());
+}
