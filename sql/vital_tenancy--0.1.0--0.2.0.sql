@@ -4,7 +4,8 @@
 -- for a bad context, and PostgREST gets a pre-request hook. tests/upgrade checks that
 -- 0.1.0 + this script equals a fresh 0.2.0 install. The policies change too (a policy
 -- for vital_tenancy_service; the admin policy names the tenant column): they are
--- re-created on every managed table at the end (a brief ACCESS EXCLUSIVE lock each).
+-- re-created on every managed table at the end, each statement under lock_timeout with
+-- retries (if a long transaction holds a table, the update fails whole: run it again).
 \echo Use "ALTER EXTENSION vital_tenancy UPDATE TO '0.2.0'" to load this file. \quit
 
 -- The trusted-context role (see bootstrap.sql).
