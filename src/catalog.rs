@@ -133,7 +133,18 @@ pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) ->
 /// system schema or the extension's own, not temporary, not the tenants registry
 /// (which has its own protection, `protect_tenants_table()`). `name` is for messages.
 pub(crate) fn require_application_table(c: &SpiClient<'_>, oid: pg_sys::Oid, name: &str) {
-    if let Some(why) = application_table_problem(c, oid, name) {
+    require_application_table_or(c, oid, name, false)
+}
+
+/// `require_application_table`, accepting the tenants registry when `registry_ok`
+/// (e.g. as the parent of a declared reference).
+pub(crate) fn require_application_table_or(
+    c: &SpiClient<'_>,
+    oid: pg_sys::Oid,
+    name: &str,
+    registry_ok: bool,
+) {
+    if let Some(why) = application_table_problem(c, oid, name, registry_ok) {
         raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("{why}; the tenant toolkit applies to the application's tables"),
@@ -146,6 +157,7 @@ pub(crate) fn application_table_problem(
     c: &SpiClient<'_>,
     oid: pg_sys::Oid,
     name: &str,
+    registry_ok: bool,
 ) -> Option<String> {
     let row = c
         .select(
@@ -173,7 +185,7 @@ pub(crate) fn application_table_problem(
         Some(format!("{name} is in the system schema {schema}"))
     } else if temporary {
         Some(format!("{name} is a temporary table"))
-    } else if registry {
+    } else if registry && !registry_ok {
         Some(format!(
             "{name} is the tenants registry (protect it with vital_tenancy.protect_tenants_table())"
         ))

@@ -52,6 +52,9 @@ use crate::catalog::value as one;
 
 fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
     let tenants: String = crate::catalog::require_tenants_table(c);
+    if let Some(list) = schemas {
+        crate::catalog::check_schemas(c, list);
+    }
     let rows: Vec<(pg_sys::Oid, String, String, Option<i16>)> = c
         .select(
             "SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relname::text,
@@ -64,6 +67,7 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
                               JOIN pg_catalog.pg_namespace n2 ON n2.oid = c2.relnamespace
                              WHERE a2.attname = 'tenant_id' AND c2.relkind IN ('r', 'p')
                                AND n2.nspname NOT IN ('vital_tenancy', 'pg_catalog', 'information_schema'))))
+                AND n.nspname NOT IN ('vital_tenancy', 'pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
               ORDER BY 2",
             None,
             &[schemas.clone().into()],

@@ -188,7 +188,7 @@ fn refresh_tenant_policies(
         for (oid, column, shared) in rows {
             // A table an earlier version accepted but this one refuses keeps its policies.
             let name = crate::catalog::table_name(c, oid);
-            if let Some(why) = crate::catalog::application_table_problem(c, oid, &name) {
+            if let Some(why) = crate::catalog::application_table_problem(c, oid, &name, false) {
                 out.push((name, format!("skipped: {why}")));
                 continue;
             }

@@ -389,6 +389,10 @@ fn declare_reference(
         );
     }
     Spi::connect_mut(|c| {
+        // Only the application's tables (the checks skip every other schema, so a
+        // reference declared there would never be checked); a parent may be the registry.
+        crate::catalog::require_application_table(c, coid, &table_name(c, coid));
+        crate::catalog::require_application_table_or(c, poid, &table_name(c, poid), true);
         if !has_column(c, coid, child_column) {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,

@@ -25,8 +25,16 @@ select * from vital_tenancy.ensure_tenants('information_schema.tenants', '{}');
 \echo :LAST_ERROR_SQLSTATE
 select * from vital_tenancy.ensure_tenants('vital_tenancy.tenants', '{}');
 \echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.declare_reference('pg_catalog.pg_class', 'relname', 'public.agents', array['name']);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.declare_reference('vital_tenancy.settings', 'name', 'public.agents', array['name']);
+\echo :LAST_ERROR_SQLSTATE
+select count(*) from vital_tenancy.citus_readiness(array['nope']);
+\echo :LAST_ERROR_SQLSTATE
+select count(*) as system_tables from vital_tenancy.citus_readiness(array['pg_catalog', 'information_schema', 'vital_tenancy']);
 -- Nothing changed.
 select count(*) as managed from vital_tenancy.rls_tables;
+select count(*) as declared from vital_tenancy.declared_references;
 select relrowsecurity from pg_class where oid = 'vital_tenancy.tenant_members'::regclass;
 select count(*) as extra_columns from pg_attribute where attrelid = 'vital_tenancy.settings'::regclass and attname = 'tenant_id';
 select to_regclass('information_schema.tenants') is null as not_created;
