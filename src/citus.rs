@@ -116,10 +116,6 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
         .collect()
 }
 
-fn cols(c: &SpiClient<'_>, oid: pg_sys::Oid, keys: &[i16]) -> Vec<String> {
-    crate::keys::column_names(c, oid, keys)
-}
-
 /// (name, parent table, child columns, parent columns, definition) of a foreign key.
 type ForeignKey = (String, pg_sys::Oid, Vec<i16>, Vec<i16>, String);
 
@@ -205,8 +201,8 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
             match prole {
                 Role::Distributed if !key.contains(&tatt) => {
                     let pname = pt.map(|x| x.name.clone()).unwrap_or_default();
-                    let child_cols = cols(c, t.oid, &key);
-                    let parent_cols = cols(c, parent, &pkey);
+                    let child_cols = crate::keys::column_names(c, t.oid, &key);
+                    let parent_cols = crate::keys::column_names(c, parent, &pkey);
                     let q = |v: &[String]| {
                         v.iter()
                             .map(|x| quote_ident(x))

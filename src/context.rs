@@ -399,7 +399,12 @@ fn resolve_outcome(observed: &Observed) -> Outcome {
 
 /// The context of the current statement, from the cache when still valid.
 fn outcome() -> Outcome {
-    let key = current_key(observe());
+    outcome_of(observe())
+}
+
+/// `outcome()` for settings already observed.
+fn outcome_of(observed: Observed) -> Outcome {
+    let key = current_key(observed);
     let hit = CONTEXT_CACHE.with(|c| {
         c.borrow()
             .as_ref()
@@ -459,7 +464,7 @@ pub fn current_tenant_id() -> Option<Uuid> {
 fn pre_request() {
     let observed = observe();
     warn_leftovers(&honoured(&observed), "vital_tenancy.pre_request()");
-    if let Err(p) = outcome() {
+    if let Err(p) = outcome_of(observed) {
         p.raise()
     }
 }

@@ -369,14 +369,18 @@ fn health() -> JsonB {
         integrity["status"] = json!(if bad == 0 { "healthy" } else { "degraded" });
         let rls = one(
             "SELECT pg_catalog.jsonb_build_object('tables', (SELECT count(*) FROM vital_tenancy.rls_status()),
-                      'bypass_roles', COALESCE((SELECT pg_catalog.jsonb_agg(r.rolname ORDER BY r.rolname) FROM pg_catalog.pg_roles r
-                                                 WHERE r.rolbypassrls AND NOT r.rolsuper AND EXISTS (
-                                                   SELECT 1 FROM vital_tenancy.rls_tables t
-                                                    WHERE pg_catalog.has_table_privilege(r.oid, t.tbl, 'SELECT, INSERT, UPDATE, DELETE'))), '[]'),
                       'problems', COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('table', table_name, 'problem', problem))
                                               FROM vital_tenancy.rls_coverage()), '[]'))",
         );
         let mut rls = rls;
+        // The roles rls_coverage() names as bypassing the boundary, once each.
+        let mut bypass: Vec<String> = crate::validate::bypass_roles(c, &None)
+            .into_iter()
+            .map(|b| b.role)
+            .collect();
+        bypass.sort();
+        bypass.dedup();
+        rls["bypass_roles"] = json!(bypass);
         let rls_ok = rls["problems"]
             .as_array()
             .map(|a| a.is_empty())

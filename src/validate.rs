@@ -598,17 +598,32 @@ fn registry_problems(c: &SpiClient<'_>) -> Vec<(String, String)> {
     .collect()
 }
 
-/// For each tenant table, the roles (superusers aside) that hold a privilege on it and
-/// bypass row level security: the boundary does not apply to them.
-fn bypass_roles(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String, String)> {
+/// A role (superusers aside) that holds privileges on a tenant table and bypasses row
+/// level security: the boundary does not apply to its requests.
+pub(crate) struct Bypass {
+    pub table: String,
+    pub role: String,
+    pub privileges: String,
+}
+
+impl Bypass {
+    fn problem(&self) -> String {
+        let role = crate::logic::ident::quote_ident(&self.role);
+        format!(
+            "role {role} bypasses row level security (BYPASSRLS) and holds {} on it: the tenant boundary does not apply to its requests; run the application's server path as vital_tenancy_service instead, then ALTER ROLE {role} NOBYPASSRLS or revoke its privileges",
+            self.privileges
+        )
+    }
+}
+
+/// Every (tenant table, role) with a `Bypass`, by table and role.
+pub(crate) fn bypass_roles(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Bypass> {
     let tables: Vec<String> = tenanted_tables(c, schemas)
         .into_iter()
         .map(|t| t.table)
         .collect();
     c.select(
-        "SELECT t, pg_catalog.format(
-                  'role %I bypasses row level security (BYPASSRLS) and holds %s on it: the tenant boundary does not apply to its requests; run the application''s server path as vital_tenancy_service instead, then ALTER ROLE %I NOBYPASSRLS or revoke its privileges',
-                  r.rolname, p.privs, r.rolname)
+        "SELECT t, r.rolname::text, p.privs
            FROM pg_catalog.unnest($1::text[]) t
            CROSS JOIN pg_catalog.pg_roles r
            CROSS JOIN LATERAL (
@@ -621,7 +636,11 @@ fn bypass_roles(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String
         &[tables.into()],
     )
     .or_raise("reading roles that bypass row level security")
-    .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
+    .map(|r| Bypass {
+        table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+        role: r.get::<String>(2).ok().flatten().unwrap_or_default(),
+        privileges: r.get::<String>(3).ok().flatten().unwrap_or_default(),
+    })
     .collect()
 }
 
@@ -634,7 +653,11 @@ fn rls_coverage(
 ) -> TableIterator<'static, (name!(table_name, String), name!(problem, String))> {
     TableIterator::new(Spi::connect(|c| {
         let mut rows = rls_problems(c, &schemas);
-        rows.extend(bypass_roles(c, &schemas));
+        rows.extend(
+            bypass_roles(c, &schemas)
+                .into_iter()
+                .map(|b| (b.table.clone(), b.problem())),
+        );
         rows
     }))
 }
@@ -736,7 +759,8 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
         .collect();
     push_check(&mut out, "rls_coverage", "warning", rls);
     let mut per_table: Vec<(String, i64, String)> = Vec::new();
-    for (t, p) in bypass_roles(c, schemas) {
+    for b in bypass_roles(c, schemas) {
+        let (t, p) = (b.table.clone(), b.problem());
         match per_table.last_mut() {
             Some(last) if last.0 == t => {
                 last.1 += 1;

@@ -42,12 +42,14 @@ pub struct Setting {
 }
 
 impl Setting {
+    #[cfg(test)]
     pub fn local(v: &str) -> Setting {
         Setting {
             value: Some(v.to_string()),
             local: true,
         }
     }
+    #[cfg(test)]
     pub fn session(v: &str) -> Setting {
         Setting {
             value: Some(v.to_string()),

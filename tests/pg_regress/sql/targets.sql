@@ -32,6 +32,12 @@ select vital_tenancy.declare_reference('vital_tenancy.settings', 'name', 'public
 select count(*) from vital_tenancy.citus_readiness(array['nope']);
 \echo :LAST_ERROR_SQLSTATE
 select count(*) as system_tables from vital_tenancy.citus_readiness(array['pg_catalog', 'information_schema', 'vital_tenancy']);
+-- A table an earlier version accepted stays as it is when the policies are refreshed.
+insert into vital_tenancy.rls_tables (tbl, tenant_column, shared, rls_was_enabled, rls_was_forced)
+values ('vital_tenancy.settings', 'name', true, false, false);
+select * from vital_tenancy.refresh_tenant_policies();
+select count(*) as policies_on_settings from pg_policy where polrelid = 'vital_tenancy.settings'::regclass;
+delete from vital_tenancy.rls_tables;
 -- Nothing changed.
 select count(*) as managed from vital_tenancy.rls_tables;
 select count(*) as declared from vital_tenancy.declared_references;

@@ -18,6 +18,10 @@ create unique index vt_parents_tenant_name_key on public.vt_parents (tenant_id, 
 select * from vital_tenancy.apply_tenant_keys(lock_timeout_ms => 500, retries => 1);
 select count(*) as left_to_do from vital_tenancy.tenant_keys_plan();
 select pg_get_constraintdef(oid) from pg_constraint where conname = 'vt_parents_name_key';
+-- A unique index that backs no constraint is reported, with nothing to apply.
+create unique index vt_children_parent_once on public.vt_children (parent_id);
+select table_name, change, index_ddl is null as no_index_ddl, ddl is null as no_ddl from vital_tenancy.tenant_keys_plan();
+drop index public.vt_children_parent_once;
 -- The guard: a parent of the row's tenant or Platform; the same error for another
 -- tenant's parent and for one that does not exist.
 insert into public.vt_parents (id, tenant_id, name) values
