@@ -126,6 +126,13 @@ CREATE TABLE @extschema@.migration_steps (
     rule_counts   jsonb,
     started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at   timestamptz,
+    -- Rows the batches wrote (rows_changed counts the rows given a tenant, which for a
+    -- column the backfill added includes those given one by the catalog default).
+    rows_rewritten bigint NOT NULL DEFAULT 0,
+    -- Where the backfill added the column: the tenant every row existing at
+    -- column_added_at got from the catalog default (no row rewritten for it).
+    default_tenant  uuid,
+    column_added_at timestamptz,
     PRIMARY KEY (run_id, tbl, tenant_column)
 );
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_steps', '');

@@ -105,13 +105,13 @@ GRANT EXECUTE ON FUNCTION @extschema@.all_tenant_ids() TO vital_tenancy_admin;
 COMMENT ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) IS
     'Run one DDL statement under lock_timeout, retrying with backoff on lock timeouts; each attempt logged in migration_log.';
 COMMENT ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
-    'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; CALL outside a transaction block.';
+    'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; a missing tenant column is added with the majority tenant as catalog default, so only the other rows are rewritten. CALL outside a transaction block.';
 COMMENT ON FUNCTION @extschema@.backfill_batches(regclass, integer, text, boolean) IS
     'The batches a backfill phase will walk: how many rows are to do and the key ending each batch of batch_size rows (one count and one ordered pass over the keys). Writes nothing.';
 COMMENT ON FUNCTION @extschema@.backfill_plan(regclass, text, jsonb, text) IS
-    'What backfill will run for a table: the classification expression, the key it walks, the tenant column. Validates; writes nothing.';
-COMMENT ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer) IS
-    'Add a nullable tenant column and a NOT VALID foreign key to the tenants table (online); returns the CREATE INDEX CONCURRENTLY statement in ddl for \gexec.';
+    'What backfill will run for a table: the classification expression, the key it walks, the tenant column and whether it exists yet. Validates (tenants named in options must exist); writes nothing.';
+COMMENT ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer, uuid) IS
+    'Add a nullable tenant column (with default_tenant: that tenant for every existing row, in the catalog, no rewrite) and a NOT VALID foreign key to the tenants table (online); returns the CREATE INDEX CONCURRENTLY statement in ddl for \gexec.';
 COMMENT ON FUNCTION @extschema@.enforce_tenant_column(regclass, text, integer, integer) IS
     'Validate the tenant foreign key and make the column NOT NULL online (CHECK NOT VALID, VALIDATE, SET NOT NULL, drop CHECK).';
 COMMENT ON FUNCTION @extschema@.snapshot_counts(text, text[], boolean) IS
@@ -153,7 +153,7 @@ COMMENT ON FUNCTION @extschema@.assert_valid(text[]) IS
 
 REVOKE EXECUTE ON FUNCTION @extschema@.run_ddl(text, text, text, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer, uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.enforce_tenant_column(regclass, text, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.snapshot_counts(text, text[], boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.revert_run(bigint) FROM PUBLIC;

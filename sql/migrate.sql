@@ -85,6 +85,10 @@ BEGIN
     END IF;
     -- Validates the table, its key and the tenant column; quotes the identifiers.
     plan := @extschema@.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
+    IF only_missing AND NOT (plan -> 'column_exists')::boolean THEN
+        RAISE EXCEPTION 'column % of table % does not exist', plan ->> 'tenant_column', plan ->> 'table'
+            USING ERRCODE = 'undefined_column';
+    END IF;
     v_where := CASE WHEN only_missing THEN format('t.%s IS NULL', plan ->> 'tenant_column') ELSE 'true' END;
     -- One scan counts the rows to do and all rows (exact, whatever the statistics say).
     EXECUTE format('SELECT count(*) FILTER (WHERE %s), count(*) FROM %s t', v_where, plan ->> 'table')
@@ -123,13 +127,21 @@ END
 $$;
 
 -- Assign tenant_id to a table's rows with a classifier, in keyset batches over the
--- primary key with a COMMIT per batch. The batches are fixed when the run starts
--- (the key that ends every batch_size-th row without a tenant); the checkpoint and the
--- journal commit with each batch, so after a crash the same CALL resumes where it
--- stopped and no row is assigned or journaled twice. Then rows that appeared since
--- without a tenant are done the same way (catch_up). Must be CALLed outside a
--- transaction block. No SET clause: a procedure with one cannot COMMIT; every name
--- inside is schema-qualified instead.
+-- primary key with a COMMIT per batch. The batches are fixed when the run starts;
+-- the checkpoint and the journal commit with each batch, so after a crash the same
+-- CALL resumes where it stopped and no row is assigned or journaled twice. Then rows
+-- that appeared since without a tenant are done the same way (catch_up). Must be
+-- CALLed outside a transaction block. No SET clause: a procedure with one cannot
+-- COMMIT; every name inside is schema-qualified instead.
+--
+-- Where the table has no tenant column yet, the backfill adds it, and only the rows
+-- that must change are written: one pass counts the classifier's tenants; the column
+-- is added with the most frequent one as a constant default, which PostgreSQL keeps
+-- in the catalog for every existing row without rewriting the table, and the default
+-- is dropped in the same transaction (rows inserted later arrive without a tenant and
+-- are caught up). The batches then rewrite only the rows that classify elsewhere;
+-- the journal still lists every row the run gave a tenant (old value NULL), so
+-- revert_run puts the table back to no tenant anywhere.
 CREATE PROCEDURE @extschema@.backfill(
     tbl regclass,
     classifier text,
@@ -149,12 +161,16 @@ DECLARE
     plan      jsonb;
     v_run     bigint;
     st        record;
+    chk       record;
+    grp       record;
     v_bounds  text[];
     v_todo    bigint;
     v_last    text;
     n_batch   bigint;
     n_changed bigint;
     n_failed  bigint;
+    n_written bigint;
+    n_walked  bigint;
     t_start   timestamptz;
     t_phase   timestamptz;
     v_rate    numeric;
@@ -165,35 +181,100 @@ DECLARE
     v_next    text;
     n_retry   integer;
     v_phase_done bigint;
+    v_call_done  bigint;
     v_replica boolean := false;
     v_range   text;
+    v_default uuid;
+    v_best    bigint := 0;
+    v_add     boolean := false;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be a positive integer, not %', batch_size USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'batch_size must be a positive integer, not %', coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF sleep_ms IS NULL OR sleep_ms < 0 THEN
-        RAISE EXCEPTION 'sleep_ms must not be negative, not %', sleep_ms USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'sleep_ms must not be negative, not %', coalesce(sleep_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF run_name IS NULL OR pg_catalog.btrim(run_name) = '' THEN
+        RAISE EXCEPTION 'run_name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF overwrite IS NULL OR catch_up IS NULL OR record_rules IS NULL OR fire_triggers IS NULL THEN
+        RAISE EXCEPTION 'overwrite, catch_up, record_rules and fire_triggers must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
     END IF;
     plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
     v_metric := run_name || ':' || (plan ->> 'table');
+    -- One CALL at a time creates a run of a given name (and finds a step to resume).
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('vital_tenancy.backfill ' || run_name));
 
     -- The step to resume, if any: the latest unfinished one for this table.
-    SELECT s.* INTO st
+    SELECT s.*, r.name AS run_name INTO st
       FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
      WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
        AND s.phase <> 'done' AND r.status = 'running'
      ORDER BY s.run_id DESC LIMIT 1;
+    IF FOUND AND (st.classifier IS DISTINCT FROM backfill.classifier OR st.options IS DISTINCT FROM backfill.options
+                  OR st.run_name IS DISTINCT FROM backfill.run_name) THEN
+        -- A resumed run goes on as it started; another classifier would mix two (F05).
+        RAISE EXCEPTION 'backfill of % is in progress as run % (%) with classifier "%" and options %',
+                plan ->> 'table', st.run_id, st.run_name, st.classifier, st.options
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('This CALL asked for run %s with classifier "%s" and options %s.', run_name, classifier, options),
+                  HINT = 'CALL backfill again with the run''s arguments to finish it, or revert_run() it once finished.';
+    END IF;
 
     IF NOT FOUND THEN
         t_phase := clock_timestamp();
-        SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
-          FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
-        IF v_todo = 0 THEN
-            RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
-            RETURN;
+        IF NOT (plan -> 'column_exists')::boolean THEN
+            -- The column is ours to add. One pass counts the classifier's tenants
+            -- (nothing is written yet, so an error leaves nothing behind): the rule
+            -- preview where the run records it (the same rules, per rule), else the
+            -- expression itself.
+            v_kind := plan ->> 'classifier';
+            IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
+                WITH p AS MATERIALIZED (SELECT * FROM @extschema@.preview_classification(v_kind, tbl)),
+                     g AS (SELECT p.tenant_id, sum(p.row_count)::bigint AS n FROM p GROUP BY 1)
+                SELECT (SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count) FROM p),
+                       (SELECT g.tenant_id FROM g ORDER BY g.n DESC, g.tenant_id::text LIMIT 1),
+                       coalesce((SELECT max(g.n) FROM g), 0),
+                       coalesce((SELECT sum(g.n) FROM g), 0)::bigint
+                  INTO v_rules, v_default, v_best, v_todo;
+            ELSE
+                v_todo := 0;
+                FOR grp IN EXECUTE format('SELECT e.tenant, count(*) AS n FROM (SELECT (%s) AS tenant FROM %s t) e GROUP BY 1',
+                                          plan ->> 'expression', plan ->> 'table') LOOP
+                    v_todo := v_todo + grp.n;
+                    IF grp.tenant IS NOT NULL AND (grp.n > v_best OR (grp.n = v_best AND grp.tenant::text < v_default::text)) THEN
+                        v_default := grp.tenant;
+                        v_best := grp.n;
+                    END IF;
+                END LOOP;
+            END IF;
+            v_add := true;
+            IF v_todo = 0 THEN
+                PERFORM * FROM @extschema@.add_tenant_column(tbl, tenant_column);
+                RAISE NOTICE 'backfill %: no rows; % added', plan ->> 'table', plan ->> 'tenant_column';
+                RETURN;
+            END IF;
+            -- Batches over every row (before the column exists, every row is to do).
+            -- Without a tenant to default to (no row the classifier can place), the
+            -- column comes without a default and the batches are the usual ones.
+            SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
+              FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, false) b;
+        ELSE
+            SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
+              FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
+            IF v_todo = 0 THEN
+                RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
+                RETURN;
+            END IF;
+            -- The expression on one row, so that a classifier that cannot run fails
+            -- here, before a run is recorded.
+            EXECUTE format('SELECT (%s) FROM %s t LIMIT 1', plan ->> 'expression', plan ->> 'table');
         END IF;
         -- Done earlier in this (still running) run: another catch-up pass of the same step.
-        SELECT s.* INTO st
+        SELECT s.*, r.name AS run_name INTO st
           FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
          WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
            AND r.status = 'running' AND r.name = run_name
@@ -201,9 +282,11 @@ BEGIN
     END IF;
     IF FOUND AND st.phase = 'done' THEN
         UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL, next_batch = 0
-         WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
-        RETURNING s.* INTO st;
+         WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
+        SELECT s.*, r.name AS run_name INTO st
+          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+         WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
     END IF;
 
     IF st.run_id IS NULL THEN
@@ -213,22 +296,39 @@ BEGIN
             INSERT INTO @extschema@.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
         END IF;
         v_kind := plan ->> 'classifier';
-        IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
+        IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') AND NOT v_add THEN
             SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count)
               INTO v_rules FROM @extschema@.preview_classification(v_kind, tbl) p;
         END IF;
+        IF v_add THEN
+            -- Every existing row gets the majority tenant in the catalog (a short
+            -- ACCESS EXCLUSIVE lock, under lock_timeout with retries, until the COMMIT
+            -- just below), recorded with the step in the same transaction.
+            PERFORM * FROM @extschema@.add_tenant_column(tbl, tenant_column, default_tenant => v_default);
+        END IF;
         INSERT INTO @extschema@.migration_steps
-               (run_id, tbl, tenant_column, classifier, options, bounds, batch_size, rows_total, phase_rows, rule_counts)
-        VALUES (v_run, tbl, tenant_column, classifier, options, v_bounds, batch_size, v_todo, v_todo, v_rules);
+               (run_id, tbl, tenant_column, classifier, options, bounds, batch_size, rows_total, phase_rows, rule_counts,
+                default_tenant, column_added_at)
+        VALUES (v_run, tbl, tenant_column, classifier, options, v_bounds, batch_size, v_todo, v_todo, v_rules,
+                v_default, CASE WHEN v_add THEN clock_timestamp() END);
         INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, duration_ms)
         VALUES (v_metric, 'snapshot', v_todo,
                 round(extract(epoch FROM clock_timestamp() - t_phase) * 1000));
         COMMIT;
-        SELECT s.* INTO st FROM @extschema@.migration_steps s
+        SELECT s.*, r.name AS run_name INTO st
+          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
-        RAISE NOTICE 'backfill %: run %, % rows to classify with "%"', plan ->> 'table', v_run, v_todo, classifier;
+        IF v_default IS NOT NULL THEN
+            RAISE NOTICE 'backfill %: run %, % added with tenant % for the % existing rows (in the catalog); % of them classify elsewhere and are rewritten',
+                plan ->> 'table', v_run, plan ->> 'tenant_column', v_default, v_todo, v_todo - v_best;
+        ELSE
+            RAISE NOTICE 'backfill %: run %, % rows to classify with "%"', plan ->> 'table', v_run, v_todo, classifier;
+        END IF;
     ELSE
         v_run := st.run_id;
+        IF st.batch_size <> batch_size THEN
+            RAISE NOTICE 'backfill %: resuming with the run''s batch_size %, not %', plan ->> 'table', st.batch_size, batch_size;
+        END IF;
         RAISE NOTICE 'backfill %: resuming run % in phase %, after key %, % of % rows done',
             plan ->> 'table', v_run, st.phase, coalesce(st.last_key, '(start)'), st.rows_done, st.rows_total;
     END IF;
@@ -236,8 +336,8 @@ BEGIN
     -- A tenant assignment is not an application write: unless asked, application
     -- triggers (updated_at stamps, audit) do not fire for it. That needs the
     -- superuser-only session_replication_role, set per batch transaction; the new
-    -- tenant values need no FK trigger either, as they come from the classifiers and
-    -- 005 validates the foreign key.
+    -- tenant values need no FK trigger either, as they come from the classifiers
+    -- (whose tenants are checked to exist) and 005 validates the foreign key.
     IF NOT fire_triggers THEN
         IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
             v_replica := true;
@@ -247,9 +347,18 @@ BEGIN
     END IF;
     v_last := st.last_key;
     v_phase_done := st.rows_done;
+    v_call_done := st.rows_done;
     t_start := clock_timestamp();
     t_phase := clock_timestamp();
     LOOP
+        -- This CALL owns the step until its batch commits; a second CALL on the same
+        -- table waits here and then finds the step moved on without it.
+        SELECT s.phase, s.next_batch INTO chk FROM @extschema@.migration_steps s
+         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column FOR UPDATE;
+        IF chk.phase IS DISTINCT FROM st.phase OR chk.next_batch IS DISTINCT FROM st.next_batch THEN
+            RAISE EXCEPTION 'backfill %: another CALL is running this backfill (run %)', plan ->> 'table', v_run
+                USING ERRCODE = 'object_in_use';
+        END IF;
         IF st.phase = 'catch_up' AND st.next_batch = 0 THEN
             -- A catch-up phase starts: batches over the rows without a tenant now.
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
@@ -258,10 +367,13 @@ BEGIN
             UPDATE @extschema@.migration_steps s
                SET bounds = v_bounds, next_batch = 1, last_key = NULL, phase_rows = coalesce(v_todo, 0),
                    rows_total = s.rows_total + coalesce(v_todo, 0), rows_failed = 0
-             WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
-            RETURNING s.* INTO st;
+             WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             COMMIT;
+            SELECT s.*, r.name AS run_name INTO st
+              FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+             WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             v_last := NULL;
+            CONTINUE;
         END IF;
         -- The next precomputed batch (the checkpoint counts the batches done).
         IF st.next_batch > coalesce(cardinality(st.bounds), 0) THEN
@@ -273,9 +385,35 @@ BEGIN
         END IF;
         v_range := CASE WHEN v_last IS NULL THEN ''
                         ELSE format('t.%s > $1::%s AND ', plan ->> 'pk', plan ->> 'pk_type') END
-                   || format('t.%s <= $5::%s', plan ->> 'pk', plan ->> 'pk_type')
+                   || CASE WHEN st.phase = 'queue' AND st.default_tenant IS NOT NULL AND st.next_batch = cardinality(st.bounds)
+                           -- The last batch over the catalog default has no upper bound: rows
+                           -- inserted after the bounds were fixed but before the column was
+                           -- added hold the default too, with keys past the last bound.
+                           THEN 'true'
+                           ELSE format('t.%s <= $5::%s', plan ->> 'pk', plan ->> 'pk_type') END
                    || CASE WHEN st.phase = 'catch_up' THEN format(' AND t.%s IS NULL', plan ->> 'tenant_column') ELSE '' END;
-        IF overwrite THEN
+        IF st.phase = 'queue' AND st.default_tenant IS NOT NULL THEN
+            -- The rows in range that still hold the catalog default ($6), classified
+            -- in one scan; those that classify elsewhere (or nowhere) are rewritten,
+            -- found by key (the UPDATE re-checks them on the row as it is then); all
+            -- are journaled with their final tenant (before the run they had none).
+            -- Data-modifying CTEs share one snapshot: x lists the rows as they were.
+            v_sql := format($q$
+                WITH x AS MATERIALIZED (SELECT t.%1$s AS k, (%3$s) AS new FROM %4$s t WHERE %5$s AND t.%2$s = $6),
+                     u AS (UPDATE %4$s t SET %2$s = (%3$s)
+                            WHERE t.%1$s = ANY (ARRAY(SELECT x.k FROM x WHERE x.new IS DISTINCT FROM $6))
+                              AND t.%2$s = $6 AND (%3$s) IS DISTINCT FROM $6
+                           RETURNING t.%1$s AS k, t.%2$s AS new),
+                     f AS (SELECT x.k, CASE WHEN u.k IS NULL THEN $6 ELSE u.new END AS new
+                             FROM x LEFT JOIN u ON u.k = x.k),
+                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
+                           SELECT $3, $4, NULL, f.new, array_agg(f.k::text) FROM f WHERE f.new IS NOT NULL GROUP BY f.new
+                           RETURNING 1)
+                SELECT (SELECT count(*) FROM f WHERE f.new IS NOT NULL), (SELECT count(*) FROM f WHERE f.new IS NULL),
+                       (SELECT count(*) FROM u), (SELECT count(*) FROM x)
+                $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
+                     '@extschema@');
+        ELSIF overwrite THEN
             -- Rows may already have a tenant: read the old value, then update only
             -- rows still holding it (a concurrent change wins; the journal is exact).
             v_sql := format($q$
@@ -287,7 +425,8 @@ BEGIN
                      j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
                            SELECT $3, $4, u.old, u.new, array_agg(u.k::text) FROM u GROUP BY u.old, u.new
                            RETURNING 1)
-                SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL)
+                SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL),
+                       (SELECT count(*) FROM u), (SELECT count(*) FROM x)
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
                      '@extschema@');
         ELSE
@@ -301,7 +440,7 @@ BEGIN
                      j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
                            SELECT $3, $4, NULL, u.new, array_agg(u.k::text) FROM u GROUP BY u.new
                            RETURNING 1)
-                SELECT (SELECT count(*) FROM u), NULL::bigint
+                SELECT (SELECT count(*) FROM u), NULL::bigint, (SELECT count(*) FROM u), NULL::bigint
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
                      '@extschema@',
                      CASE WHEN (plan -> 'may_return_null')::boolean
@@ -325,10 +464,14 @@ BEGIN
                 IF n_batch = 0 THEN
                     EXIT;
                 END IF;
-                EXECUTE v_sql INTO n_changed, n_failed USING v_last, batch_size, v_run, tbl, v_next;
+                EXECUTE v_sql INTO n_changed, n_failed, n_written, n_walked
+                  USING v_last, batch_size, v_run, tbl, v_next, st.default_tenant;
                 -- Without overwrite, rows in the batch left without a tenant are the
                 -- ones the classifier gave none (or that vanished meanwhile).
                 n_failed := coalesce(n_failed, greatest(n_batch - n_changed, 0));
+                -- Rows inserted into the batch's key range since the bounds were fixed
+                -- are walked (and counted) too.
+                n_walked := greatest(coalesce(n_walked, n_changed + n_failed), n_batch);
                 EXIT;
             EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
                 n_retry := n_retry + 1;
@@ -350,12 +493,13 @@ BEGIN
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             IF st.phase = 'queue' AND catch_up THEN
                 UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, next_batch = 0
-                 WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
-                RETURNING s.* INTO st;
-                COMMIT;
-                v_last := NULL;
-                SELECT s.rows_done INTO v_phase_done FROM @extschema@.migration_steps s
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+                COMMIT;
+                SELECT s.*, r.name AS run_name INTO st
+                  FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+                 WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+                v_last := NULL;
+                v_phase_done := st.rows_done;
                 t_phase := clock_timestamp();
                 CONTINUE;
             END IF;
@@ -367,18 +511,22 @@ BEGIN
         END IF;
 
         UPDATE @extschema@.migration_steps s
-           SET last_key = v_next, rows_done = s.rows_done + n_batch,
+           SET last_key = v_next, rows_done = s.rows_done + n_walked,
                next_batch = s.next_batch + 1,
                rows_changed = s.rows_changed + n_changed, rows_failed = s.rows_failed + n_failed,
-               rows_total = greatest(s.rows_total, s.rows_done + n_batch)
-         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
-        RETURNING s.* INTO st;
+               rows_rewritten = s.rows_rewritten + n_written,
+               rows_total = greatest(s.rows_total, s.rows_done + n_walked)
+         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
+        SELECT s.*, r.name AS run_name INTO st
+          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         v_last := v_next;
 
-        v_rate := st.rows_done / greatest(extract(epoch FROM clock_timestamp() - t_start), 0.001);
-        RAISE NOTICE 'backfill %: % / % rows (% changed) in phase %, % rows/s, ETA %',
-            plan ->> 'table', st.rows_done, st.rows_total, st.rows_changed, st.phase, round(v_rate),
+        -- The rate of this CALL (rows done before a resume are not its own).
+        v_rate := (st.rows_done - v_call_done) / greatest(extract(epoch FROM clock_timestamp() - t_start), 0.001);
+        RAISE NOTICE 'backfill %: % / % rows (% given a tenant, % rewritten) in phase %, % rows/s, ETA %',
+            plan ->> 'table', st.rows_done, st.rows_total, st.rows_changed, st.rows_rewritten, st.phase, round(v_rate),
             CASE WHEN st.phase = 'queue' AND v_rate > 0
                  THEN (round((st.rows_total - st.rows_done) / v_rate) || ' s') ELSE '–' END;
         IF sleep_ms > 0 THEN
@@ -388,7 +536,7 @@ BEGIN
 
     SELECT s.* INTO st FROM @extschema@.migration_steps s
      WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
-    RAISE NOTICE 'backfill %: done, % rows walked, % changed, % left unclassified',
-        plan ->> 'table', st.rows_done, st.rows_changed, st.rows_failed;
+    RAISE NOTICE 'backfill %: done, % rows walked, % given a tenant (% rewritten), % left unclassified',
+        plan ->> 'table', st.rows_done, st.rows_changed, st.rows_rewritten, st.rows_failed;
 END
 $$;

@@ -95,9 +95,11 @@ pub(crate) struct TenantTable {
     pub raw_column: String,
 }
 
-/// Every table with a tenant column (`tenant_id`, or the column it was enabled with),
-/// outside the system schemas, the extension's own and the tenants table; limited to
-/// `schemas` when given (each must exist).
+/// Every table with a tenant column (`tenant_id`, or the column it was enabled with, of
+/// type uuid: a column of that name of another type is not a tenant column, and is
+/// reported by validate's `tenant_column_type`), outside the system schemas, the
+/// extension's own and the tenants table; limited to `schemas` when given (each must
+/// exist).
 pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<TenantTable> {
     if let Some(list) = schemas {
         check_schemas(c, list);
@@ -112,6 +114,7 @@ pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) ->
             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
             AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
             AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+            AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
             AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
           ORDER BY 1",
         None,

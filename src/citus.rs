@@ -333,7 +333,7 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn citus_readiness(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -343,6 +343,7 @@ fn citus_readiness(
         name!(ddl, Option<String>),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     let rows = Spi::connect(|c| {
         let all = tables(c, &schemas);
         let bl = blockers(c, &all);

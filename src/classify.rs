@@ -10,8 +10,9 @@
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::classify::{
     default_rules, default_spec, domain_suite, parse_tier, tier_from_int, AgentRow, Decision, Kind,
-    KnowledgeRow, PromptRow, RuleSet,
+    KnowledgeRow, PromptRow, RuleSet, RuleSetSpec,
 };
+use crate::logic::migrate::{rule_call, Classifier};
 use crate::logic::tenants::{uuid_bytes, ALL};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgRelation, Uuid};
@@ -312,7 +313,7 @@ fn decision_uuid(d: Decision<'_>) -> Uuid {
 
 /// Tenant of a prompt: PRISM/pharma domains → Pharmaceuticals; digital-health domains
 /// → Digital Health; system prompts (no creator, or flagged) → Platform; else Digital Health.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn classify_prompt_tenant(
     name: Option<&str>,
     domain: Option<&str>,
@@ -329,7 +330,7 @@ fn classify_prompt_tenant(
 }
 
 /// Tenant of a prompt given as its whole row (`to_jsonb(p)`): missing keys are NULL.
-#[pg_extern(stable, parallel_safe, name = "classify_prompt_tenant")]
+#[pg_extern(stable, parallel_restricted, name = "classify_prompt_tenant")]
 fn classify_prompt_tenant_row(row: Option<JsonB>) -> Uuid {
     let row = row
         .map(|j| j.0)
@@ -338,7 +339,7 @@ fn classify_prompt_tenant_row(row: Option<JsonB>) -> Uuid {
 }
 
 /// Tenant of a knowledge chunk.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn classify_knowledge_tenant(domain: Option<&str>, tags: Option<Array<&str>>) -> Uuid {
     let tags: Vec<Option<&str>> = tags
         .as_ref()
@@ -349,7 +350,7 @@ fn classify_knowledge_tenant(domain: Option<&str>, tags: Option<Array<&str>>) ->
 }
 
 /// Tenant of a knowledge chunk given as its whole row.
-#[pg_extern(stable, parallel_safe, name = "classify_knowledge_tenant")]
+#[pg_extern(stable, parallel_restricted, name = "classify_knowledge_tenant")]
 fn classify_knowledge_tenant_row(row: Option<JsonB>) -> Uuid {
     let row = row
         .map(|j| j.0)
@@ -370,13 +371,13 @@ fn agent_tenant(tier: Option<u8>, knowledge_domains: Option<Array<&str>>) -> Uui
 }
 
 /// Tenant of an agent, tier given as text in any spelling (`'tier_2'`, `'Tier 2'`, `'2'`).
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn classify_agent_tenant(tier: Option<&str>, knowledge_domains: Option<Array<&str>>) -> Uuid {
     agent_tenant(tier.and_then(parse_tier), knowledge_domains)
 }
 
 /// Tenant of an agent, tier as the real schema's integer.
-#[pg_extern(stable, parallel_safe, name = "classify_agent_tenant")]
+#[pg_extern(stable, parallel_restricted, name = "classify_agent_tenant")]
 fn classify_agent_tenant_int(tier: Option<i32>, knowledge_domains: Option<Array<&str>>) -> Uuid {
     agent_tenant(
         tier.and_then(|t| tier_from_int(i64::from(t))),
@@ -385,7 +386,7 @@ fn classify_agent_tenant_int(tier: Option<i32>, knowledge_domains: Option<Array<
 }
 
 /// Tenant of an agent given as its whole row.
-#[pg_extern(stable, parallel_safe, name = "classify_agent_tenant")]
+#[pg_extern(stable, parallel_restricted, name = "classify_agent_tenant")]
 fn classify_agent_tenant_row(row: Option<JsonB>) -> Uuid {
     let row = row
         .map(|j| j.0)
@@ -406,7 +407,7 @@ fn map_domain_to_suite(domain: &str) -> Option<&'static str> {
 }
 
 /// The name of a tool category, for the new `tools.category` text column.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn tool_category_name(category_id: Option<Uuid>) -> Option<String> {
     let id = category_id?;
@@ -483,7 +484,7 @@ fn name_of(names: &[([u8; 16], String)], t: [u8; 16]) -> Option<String> {
 }
 
 /// Which tenant a row goes to and which rule decided, for audits and edge cases.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn explain_tenant(
     kind: &str,
@@ -500,16 +501,6 @@ fn explain_tenant(
     let (tenant, rule) = decide_json(kind, &row.0);
     let names = tenant_names();
     TableIterator::once((to_uuid(tenant), name_of(&names, tenant), rule))
-}
-
-/// The keys each kind reads from a row; everything else is left in the table.
-fn preview_keys(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Prompt => &["name", "domain", "created_by", "is_system_prompt"],
-        Kind::Knowledge => &["domain", "tags"],
-        Kind::Agent => &["tier", "knowledge_domains"],
-        Kind::Tool => &["tenant_id"],
-    }
 }
 
 /// A dry run of a classifier over a table: how many rows each rule sends to each
@@ -532,25 +523,44 @@ fn preview_classification(
     ),
 > {
     let kind = kind_arg(kind, false);
-    let keys = preview_keys(kind);
-    let fields: Vec<String> = keys.iter().map(|k| format!("'{k}', j -> '{k}'")).collect();
     let mut groups: Vec<([u8; 16], String, i64, Vec<String>)> = Vec::new();
+    let oid = tbl.oid();
+    drop(tbl);
     Spi::connect(|c| {
         let table: String = c
             .select(
                 "SELECT $1::pg_catalog.regclass::pg_catalog.text",
                 Some(1),
-                &[tbl.oid().into()],
+                &[oid.into()],
             )
             .and_then(|t| t.first().get_one())
             .or_raise("naming the table")
             .unwrap_or_default();
+        // The arguments the backfill's expression gives the rule function (one
+        // definition of what a classifier reads from a table), decided here per row
+        // by the same rules, keeping the rule's name.
+        let cls = match kind {
+            Kind::Prompt => Classifier::Prompt,
+            Kind::Knowledge => Classifier::Knowledge,
+            Kind::Agent => Classifier::Agent,
+            Kind::Tool => Classifier::Tool,
+        };
+        let info = crate::migrate::table_info(c, oid, &table);
+        let call = match rule_call(&cls, &info, "tenant_id") {
+            Ok(Some(call)) => call,
+            Ok(None) => return,
+            Err(e) => crate::migrate::plan_error(e),
+        };
+        let int_tier = call.args.first().is_some_and(|a| a.ends_with("::integer"));
+        let id = if info.column("id").is_some() {
+            "t.\"id\"::text"
+        } else {
+            "NULL::text"
+        };
         // `table` is regclass output (quoted, schema-qualified under this search_path);
-        // the keys are constants.
-        let sql = format!(
-            "SELECT j ->> 'id', pg_catalog.jsonb_build_object({}) FROM (SELECT pg_catalog.to_jsonb(t) AS j FROM {table} t) s",
-            fields.join(", ")
-        );
+        // the arguments are quoted column references.
+        let sql = format!("SELECT {id}, {} FROM {table} t", call.args.join(", "));
+        let rules = (kind != Kind::Tool).then(|| current_rules(kind));
         let mut cursor = c
             .try_open_cursor(sql.as_str(), &[])
             .or_raise("scanning the table");
@@ -561,11 +571,59 @@ fn preview_classification(
             }
             for row in batch {
                 let id: Option<String> = row.get(1).or_raise("reading id");
-                let JsonB(obj) = row
-                    .get::<JsonB>(2)
-                    .or_raise("reading row")
-                    .unwrap_or(JsonB(Value::Null));
-                let (tenant, rule) = decide_json(kind, &obj);
+                let text = |i: usize| -> Option<String> {
+                    row.get::<String>(i).or_raise("reading a column")
+                };
+                let list = |i: usize| -> Vec<Option<String>> {
+                    row.get::<Vec<Option<String>>>(i)
+                        .or_raise("reading a column")
+                        .unwrap_or_default()
+                };
+                let (tenant, rule) = match (kind, rules.as_deref()) {
+                    (Kind::Prompt, Some(set)) => {
+                        let (name, domain) = (text(2), text(3));
+                        let created_by: Option<Uuid> = row.get(4).or_raise("reading created_by");
+                        let d = set.classify_prompt(&PromptRow {
+                            name: name.as_deref(),
+                            domain: domain.as_deref(),
+                            created_by_null: created_by.is_none(),
+                            is_system_prompt: row
+                                .get::<bool>(5)
+                                .or_raise("reading is_system_prompt"),
+                        });
+                        (d.tenant, d.label())
+                    }
+                    (Kind::Knowledge, Some(set)) => {
+                        let (domain, tags) = (text(2), list(3));
+                        let d = set.classify_knowledge(&KnowledgeRow {
+                            domain: domain.as_deref(),
+                            tags: tags.iter().map(|t| t.as_deref()).collect(),
+                        });
+                        (d.tenant, d.label())
+                    }
+                    (Kind::Agent, Some(set)) => {
+                        let tier = if int_tier {
+                            row.get::<i32>(2)
+                                .or_raise("reading tier")
+                                .and_then(|t| tier_from_int(i64::from(t)))
+                        } else {
+                            text(2).as_deref().and_then(parse_tier)
+                        };
+                        let kd = list(3);
+                        let d = set.classify_agent(&AgentRow {
+                            tier,
+                            knowledge_domains: kd.iter().map(|t| t.as_deref()).collect(),
+                        });
+                        (d.tenant, d.label())
+                    }
+                    _ => match row.get::<Uuid>(2).or_raise("reading the tenant") {
+                        Some(t) => (*t.as_bytes(), "own_tenant".to_string()),
+                        None => (
+                            default_rules(Kind::Tool).default_tenant,
+                            "shared_definition".into(),
+                        ),
+                    },
+                };
                 let g = match groups
                     .iter_mut()
                     .position(|(t, r, _, _)| *t == tenant && *r == rule)
@@ -584,6 +642,9 @@ fn preview_classification(
                     }
                 }
             }
+            // Each fetch's rows live until SPI_finish unless freed: free them here, so
+            // memory is one batch, not the table (F01).
+            crate::errors::free_last_spi_result();
         }
     });
     let names = tenant_names();
@@ -599,7 +660,7 @@ fn preview_classification(
 // Configuring rules.
 
 /// The rules in force for each configurable kind: stored ones, or the built-in ones.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn rules() -> TableIterator<
     'static,
@@ -652,14 +713,7 @@ fn set_rules(kind: &str, rules: JsonB) {
             e.to_string(),
         ),
     };
-    let mut tenants: Vec<(String, String)> = spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (format!("rules[{i}].tenant"), r.tenant.clone()))
-        .collect();
-    tenants.push(("default_tenant".into(), spec.default_tenant.clone()));
-    check_tenants_exist(&tenants);
+    check_tenants_exist(&rule_tenants(&spec));
     let normalized = serde_json::to_value(&spec).unwrap_or(Value::Null);
     Spi::connect_mut(|c| {
         c.update(
@@ -688,6 +742,18 @@ fn reset_rules(kind: &str) {
         )
         .or_raise("resetting the rules");
     });
+}
+
+/// Every tenant a rule set names, with where it is named.
+fn rule_tenants(spec: &RuleSetSpec) -> Vec<(String, String)> {
+    let mut tenants: Vec<(String, String)> = spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("rules[{i}].tenant"), r.tenant.clone()))
+        .collect();
+    tenants.push(("default_tenant".into(), spec.default_tenant.clone()));
+    tenants
 }
 
 fn check_tenants_exist(tenants: &[(String, String)]) {
@@ -737,11 +803,13 @@ fn classification_rules_trigger<'a>(
     let rules: Option<JsonB> = new.get_by_name("rules").unwrap_or_else(|e| read(e));
     let kind = kind_arg(kind.as_deref().unwrap_or(""), true);
     if let Some(JsonB(v)) = rules {
-        if let Err(e) = RuleSet::from_json(kind, &v) {
-            raise(
+        match RuleSet::from_json(kind, &v) {
+            // As set_rules checks: every tenant the rules name exists (F15).
+            Ok((spec, _)) => check_tenants_exist(&rule_tenants(&spec)),
+            Err(e) => raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 e.to_string(),
-            );
+            ),
         }
     }
     Ok(Some(new))

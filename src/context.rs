@@ -555,7 +555,7 @@ fn every_tenant() -> Vec<Uuid> {
 
 /// Every tenant id: for platform admins and the extension (EXECUTE is not granted to
 /// PUBLIC: the list of tenants is not a tenant's business).
-#[pg_extern(stable, parallel_safe, security_definer)]
+#[pg_extern(stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn all_tenant_ids() -> Vec<Uuid> {
     every_tenant()

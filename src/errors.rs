@@ -46,3 +46,28 @@ impl<T> OrRaise<T> for SpiResult<T> {
         }
     }
 }
+
+/// Free the rows of the last SPI result (`SPI_tuptable`). A cursor's fetches stay in
+/// the SPI procedure's memory until `SPI_finish` otherwise, so a loop over a large
+/// table would hold every row it has read. Call it once a batch's rows are consumed.
+pub fn free_last_spi_result() {
+    // SAFETY: SPI_tuptable is the result of the latest SPI call in this connection
+    // (or NULL, which SPI_freetuptable ignores); the caller no longer holds its rows.
+    unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) }
+}
+
+/// A text[] argument without NULL elements, or ERROR 22004 naming the argument (pgrx's
+/// `Vec<String>` would refuse a NULL element with an internal error instead).
+pub fn no_null_elements(arg: &str, v: Vec<Option<String>>) -> Vec<String> {
+    v.into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    format!("{arg} must not contain NULL (element {})", i + 1),
+                )
+            })
+        })
+        .collect()
+}

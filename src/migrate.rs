@@ -9,12 +9,13 @@ use crate::logic::migrate::{
     add_steps, enforce_steps, expression, index_ddl, Classifier, Column, ColumnState, PlanError,
     Step, TableInfo,
 };
+use crate::logic::tenants::uuid_bytes;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgRelation};
+use pgrx::{JsonB, PgRelation, Uuid};
 use serde_json::json;
 
-fn plan_error(e: PlanError) -> ! {
+pub(crate) fn plan_error(e: PlanError) -> ! {
     let code = match e.code {
         "42703" => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
         "42804" => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
@@ -55,7 +56,7 @@ fn require_table(c: &SpiClient<'_>, oid: pg_sys::Oid) -> (String, String) {
     (name, relname)
 }
 
-fn table_info(c: &SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) -> TableInfo {
+pub(crate) fn table_info(c: &SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) -> TableInfo {
     let rows = c
         .select(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
@@ -125,15 +126,23 @@ fn backfill_plan(
     let cls = Classifier::parse(classifier, &options.0).unwrap_or_else(|e| plan_error(e));
     let plan = Spi::connect(|c| {
         let (name, _) = require_table(c, oid);
+        // The batches run with the foreign key's trigger off (replica mode): a tenant
+        // the options name is checked here, before anything is written (F04).
+        for (option, id) in cls.option_tenants() {
+            let tenants = crate::catalog::require_tenants_table(c);
+            let known = uuid_bytes(id).is_some_and(|b| crate::context::tenant_exists(&tenants, b));
+            if !known {
+                raise(
+                    PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
+                    format!("option \"{option}\": tenant {id} does not exist in {tenants}"),
+                );
+            }
+        }
         let info = table_info(c, oid, &name);
+        // A missing column is for the backfill to add (with the majority tenant as
+        // its catalog default); the plan says so.
         match info.column(tenant_column) {
-            None => raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!(
-                    "column {} of table {name} does not exist; run add_tenant_column first",
-                    display_ident(tenant_column)
-                ),
-            ),
+            None => {}
             Some(col) if col.type_name != "uuid" => raise(
                 PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
                 format!(
@@ -174,6 +183,7 @@ fn backfill_plan(
             "tenant_column": quote_ident(tenant_column),
             "expression": expr,
             "may_return_null": cls.may_return_null(),
+            "column_exists": info.column(tenant_column).is_some(),
             "classifier": classifier.trim().to_ascii_lowercase(),
         })
     });
@@ -285,13 +295,19 @@ fn check_limits(lock_timeout_ms: i32, retries: i32) {
 /// Add a nullable tenant column and a NOT VALID foreign key to the tenants table, each
 /// step under lock_timeout with retries and logged. The tenant index must be built
 /// CONCURRENTLY, which cannot run here: its statement comes back in `ddl` for `\gexec`.
-#[pg_extern(volatile)]
+/// With `default_tenant`, a column that does not exist yet is added with that tenant
+/// for every existing row, in the catalog (no row is rewritten); rows inserted later
+/// still arrive without one. (A new C symbol: 0.1.0's SQL definition, with four
+/// arguments, calls `add_tenant_column_wrapper`, kept below until the database runs
+/// ALTER EXTENSION UPDATE.)
+#[pg_extern(volatile, name = "add_tenant_column")]
 #[search_path(pg_catalog, pg_temp)]
-fn add_tenant_column(
-    tbl: PgRelation,
-    tenant_column: default!(&str, "'tenant_id'"),
-    lock_timeout_ms: default!(i32, 2000),
-    retries: default!(i32, 5),
+fn add_tenant_column_v2(
+    tbl: Option<PgRelation>,
+    tenant_column: default!(Option<&str>, "'tenant_id'"),
+    lock_timeout_ms: default!(Option<i32>, 2000),
+    retries: default!(Option<i32>, 5),
+    default_tenant: default!(Option<Uuid>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -300,6 +316,56 @@ fn add_tenant_column(
         name!(ddl, Option<String>),
     ),
 > {
+    // Not STRICT (default_tenant may be NULL): the other arguments may not.
+    fn given<T>(v: Option<T>, arg: &str) -> T {
+        v.unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("{arg} must not be NULL"),
+            )
+        })
+    }
+    TableIterator::new(add_tenant_column_impl(
+        given(tbl, "tbl"),
+        given(tenant_column, "tenant_column"),
+        given(lock_timeout_ms, "lock_timeout_ms"),
+        given(retries, "retries"),
+        default_tenant,
+    ))
+}
+
+/// 0.1.0's `add_tenant_column(regclass, text, integer, integer)`, for a database whose
+/// extension SQL is still 0.1.0's while this library is installed (no SQL of its own).
+#[pg_extern(volatile, sql = false)]
+fn add_tenant_column(
+    tbl: PgRelation,
+    tenant_column: &str,
+    lock_timeout_ms: i32,
+    retries: i32,
+) -> TableIterator<
+    'static,
+    (
+        name!(step, String),
+        name!(detail, String),
+        name!(ddl, Option<String>),
+    ),
+> {
+    TableIterator::new(add_tenant_column_impl(
+        tbl,
+        tenant_column,
+        lock_timeout_ms,
+        retries,
+        None,
+    ))
+}
+
+fn add_tenant_column_impl(
+    tbl: PgRelation,
+    tenant_column: &str,
+    lock_timeout_ms: i32,
+    retries: i32,
+    default_tenant: Option<Uuid>,
+) -> Vec<(String, String, Option<String>)> {
     check_limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
     drop(tbl);
@@ -316,12 +382,31 @@ fn add_tenant_column(
                 ),
             );
         }
-        let steps = add_steps(&name, &relname, tenant_column, &tenants, &st);
+        let default = default_tenant.map(|u| uuid::Uuid::from_bytes(*u.as_bytes()));
+        if let Some(d) = default {
+            if !crate::context::tenant_exists(&tenants, *d.as_bytes()) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
+                    format!("default_tenant {d} does not exist in {tenants}"),
+                );
+            }
+        }
+        let steps = add_steps(&name, &relname, tenant_column, &tenants, &st, default);
         let mut rows: Vec<(String, String, Option<String>)> =
             run_steps(c, &name, &steps, lock_timeout_ms, retries)
                 .into_iter()
                 .map(|(s, d)| (s, d, None))
                 .collect();
+        if st.exists && default.is_some() {
+            rows.push((
+                "default_tenant not applied".into(),
+                format!(
+                    "{name} already has {}: its rows keep their values (the backfill assigns them)",
+                    display_ident(tenant_column)
+                ),
+                None,
+            ));
+        }
         if steps.is_empty() {
             rows.push((
                 "nothing to do".into(),
@@ -352,7 +437,7 @@ fn add_tenant_column(
         }
         rows
     });
-    TableIterator::new(rows)
+    rows
 }
 
 /// After the backfill: validate the foreign key and make the column NOT NULL the
@@ -409,9 +494,10 @@ fn enforce_tenant_column(
 #[search_path(pg_catalog, pg_temp)]
 fn snapshot_counts(
     label: &str,
-    schemas: default!(Vec<String>, "ARRAY['public']"),
+    schemas: default!(Vec<Option<String>>, "ARRAY['public']"),
     replace: default!(bool, false),
 ) -> TableIterator<'static, (name!(table_name, String), name!(row_count, i64))> {
+    let schemas = crate::errors::no_null_elements("schemas", schemas);
     if label.trim().is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -844,13 +930,17 @@ fn migration_report(run_name: default!(&str, "'vital-multi-tenant'")) -> String 
         out.push_str("## Rows assigned, per table and rule\n\n");
         let rows = query_rows(
             c,
+            // (Read through to_jsonb: a database whose extension SQL is still 0.1.0's,
+            // with this library installed, has no rows_rewritten / default_tenant yet.)
             "SELECT s.tbl::text, s.classifier, COALESCE(r.key, '(all)'), COALESCE(r.value, s.rows_changed::text),
-                    s.rows_done::text, s.rows_changed::text, s.rows_failed::text
+                    s.rows_done::text, s.rows_changed::text,
+                    COALESCE(pg_catalog.to_jsonb(s) ->> 'rows_rewritten', s.rows_changed::text), s.rows_failed::text,
+                    COALESCE(pg_catalog.to_jsonb(s) ->> 'default_tenant', '')
                FROM vital_tenancy.migration_steps s
                LEFT JOIN LATERAL jsonb_each_text(s.rule_counts) r ON true
               WHERE s.run_id = $1 ORDER BY s.started_at, 1, 3",
             &[run_id.into()],
-            7,
+            9,
         );
         md_table(
             &mut out,
@@ -860,8 +950,10 @@ fn migration_report(run_name: default!(&str, "'vital-multi-tenant'")) -> String 
                 "tenant / rule (preview)",
                 "rows",
                 "rows walked",
-                "rows changed",
+                "rows given a tenant",
+                "rows rewritten",
                 "unclassified",
+                "catalog default (column added)",
             ],
             &rows,
         );

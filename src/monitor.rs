@@ -119,7 +119,7 @@ fn advice(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Advice> {
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn index_advice(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -129,6 +129,7 @@ fn index_advice(
         name!(ddl, String),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     TableIterator::new(Spi::connect(|c| advice(c, &schemas)))
 }
 
@@ -162,7 +163,7 @@ fn index_coverage(schemas: default!(Option<Vec<String>>, "NULL")) -> Option<pgrx
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn tenant_usage(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -173,6 +174,7 @@ fn tenant_usage(
         name!(last_change, Option<pgrx::datum::TimestampWithTimeZone>),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     let rows = Spi::connect(|c| {
         let tenants = crate::catalog::require_tenants_table(c);
         let mut out = Vec::new();
@@ -259,9 +261,16 @@ impl Iterator for ExportRows {
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn export_tenant(
-    tenant: Uuid,
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    tenant: Option<Uuid>,
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<'static, (name!(table_name, String), name!(row, JsonB))> {
+    let Some(tenant) = tenant else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "tenant must not be NULL",
+        )
+    };
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     let cursor = Spi::connect(|c| {
         let tenants = crate::catalog::require_tenants_table(c);
         let exists: bool = c

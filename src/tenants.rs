@@ -694,7 +694,7 @@ fn protect_tenants_table() -> TableIterator<'static, (name!(action, String),)> {
 
 /// The id of the tenant with this slug, or NULL: the one lookup an application needs
 /// before sign-in, without opening the registry. SECURITY DEFINER, search_path pinned.
-#[pg_extern(stable, parallel_safe, security_definer)]
+#[pg_extern(stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn tenant_id_by_slug(slug: &str) -> Option<Uuid> {
     Spi::connect(|c| {

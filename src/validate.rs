@@ -50,7 +50,7 @@ fn tenant_groups(
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn tenant_id_coverage(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -60,6 +60,7 @@ fn tenant_id_coverage(
         name!(missing, i64),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     let rows = Spi::connect(|c| {
         let tenants = crate::catalog::require_tenants_table(c);
         tenanted_tables(c, &schemas)
@@ -79,7 +80,7 @@ fn tenant_id_coverage(
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn orphaned_tenant_refs(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -88,6 +89,7 @@ fn orphaned_tenant_refs(
         name!(row_count, i64),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     let rows = Spi::connect(|c| {
         let tenants = crate::catalog::require_tenants_table(c);
         let mut out = Vec::new();
@@ -107,7 +109,7 @@ fn orphaned_tenant_refs(
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn tenant_distribution(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -117,6 +119,7 @@ fn tenant_distribution(
         name!(row_count, i64),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     let rows = Spi::connect(|c| {
         let tenants = crate::catalog::require_tenants_table(c);
         let mut out = Vec::new();
@@ -280,7 +283,7 @@ fn orphans(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<RefRow> {
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn orphaned_references(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -291,6 +294,7 @@ fn orphaned_references(
         name!(sample_keys, Vec<String>),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     TableIterator::new(Spi::connect(|c| orphans(c, &schemas)))
 }
 
@@ -299,7 +303,8 @@ fn tenant_column_of(c: &SpiClient<'_>, table: &str) -> Option<String> {
         "SELECT pg_catalog.quote_ident(a.attname) FROM pg_catalog.pg_attribute a
            LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = a.attrelid
           WHERE a.attrelid = $1::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
-            AND a.attname = COALESCE(r.tenant_column, 'tenant_id')",
+            AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+            AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype",
         Some(1),
         &[table.into()],
     )
@@ -355,7 +360,7 @@ fn cross_tenant(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<RefRow>
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn cross_tenant_references(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -366,6 +371,7 @@ fn cross_tenant_references(
         name!(sample_keys, Vec<String>),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     TableIterator::new(Spi::connect(|c| cross_tenant(c, &schemas)))
 }
 
@@ -377,8 +383,9 @@ fn declare_reference(
     child: PgRelation,
     child_column: &str,
     parent: PgRelation,
-    parent_columns: default!(Vec<String>, "ARRAY['id']"),
+    parent_columns: default!(Vec<Option<String>>, "ARRAY['id']"),
 ) {
+    let parent_columns = crate::errors::no_null_elements("parent_columns", parent_columns);
     let (coid, poid) = (child.oid(), parent.oid());
     drop(child);
     drop(parent);
@@ -429,7 +436,7 @@ fn declare_reference(
 #[search_path(pg_catalog, pg_temp)]
 fn duplicates(
     tbl: PgRelation,
-    columns: Vec<String>,
+    columns: Vec<Option<String>>,
 ) -> TableIterator<
     'static,
     (
@@ -438,6 +445,7 @@ fn duplicates(
         name!(row_count, i64),
     ),
 > {
+    let columns = crate::errors::no_null_elements("columns", columns);
     let oid = tbl.oid();
     drop(tbl);
     let rows = Spi::connect(|c| duplicate_rows(c, oid, &columns));
@@ -649,8 +657,9 @@ pub(crate) fn bypass_roles(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> 
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn rls_coverage(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<'static, (name!(table_name, String), name!(problem, String))> {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     TableIterator::new(Spi::connect(|c| {
         let mut rows = rls_problems(c, &schemas);
         rows.extend(
@@ -682,8 +691,50 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
                 out.push((check.into(), severity.into(), Some(t), n, Some(d)));
             }
         };
+    // A schema list that leaves nothing to look at would report every check passed (F06).
+    if let Some(list) = schemas {
+        let excluded = |s: &String| {
+            ["pg_catalog", "information_schema", "vital_tenancy"].contains(&s.as_str())
+                || s.starts_with("pg_")
+        };
+        if list.iter().all(excluded) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "schemas {list:?} leave nothing to validate: give application schemas, or NULL for all"
+                ),
+            );
+        }
+    }
     let tenants = crate::catalog::require_tenants_table(c);
     let tables = tenanted_tables(c, schemas);
+    // A column named like the tenant column but not a uuid is not one: nothing checks
+    // that table (F07), so say so.
+    let wrong_type: Vec<(String, i64, String)> = c
+        .select(
+            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
+                AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
+                AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+                AND a.atttypid <> 'pg_catalog.uuid'::pg_catalog.regtype
+              ORDER BY 1",
+            None,
+            &[schemas.clone().into()],
+        )
+        .or_raise("looking for tenant columns of another type")
+        .map(|r| {
+            let t: String = r.get(1).ok().flatten().unwrap_or_default();
+            let col: String = r.get(2).ok().flatten().unwrap_or_default();
+            let ty: String = r.get(3).ok().flatten().unwrap_or_default();
+            (t, 1, format!("column {} is {ty}, not uuid: the table is not treated as a tenant table", quote_ident(&col)))
+        })
+        .collect();
+    push_check(&mut out, "tenant_column_type", "warning", wrong_type);
     let mut missing = Vec::new();
     let mut orphan_ids = Vec::new();
     for t in &tables {
@@ -780,7 +831,7 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn validate(
-    schemas: default!(Option<Vec<String>>, "NULL"),
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -791,13 +842,15 @@ fn validate(
         name!(detail, Option<String>),
     ),
 > {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     TableIterator::new(Spi::connect(|c| run_checks(c, &schemas)))
 }
 
 /// Raise one ERROR listing every blocking failure (what migration 005 calls).
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
-fn assert_valid(schemas: default!(Option<Vec<String>>, "NULL")) {
+fn assert_valid(schemas: default!(Option<Vec<Option<String>>>, "NULL")) {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     let failures: Vec<CheckRow> = Spi::connect(|c| run_checks(c, &schemas))
         .into_iter()
         .filter(|r| r.1 == "blocking" && r.3 > 0)

@@ -10,7 +10,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Fixture + extension + tenants + `public.big_prompts`: `n` synthetic prompt rows
 /// shaped like the fixture's (its prompts repeated), bigint keys, no tenant yet.
-fn setup(tag: &str, copies: i32) -> (FixtureDb, postgres::Client, i64) {
+/// With `column`, the table already has its (nullable, all NULL) tenant column and
+/// foreign key, so the backfill writes every row; without, the backfill adds the
+/// column with the majority tenant in the catalog and writes only the other rows.
+fn setup(tag: &str, copies: i32, column: bool) -> (FixtureDb, postgres::Client, i64) {
     let db = FixtureDb::new(tag);
     let mut c = db.dba();
     c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
@@ -22,22 +25,41 @@ fn setup(tag: &str, copies: i32) -> (FixtureDb, postgres::Client, i64) {
     c.batch_execute(&format!(
         "CREATE TABLE public.big_prompts AS
            SELECT row_number() OVER ()::bigint AS id, p.name || '-' || g AS name, p.domain::text AS domain,
-                  p.created_by, NULL::uuid AS tenant_id, ''::text AS payload
+                  p.created_by, ''::text AS payload
              FROM public.prompts p CROSS JOIN generate_series(1, {copies}) g;
          ALTER TABLE public.big_prompts ADD PRIMARY KEY (id);
-         CREATE SEQUENCE public.big_prompts_id_seq START 10000000;"
+         CREATE SEQUENCE public.big_prompts_id_seq START 10000000;
+         -- Where every row was before the backfill (an unrewritten row keeps both).
+         CREATE TABLE public.big_prompts_before AS SELECT id, ctid::text AS tid, xmin::text AS txmin FROM public.big_prompts;"
     ))
     .unwrap();
     let n: i64 = c
         .query_one("SELECT count(*) FROM public.big_prompts", &[])
         .unwrap()
         .get(0);
-    c.query(
-        "SELECT * FROM vital_tenancy.add_tenant_column('public.big_prompts')",
-        &[],
-    )
-    .unwrap();
+    if column {
+        c.query(
+            "SELECT * FROM vital_tenancy.add_tenant_column('public.big_prompts')",
+            &[],
+        )
+        .unwrap();
+    }
     (db, c, n)
+}
+
+/// (rows the prompt rules send to the majority tenant, and of those the ones whose
+/// tuple moved or was rewritten since `setup`).
+fn majority_rewritten(c: &mut postgres::Client) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "WITH m AS (SELECT default_tenant FROM vital_tenancy.migration_steps WHERE tbl = 'public.big_prompts'::regclass)
+             SELECT count(*), count(*) FILTER (WHERE p.ctid::text <> b.tid OR p.xmin::text <> b.txmin)
+               FROM public.big_prompts p JOIN public.big_prompts_before b USING (id), m
+              WHERE vital_tenancy.classify_prompt_tenant(p.name, p.domain, p.created_by, NULL) = m.default_tenant",
+            &[],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
 }
 
 /// Rows of big_prompts whose tenant is not the one the prompt rules give.
@@ -69,8 +91,25 @@ fn wait_for_server(db: &str) -> postgres::Client {
 
 #[test]
 fn kill_9_mid_backfill_then_the_same_call_finishes_exactly_once() {
+    kill_9_then_resume(true);
+}
+
+#[test]
+fn kill_9_mid_backfill_of_a_column_it_added_then_the_same_call_finishes_exactly_once() {
+    kill_9_then_resume(false);
+}
+
+fn kill_9_then_resume(column: bool) {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (db, _c, n) = setup("fault_kill", 40);
+    let (db, _c, n) = setup(
+        if column {
+            "fault_kill"
+        } else {
+            "fault_kill_add"
+        },
+        40,
+        column,
+    );
     let mut worker = db.dba();
     let pid: i32 = worker
         .query_one("SELECT pg_backend_pid()", &[])
@@ -107,21 +146,34 @@ fn kill_9_mid_backfill_then_the_same_call_finishes_exactly_once() {
 
     // After crash recovery: what committed is consistent — journal = checkpoint = rows with a tenant.
     let mut c = wait_for_server(&db.name);
+    // (Rows past the checkpoint: without a column of its own, NULL; with the column
+    // the backfill added, the catalog default, to be corrected when it resumes.)
     let r = c
         .query_one(
             "SELECT s.rows_done, s.phase,
                     (SELECT count(*) FROM vital_tenancy.migration_journal j WHERE j.tbl = s.tbl),
-                    (SELECT count(*) FROM public.big_prompts WHERE tenant_id IS NOT NULL)
+                    (SELECT count(*) FROM public.big_prompts WHERE tenant_id IS NOT NULL),
+                    (SELECT count(*) FROM public.big_prompts p WHERE p.id <= s.last_key::bigint
+                        AND p.tenant_id IS DISTINCT FROM vital_tenancy.classify_prompt_tenant(p.name, p.domain, p.created_by, NULL)),
+                    s.default_tenant IS NOT NULL
                FROM vital_tenancy.migration_steps s WHERE s.tbl = 'public.big_prompts'::regclass",
             &[],
         )
         .unwrap();
-    let (done, phase, journaled, assigned): (i64, String, i64, i64) =
-        (r.get(0), r.get(1), r.get(2), r.get(3));
+    let (done, phase, journaled, assigned, wrong_before_checkpoint, defaulted): (
+        i64,
+        String,
+        i64,
+        i64,
+        i64,
+        bool,
+    ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
     assert_eq!(phase, "queue");
     assert!(done > 0 && done < n, "killed mid-run: {done} of {n}");
     assert_eq!(journaled, done, "journal and checkpoint commit together");
-    assert_eq!(assigned, done);
+    assert_eq!(wrong_before_checkpoint, 0);
+    assert_eq!(defaulted, !column);
+    assert_eq!(assigned, if column { done } else { n });
 
     // The same CALL again resumes and finishes.
     c.batch_execute(call).unwrap();
@@ -152,12 +204,43 @@ fn kill_9_mid_backfill_then_the_same_call_finishes_exactly_once() {
     );
     // And assigned right.
     assert_eq!(misclassified(&mut c), 0);
+    if !column {
+        // Only the rows that classify away from the majority were written.
+        let (majority, rewritten) = majority_rewritten(&mut c);
+        assert!(majority > n / 2, "{majority} of {n}");
+        assert_eq!(
+            rewritten, 0,
+            "rows left in the catalog default were rewritten"
+        );
+        let written: i64 = c
+            .query_one("SELECT rows_rewritten FROM vital_tenancy.migration_steps WHERE tbl = 'public.big_prompts'::regclass", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(written, n - majority);
+    }
 }
 
 #[test]
 fn concurrent_inserts_and_updates_during_the_backfill_lose_nothing() {
+    concurrent_writers(true);
+}
+
+#[test]
+fn concurrent_inserts_and_updates_while_the_backfill_adds_the_column_lose_nothing() {
+    concurrent_writers(false);
+}
+
+fn concurrent_writers(column: bool) {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (db, mut c, n) = setup("fault_load", 20);
+    let (db, mut c, n) = setup(
+        if column {
+            "fault_load"
+        } else {
+            "fault_load_add"
+        },
+        20,
+        column,
+    );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
         .map(|w| {
@@ -354,4 +437,110 @@ fn enable_tenant_rls_behind_a_long_transaction_gives_up_instead_of_blocking_read
         )
         .unwrap();
     assert!(!actions.is_empty());
+}
+
+/// The backfill's arguments and its bookkeeping (F04, F05, F14, F31): a tenant that
+/// does not exist is refused before anything is recorded; an interrupted run resumes
+/// only with its own arguments; two CALLs on one table never both write a batch.
+#[test]
+fn a_backfill_resumes_only_as_it_started_and_one_call_at_a_time_writes() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (db, mut c, n) = setup("fault_args", 10, false);
+    let runs = |c: &mut postgres::Client| -> i64 {
+        c.query_one("SELECT count(*) FROM vital_tenancy.migration_runs", &[])
+            .unwrap()
+            .get(0)
+    };
+    // F04: a tenant that is not one is refused, and no run, step or column is left.
+    let r = c.batch_execute(
+        r#"CALL vital_tenancy.backfill('public.big_prompts', 'tenant', options => '{"tenant": "99999999-9999-9999-9999-999999999999"}')"#,
+    );
+    assert_eq!(vital_tenancy_e2e::sqlstate(r), "23503");
+    assert_eq!(runs(&mut c), 0);
+    let col: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.big_prompts'::regclass AND attname = 'tenant_id'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(col, 0);
+
+    // An interrupted run: cancelled after a few batches.
+    let mut worker = db.dba();
+    let pid: i32 = worker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let call = "CALL vital_tenancy.backfill('public.big_prompts', 'prompt', batch_size => 200, sleep_ms => 50, run_name => 'args')";
+    let handle = std::thread::spawn(move || worker.batch_execute(call).map_err(|e| e.to_string()));
+    let start = Instant::now();
+    loop {
+        let done: Option<i64> = c
+            .query_opt("SELECT rows_done FROM vital_tenancy.migration_steps WHERE tbl = 'public.big_prompts'::regclass", &[])
+            .unwrap()
+            .map(|r| r.get(0));
+        if done.unwrap_or(0) >= 1000 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    assert!(handle.join().unwrap().is_err());
+    let state = |c: &mut postgres::Client| -> (i64, i64) {
+        let r = c
+            .query_one(
+                "SELECT s.rows_done, (SELECT count(*) FROM vital_tenancy.migration_journal j WHERE j.tbl = s.tbl)
+                   FROM vital_tenancy.migration_steps s WHERE s.tbl = 'public.big_prompts'::regclass",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let interrupted = state(&mut c);
+
+    // F05: another classifier, options or run name does not take over the run.
+    for other in [
+        "CALL vital_tenancy.backfill('public.big_prompts', 'platform', batch_size => 200, run_name => 'args')",
+        "CALL vital_tenancy.backfill('public.big_prompts', 'prompt', batch_size => 200, run_name => 'other_name')",
+    ] {
+        let r = c.batch_execute(other);
+        assert_eq!(vital_tenancy_e2e::sqlstate(r), "55000", "{other}");
+        assert_eq!(state(&mut c), interrupted, "{other} changed the run");
+    }
+
+    // F31: two CALLs of the same run at once: batches are never done twice; the one
+    // that finds the step moved on stops with 55006, the other finishes.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let mut w = db.dba();
+            std::thread::spawn(move || {
+                w.batch_execute("CALL vital_tenancy.backfill('public.big_prompts', 'prompt', batch_size => 200, sleep_ms => 10, run_name => 'args')")
+                    .map_err(|e| e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default())
+            })
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = calls.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(results.iter().any(|r| r.is_ok()), "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || r.as_ref().err().map(String::as_str) == Some("55006")),
+        "{results:?}"
+    );
+    let r = c
+        .query_one(
+            "SELECT s.phase, s.rows_done, s.rows_changed,
+                    (SELECT count(*) FROM vital_tenancy.migration_journal j WHERE j.tbl = s.tbl),
+                    (SELECT count(DISTINCT key) FROM vital_tenancy.migration_journal j WHERE j.tbl = s.tbl),
+                    (SELECT count(*) FROM vital_tenancy.migration_runs WHERE name = 'args')
+               FROM vital_tenancy.migration_steps s WHERE s.tbl = 'public.big_prompts'::regclass",
+            &[],
+        )
+        .unwrap();
+    let got: (String, i64, i64, i64, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+    assert_eq!(got, ("done".to_string(), n, n, n, n, 1));
+    assert_eq!(misclassified(&mut c), 0);
 }

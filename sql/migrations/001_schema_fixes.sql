@@ -3,12 +3,13 @@
 --    with category_id (and category renames) by triggers;
 --  * the missing organisational tables business_functions, departments,
 --    organizational_roles (tenant-scoped; kept as they are where they exist);
---  * a security_invoker view chat_messages over messages, for code using the old name;
---  * a nullable tenant_id with a NOT VALID foreign key on every application table
---    (add_tenant_column: no rewrite, short locks under lock_timeout with retries).
--- One transaction, then the tenant indexes: CREATE INDEX CONCURRENTLY cannot run in
--- a transaction, so they run one by one through \gexec after COMMIT.
--- Idempotent: everything is IF NOT EXISTS / CREATE OR REPLACE / checked first.
+--  * a security_invoker view chat_messages over messages, for code using the old name.
+-- The tenant columns are not added here: each table's backfill (003, 004) adds its
+-- own, with the tenant most of its rows classify to as the catalog default, so that
+-- only the other rows are written; 004 then adds the foreign keys still missing and
+-- builds the tenant indexes (after the backfill, so its updates can be HOT).
+-- One transaction. Idempotent: everything is IF NOT EXISTS / CREATE OR REPLACE /
+-- checked first.
 \set ON_ERROR_STOP on
 BEGIN;
 
@@ -75,25 +76,8 @@ CREATE TABLE IF NOT EXISTS public.organizational_roles (
   updated_at    timestamptz NOT NULL DEFAULT now()
 );
 
-SELECT t AS "table", a.step, a.detail
-  FROM unnest(ARRAY['public.tool_categories', 'public.tools', 'public.knowledge_domains', 'public.agents',
-                    'public.agent_tool_assignments', 'public.prompts', 'public.knowledge_sources',
-                    'public.knowledge_base', 'public.messages', 'public.business_functions',
-                    'public.departments', 'public.organizational_roles']) t,
-       LATERAL vital_tenancy.add_tenant_column(t::regclass) a
- WHERE a.ddl IS NULL;
-
 CREATE OR REPLACE VIEW public.chat_messages WITH (security_invoker = true) AS SELECT * FROM public.messages;
 
 -- References without a foreign key, for the validation checks (005).
 SELECT vital_tenancy.declare_reference('public.messages', 'agent_id', 'public.agents', ARRAY['id', 'name']);
 COMMIT;
-
--- Tenant indexes, CONCURRENTLY (no write lock on the tables), one statement each.
-SELECT a.ddl
-  FROM unnest(ARRAY['public.tool_categories', 'public.tools', 'public.knowledge_domains', 'public.agents',
-                    'public.agent_tool_assignments', 'public.prompts', 'public.knowledge_sources',
-                    'public.knowledge_base', 'public.messages', 'public.business_functions',
-                    'public.departments', 'public.organizational_roles']) t,
-       LATERAL vital_tenancy.add_tenant_column(t::regclass) a
- WHERE a.ddl IS NOT NULL \gexec

@@ -3,7 +3,7 @@
 //! reads the catalog into [`TableInfo`] and runs what is planned here.
 
 use super::ident::quote_ident;
-use super::tenants::uuid_bytes;
+use super::tenants::{uuid_bytes, uuid_text};
 use serde_json::Value;
 use std::fmt;
 
@@ -59,6 +59,18 @@ impl Classifier {
     pub fn may_return_null(&self) -> bool {
         matches!(self, Classifier::Parent { fallback: None, .. })
     }
+
+    /// The tenants the options name, with the option's name: each must exist in the
+    /// tenants table (the backfill writes them with the foreign key's trigger off).
+    pub fn option_tenants(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Classifier::Tenant(id) => vec![("tenant", id.as_str())],
+            Classifier::Parent {
+                fallback: Some(id), ..
+            } => vec![("fallback", id.as_str())],
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,13 +111,14 @@ impl Classifier {
         let uuid_opt = |key: &str| -> Result<Option<String>, PlanError> {
             match opt_str(options, key)? {
                 None => Ok(None),
-                Some(s) if uuid_bytes(&s.to_ascii_lowercase()).is_some() => {
-                    Ok(Some(s.to_ascii_lowercase()))
-                }
-                Some(s) => Err(err(
-                    "22023",
-                    format!("option \"{key}\" is not a uuid: \"{s}\""),
-                )),
+                // Stored canonical: the text goes into SQL as a constant.
+                Some(s) => match uuid_bytes(s) {
+                    Some(b) => Ok(Some(uuid_text(&b))),
+                    None => Err(err(
+                        "22023",
+                        format!("option \"{key}\" is not a uuid: \"{s}\""),
+                    )),
+                },
             }
         };
         match name.trim().to_ascii_lowercase().as_str() {
@@ -194,25 +207,36 @@ fn require_type(t: &TableInfo, name: &str, allowed: &[&str]) -> Result<(), PlanE
     }
 }
 
-/// The SQL expression (over the row alias `t`) that gives a row's tenant. Every
-/// identifier is quoted and every constant is a validated uuid: no input reaches
-/// the SQL text unchecked.
-pub fn expression(
+/// A rule classifier as SQL: the function that decides and its arguments over the row
+/// alias `t`, missing columns as typed NULLs. The one definition of what a rule
+/// classifier reads from a table, used by the backfill's expression and by
+/// `preview_classification` (which decides the same arguments in Rust, per rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCall {
+    pub function: &'static str,
+    pub args: Vec<String>,
+}
+
+/// The rule call of the `prompt`, `knowledge`, `agent` and `tool` classifiers; `None`
+/// for the others. A column of a type the rules cannot read is an error (42804).
+pub fn rule_call(
     c: &Classifier,
     table: &TableInfo,
     tenant_column: &str,
-    parent: Option<&TableInfo>,
-) -> Result<String, PlanError> {
-    Ok(match c {
+) -> Result<Option<RuleCall>, PlanError> {
+    let call = |function, args| Ok(Some(RuleCall { function, args }));
+    match c {
         Classifier::Prompt => {
             require_type(table, "created_by", &["uuid"])?;
             require_type(table, "is_system_prompt", &["boolean"])?;
-            format!(
-                "vital_tenancy.classify_prompt_tenant({}, {}, {}, {})",
-                text_col_or_null(table, "name"),
-                text_col_or_null(table, "domain"),
-                col_or_null(table, "created_by", "uuid"),
-                col_or_null(table, "is_system_prompt", "boolean"),
+            call(
+                "classify_prompt_tenant",
+                vec![
+                    text_col_or_null(table, "name"),
+                    text_col_or_null(table, "domain"),
+                    col_or_null(table, "created_by", "uuid"),
+                    col_or_null(table, "is_system_prompt", "boolean"),
+                ],
             )
         }
         Classifier::Knowledge => {
@@ -221,9 +245,9 @@ pub fn expression(
                 Some(_) => "t.\"tags\"::text[]".to_string(),
                 None => "NULL::text[]".into(),
             };
-            format!(
-                "vital_tenancy.classify_knowledge_tenant({}, {tags})",
-                text_col_or_null(table, "domain")
+            call(
+                "classify_knowledge_tenant",
+                vec![text_col_or_null(table, "domain"), tags],
             )
         }
         Classifier::Agent => {
@@ -245,12 +269,41 @@ pub fn expression(
                 Some(_) => "t.\"knowledge_domains\"::text[]".to_string(),
                 None => "NULL::text[]".into(),
             };
-            format!("vital_tenancy.classify_agent_tenant({tier}, {kd})")
+            call("classify_agent_tenant", vec![tier, kd])
         }
-        Classifier::Tool => format!(
-            "vital_tenancy.classify_tool_tenant(t.{})",
-            quote_ident(tenant_column)
+        // The tool rule reads the row's own tenant; before the column exists, that is NULL.
+        Classifier::Tool => call(
+            "classify_tool_tenant",
+            vec![match table.column(tenant_column) {
+                Some(_) => format!("t.{}", quote_ident(tenant_column)),
+                None => "NULL::uuid".to_string(),
+            }],
         ),
+        _ => Ok(None),
+    }
+}
+
+/// The SQL expression (over the row alias `t`) that gives a row's tenant. Every
+/// identifier is quoted and every constant is a validated uuid: no input reaches
+/// the SQL text unchecked.
+pub fn expression(
+    c: &Classifier,
+    table: &TableInfo,
+    tenant_column: &str,
+    parent: Option<&TableInfo>,
+) -> Result<String, PlanError> {
+    if let Some(r) = rule_call(c, table, tenant_column)? {
+        return Ok(format!(
+            "vital_tenancy.{}({})",
+            r.function,
+            r.args.join(", ")
+        ));
+    }
+    Ok(match c {
+        // (rule classifiers returned above)
+        Classifier::Prompt | Classifier::Knowledge | Classifier::Agent | Classifier::Tool => {
+            return Err(err("XX000", "a rule classifier without its rule call"));
+        }
         Classifier::Platform => "vital_tenancy.platform_tenant_id()".to_string(),
         Classifier::Tenant(id) => format!("'{id}'::uuid"),
         Classifier::Parent {
@@ -356,19 +409,37 @@ pub struct ColumnState {
 
 /// Steps that add the column (nullable, so no table rewrite) and its foreign key
 /// (NOT VALID: no scan under the lock). Nothing for what already exists.
+///
+/// With `default_tenant` (a tenant id, already checked to exist), the column is
+/// added with that constant default and the default dropped again in the same step:
+/// PostgreSQL stores the value once in the catalog (`attmissingval`) for every row
+/// that exists, without rewriting the table, while rows inserted later arrive
+/// without a tenant.
 pub fn add_steps(
     table: &str,
     relname: &str,
     column: &str,
     tenants: &str,
     st: &ColumnState,
+    default_tenant: Option<uuid::Uuid>,
 ) -> Vec<Step> {
     let col = quote_ident(column);
     let mut steps = Vec::new();
     if !st.exists {
-        steps.push(Step {
-            name: "add column".into(),
-            sql: format!("ALTER TABLE {table} ADD COLUMN {col} uuid"),
+        steps.push(match default_tenant {
+            None => Step {
+                name: "add column".into(),
+                sql: format!("ALTER TABLE {table} ADD COLUMN {col} uuid"),
+            },
+            // A uuid's text form is hex digits and dashes: nothing to escape.
+            Some(t) => Step {
+                name: "add column, existing rows in the catalog default".into(),
+                sql: format!(
+                    "ALTER TABLE {table} ADD COLUMN {col} uuid DEFAULT '{}'::uuid; \
+                     ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT",
+                    t.hyphenated()
+                ),
+            },
         });
     }
     if st.fk.is_none() {
@@ -646,10 +717,24 @@ mod tests {
     #[test]
     fn online_steps() {
         let fresh = ColumnState::default();
-        let add = add_steps("public.t", "t", "tenant_id", "public.tenants", &fresh);
+        let add = add_steps("public.t", "t", "tenant_id", "public.tenants", &fresh, None);
         assert_eq!(add.len(), 2);
         assert!(add[0].sql.ends_with("ADD COLUMN \"tenant_id\" uuid"));
         assert!(add[1].sql.contains("NOT VALID"));
+        let platform = uuid::Uuid::from_u128(1);
+        let add = add_steps(
+            "public.t",
+            "t",
+            "tenant_id",
+            "public.tenants",
+            &fresh,
+            Some(platform),
+        );
+        assert_eq!(
+            add[0].sql,
+            "ALTER TABLE public.t ADD COLUMN \"tenant_id\" uuid DEFAULT '00000000-0000-0000-0000-000000000001'::uuid; \
+             ALTER TABLE public.t ALTER COLUMN \"tenant_id\" DROP DEFAULT"
+        );
         let done = ColumnState {
             exists: true,
             is_uuid: true,
@@ -657,7 +742,7 @@ mod tests {
             fk: Some(("f".into(), true)),
             not_null_check: None,
         };
-        assert!(add_steps("public.t", "t", "tenant_id", "public.tenants", &done).is_empty());
+        assert!(add_steps("public.t", "t", "tenant_id", "public.tenants", &done, None).is_empty());
         assert!(enforce_steps("public.t", "t", "tenant_id", &done).is_empty());
         let added = ColumnState {
             exists: true,

@@ -34,18 +34,42 @@ pub const ALL: [TenantSpec; 3] = [PLATFORM, DIGITAL_HEALTH, PHARMA];
 /// The columns `ensure_tenants` always sets itself.
 pub const RESERVED_COLUMNS: [&str; 3] = ["id", "name", "slug"];
 
-/// Parse a canonical uuid text into its 16 bytes.
+/// Parse uuid text into its 16 bytes, accepting exactly what PostgreSQL's `uuid_in`
+/// accepts (`string_to_uuid` in src/backend/utils/adt/uuid.c): 32 hex digits in
+/// either case, an optional `-` after any group of four (not at the end), the whole
+/// optionally in braces. No sign, no whitespace, no other separators.
 pub fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
-    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-    if hex.len() != 32 || text.len() != 36 {
-        return None;
+    let mut src = text.as_bytes();
+    let braces = src.first() == Some(&b'{');
+    if braces {
+        src = &src[1..];
     }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
+    for (i, byte) in out.iter_mut().enumerate() {
+        let (&[a, b], rest) = src.split_first_chunk::<2>()?;
+        *byte = (hex(a)? << 4) | hex(b)?;
+        src = rest;
+        if src.first() == Some(&b'-') && i % 2 == 1 && i < 15 {
+            src = &src[1..];
+        }
     }
-    Some(out)
+    if braces {
+        src = src.strip_prefix(b"}")?;
+    }
+    src.is_empty().then_some(out)
+}
+
+/// The canonical text of a uuid (lower-case, hyphenated), as `uuid_out` writes it.
+pub fn uuid_text(bytes: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// Why `extra` was refused.
@@ -168,6 +192,38 @@ mod tests {
             assert!(seen.insert(t.slug));
         }
         assert_eq!(uuid_bytes("not-a-uuid"), None);
+        // What PostgreSQL's uuid_in accepts, and what it refuses (F14).
+        let one = Some(*uuid::Uuid::from_u128(1).as_bytes());
+        for ok in [
+            "00000000-0000-0000-0000-000000000001",
+            "{00000000-0000-0000-0000-000000000001}",
+            "00000000000000000000000000000001",
+            "0000-0000-0000-0000-0000-0000-0000-0001",
+            "{0000000000000000000000000000-0001}",
+        ] {
+            assert_eq!(uuid_bytes(ok), one, "{ok}");
+        }
+        assert_eq!(
+            uuid_bytes("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11").map(|b| uuid_text(&b)),
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into())
+        );
+        for bad in [
+            "+0000000-0000-0000-0000-000000000001",
+            "----00000000000000000000000000000001",
+            "00000000-0000-0000-0000-000000000001-",
+            "0-0000000-0000-0000-0000-000000000001",
+            "{00000000-0000-0000-0000-000000000001",
+            "00000000-0000-0000-0000-000000000001}",
+            " 00000000-0000-0000-0000-000000000001",
+            "00000000-0000-0000-0000-00000000001",
+            "00000000-0000-0000-0000-0000000000011",
+            "00000000--0000-0000-0000-000000000001",
+            "urn:uuid:00000000-0000-0000-0000-000000000001",
+            "",
+            "{}",
+        ] {
+            assert_eq!(uuid_bytes(bad), None, "{bad}");
+        }
         assert_eq!(uuid_bytes("00000000-0000-0000-0000-00000000000g"), None);
     }
 

@@ -29,9 +29,17 @@ describe vt_up_fresh "${OUT}/fresh.txt" || not_ok "describe a fresh install"
 
 # The extension's tables, each as a row count and an md5 over its rows: what an update
 # must keep. The DDL log only grows (the update logs the policy DDL it runs), so of it
-# the rows up to LOGMAX (its last id before the update) are compared.
+# the rows up to LOGMAX (its last id before the update) are compared; and only the
+# columns that existed before the update (COLS: table.column), since an update may add
+# columns to the extension's tables.
+cols="SELECT array_agg(c.relname || '.' || a.attname)::text FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+       WHERE c.relnamespace = 'vital_tenancy'::regnamespace AND c.relkind = 'r'"
 data="SELECT c.relname || ' ' || (xpath('/row/n/text()', query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %s x WHERE %s', c.oid::regclass, w.cond), false, true, '')))[1]::text
-              || ' ' || COALESCE((xpath('/row/m/text()', query_to_xml(pg_catalog.format('SELECT md5(string_agg(x::text, ''|'' ORDER BY x::text)) AS m FROM %s x WHERE %s', c.oid::regclass, w.cond), false, true, '')))[1]::text, '-')
+              || ' ' || COALESCE((xpath('/row/m/text()', query_to_xml(pg_catalog.format(
+                   'SELECT md5(string_agg(j, ''|'' ORDER BY j)) AS m FROM (SELECT (SELECT pg_catalog.jsonb_object_agg(e.k, e.v) FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(x)) e(k, v)
+                                                                              WHERE %L || ''.'' || e.k = ANY (%L::text[]))::text AS j FROM %s x WHERE %s) s',
+                   c.relname, 'COLS', c.oid::regclass, w.cond), false, true, '')))[1]::text, '-')
         FROM pg_catalog.pg_class c
         CROSS JOIN LATERAL (SELECT CASE WHEN c.relname = 'migration_log' THEN 'x.id <= LOGMAX' ELSE 'true' END AS cond) w
        WHERE c.relnamespace = 'vital_tenancy'::regnamespace AND c.relkind = 'r' ORDER BY 1"
@@ -77,7 +85,8 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
      && q "${mdb}" "INSERT INTO vital_tenancy.tenant_members (user_id, tenant_id) VALUES ('aaaaaaaa-0000-4000-8000-000000000001', '11111111-1111-1111-1111-111111111111')" >/dev/null \
      && q "${mdb}" "SELECT vital_tenancy.set_rules('agent', rules) FROM vital_tenancy.rules() WHERE kind = 'agent'" >/dev/null \
      && logmax=$(q "${mdb}" "SELECT COALESCE(max(id), 0) FROM vital_tenancy.migration_log") \
-     && q "${mdb}" "${data//LOGMAX/${logmax}}" > "${OUT}/data-before-${old}.txt" \
+     && colsbefore=$(q "${mdb}" "${cols}") && data_q="${data//LOGMAX/${logmax}}" && data_q="${data_q//COLS/${colsbefore}}" \
+     && q "${mdb}" "${data_q}" > "${OUT}/data-before-${old}.txt" \
      && q "${mdb}" "ALTER EXTENSION vital_tenancy UPDATE" >/dev/null; then
     ok "${old} -> ${CURRENT}: migrated database updated in place"
   else
@@ -85,7 +94,7 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   fi
   # The extension's own data (settings, a membership and stored rules added above, runs,
   # steps, journal, metrics, log, snapshots, rls_tables) is still there, row for row.
-  q "${mdb}" "${data//LOGMAX/${logmax:-0}}" > "${OUT}/data-after-${old}.txt"
+  q "${mdb}" "${data_q:-SELECT 1 WHERE false}" > "${OUT}/data-after-${old}.txt"
   if [ -s "${OUT}/data-before-${old}.txt" ] && diff -u "${OUT}/data-before-${old}.txt" "${OUT}/data-after-${old}.txt"; then
     ok "${old} -> ${CURRENT}: the extension's data survives the update ($(wc -l < "${OUT}/data-before-${old}.txt") tables)"
   else

@@ -140,4 +140,24 @@ select t.slug from t where t.id = vital_tenancy.classify_agent_tenant(3, array['
 select vital_tenancy.reset_rules('agent');
 select kind, is_default from vital_tenancy.rules() where kind = 'agent';
 select t.slug from t where t.id = vital_tenancy.classify_agent_tenant(3, array['fda_regulations']);
+-- Direct writes name only tenants that exist, as set_rules checks (F15).
+insert into vital_tenancy.classification_rules (kind, rules)
+values ('prompt', '{"rules": [], "default_tenant": "99999999-9999-9999-9999-999999999999"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.classify_prompt_tenant('x', 'general', null, false) = vital_tenancy.platform_tenant_id() as still_built_in;
+-- A uuid PostgreSQL would not read is no tenant (F14).
+select vital_tenancy.set_rules('prompt', '{"rules": [], "default_tenant": "----11111111111111111111111111111111"}');
+\echo :LAST_ERROR_SQLSTATE
+-- In a parallel query of a transaction that has written (this one has), the
+-- classifiers run in the leader: they read the rules through SPI, which a parallel
+-- worker could not do here.
+set local parallel_setup_cost = 0;
+set local parallel_tuple_cost = 0;
+set local min_parallel_table_scan_size = 0;
+set local force_parallel_mode = on;
+create table public.vt_parallel as
+  select id, vital_tenancy.classify_prompt_tenant(name, domain, created_by, null) as tenant from public.prompts;
+select count(*) from public.vt_parallel;
+select proname, proparallel from pg_proc
+ where pronamespace = 'vital_tenancy'::regnamespace and proname like 'classify%' order by 1, 2;
 rollback;

@@ -13,7 +13,28 @@ select step from vital_tenancy.add_tenant_column('public.prompts');
 select attnotnull, (select convalidated from pg_constraint where conname = 'prompts_tenant_id_vt_fk') as fk_valid
   from pg_attribute where attrelid = 'public.prompts'::regclass and attname = 'tenant_id';
 
--- What a backfill would run.
+-- A column added with a default tenant: every existing row has it from the catalog
+-- (attmissingval: no row rewritten, the table keeps its file), the default itself is
+-- gone (a row inserted later arrives without a tenant).
+select pg_relation_filenode('public.knowledge_domains') as filenode \gset
+select step from vital_tenancy.add_tenant_column('public.knowledge_domains',
+                                                 default_tenant => '{00000000-0000-0000-0000-000000000001}');
+select atthasmissing, atthasdef, attmissingval::text
+  from pg_attribute where attrelid = 'public.knowledge_domains'::regclass and attname = 'tenant_id';
+select pg_relation_filenode('public.knowledge_domains') = :filenode as not_rewritten,
+       count(*) filter (where tenant_id = vital_tenancy.platform_tenant_id()) = count(*) as all_platform
+  from public.knowledge_domains;
+insert into public.knowledge_domains (code, name, slug) values ('NEW', 'New domain', 'new-domain') returning tenant_id;
+-- On a column that exists, the default does not apply (the rows keep their values).
+select step from vital_tenancy.add_tenant_column('public.knowledge_domains',
+                                                 default_tenant => '11111111-1111-1111-1111-111111111111');
+-- A default tenant that is not a tenant, or no uuid PostgreSQL would accept.
+select * from vital_tenancy.add_tenant_column('public.tool_categories', default_tenant => '99999999-9999-9999-9999-999999999999');
+\echo :LAST_ERROR_SQLSTATE
+select attname from pg_attribute where attrelid = 'public.tool_categories'::regclass and attname = 'tenant_id';
+
+-- What a backfill would run; before the column exists the plan says so.
+select vital_tenancy.backfill_plan('public.tools', 'tool') - 'table' - 'pk' - 'pk_type' as tool_plan_without_column;
 select vital_tenancy.backfill_plan('public.prompts', 'prompt') ->> 'expression' as prompt_expression;
 select count(*) as steps from vital_tenancy.add_tenant_column('public.messages');
 select count(*) as steps from vital_tenancy.add_tenant_column('public.agents');
@@ -64,7 +85,7 @@ select vital_tenancy.backfill_plan('public.prompts', 'nonsense');
 \echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.backfill_plan('public.prompts', 'tenant', '{"tenant": "x''; drop table prompts; --"}');
 \echo :LAST_ERROR_SQLSTATE
-select vital_tenancy.backfill_plan('public.tools', 'prompt');
+select vital_tenancy.backfill_plan('public.tools', 'prompt', tenant_column => 'name');
 \echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.backfill_plan('public.messages', 'parent', '{"column": "agent_id", "parent": "public.nope"}');
 \echo :LAST_ERROR_SQLSTATE
@@ -73,6 +94,20 @@ select vital_tenancy.backfill_plan('public.messages', 'parent', '{"column": "nop
 select vital_tenancy.backfill_plan('public.messages', 'parent', '{"column": "agent_id", "parent": "public.tools"}');
 \echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.backfill_plan('public.prompts', 'prompt', '[]');
+\echo :LAST_ERROR_SQLSTATE
+-- Tenants named in options must exist (the batches write them with the foreign
+-- key's trigger off) and be uuids as PostgreSQL reads them (F04, F14).
+select vital_tenancy.backfill_plan('public.prompts', 'tenant', '{"tenant": "99999999-9999-9999-9999-999999999999"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.messages', 'parent',
+         '{"column": "agent_id", "parent": "public.agents", "fallback": "99999999-9999-9999-9999-999999999999"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.prompts', 'tenant', '{"tenant": "+0000000-0000-0000-0000-000000000001"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.prompts', 'tenant', '{"tenant": "----00000000000000000000000000000001"}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('public.prompts', 'tenant', '{"tenant": "{F7AA6FD4-0AF9-4706-8B31-034F1F7ACCDA}"}') ->> 'expression' as braced_upper_case;
+select * from vital_tenancy.add_tenant_column(null);
 \echo :LAST_ERROR_SQLSTATE
 select * from vital_tenancy.add_tenant_column('public.chat_nope');
 \echo :LAST_ERROR_SQLSTATE
@@ -98,6 +133,10 @@ select vital_tenancy.migration_report('no such run');
 select * from vital_tenancy.backfill_batches('public.prompts', 0);
 \echo :LAST_ERROR_SQLSTATE
 select * from vital_tenancy.backfill_batches('public.prompts', 10, 'no_such_column');
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('public.prompts', 'prompt', run_name => ' ');
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('public.prompts', 'prompt', overwrite => null);
 \echo :LAST_ERROR_SQLSTATE
 select * from vital_tenancy.backfill_batches('public.prompts', 10, only_missing => null);
 \echo :LAST_ERROR_SQLSTATE
