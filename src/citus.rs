@@ -58,7 +58,8 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
     let rows: Vec<(pg_sys::Oid, String, String, Option<i16>)> = c
         .select(
             "SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relname::text,
-                    (SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+                    (SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                                                         AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype)
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                 AND n.nspname = ANY (COALESCE($1::text[],

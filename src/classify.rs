@@ -569,79 +569,82 @@ fn preview_classification(
             if batch.is_empty() {
                 break;
             }
-            for row in batch {
-                let id: Option<String> = row.get(1).or_raise("reading id");
-                let text = |i: usize| -> Option<String> {
-                    row.get::<String>(i).or_raise("reading a column")
-                };
-                let list = |i: usize| -> Vec<Option<String>> {
-                    row.get::<Vec<Option<String>>>(i)
-                        .or_raise("reading a column")
-                        .unwrap_or_default()
-                };
-                let (tenant, rule) = match (kind, rules.as_deref()) {
-                    (Kind::Prompt, Some(set)) => {
-                        let (name, domain) = (text(2), text(3));
-                        let created_by: Option<Uuid> = row.get(4).or_raise("reading created_by");
-                        let d = set.classify_prompt(&PromptRow {
-                            name: name.as_deref(),
-                            domain: domain.as_deref(),
-                            created_by_null: created_by.is_none(),
-                            is_system_prompt: row
-                                .get::<bool>(5)
-                                .or_raise("reading is_system_prompt"),
-                        });
-                        (d.tenant, d.label())
-                    }
-                    (Kind::Knowledge, Some(set)) => {
-                        let (domain, tags) = (text(2), list(3));
-                        let d = set.classify_knowledge(&KnowledgeRow {
-                            domain: domain.as_deref(),
-                            tags: tags.iter().map(|t| t.as_deref()).collect(),
-                        });
-                        (d.tenant, d.label())
-                    }
-                    (Kind::Agent, Some(set)) => {
-                        let tier = if int_tier {
-                            row.get::<i32>(2)
-                                .or_raise("reading tier")
-                                .and_then(|t| tier_from_int(i64::from(t)))
-                        } else {
-                            text(2).as_deref().and_then(parse_tier)
-                        };
-                        let kd = list(3);
-                        let d = set.classify_agent(&AgentRow {
-                            tier,
-                            knowledge_domains: kd.iter().map(|t| t.as_deref()).collect(),
-                        });
-                        (d.tenant, d.label())
-                    }
-                    _ => match row.get::<Uuid>(2).or_raise("reading the tenant") {
-                        Some(t) => (*t.as_bytes(), "own_tenant".to_string()),
-                        None => (
-                            default_rules(Kind::Tool).default_tenant,
-                            "shared_definition".into(),
-                        ),
-                    },
-                };
-                let g = match groups
-                    .iter_mut()
-                    .position(|(t, r, _, _)| *t == tenant && *r == rule)
-                {
-                    Some(i) => &mut groups[i],
-                    None => {
-                        groups.push((tenant, rule, 0, Vec::new()));
-                        let last = groups.len() - 1;
-                        &mut groups[last]
-                    }
-                };
-                g.2 += 1;
-                if g.3.len() < 5 {
-                    if let Some(id) = id {
-                        g.3.push(id);
+            crate::errors::reading_rows(|| {
+                for row in batch {
+                    let id: Option<String> = row.get(1).or_raise("reading id");
+                    let text = |i: usize| -> Option<String> {
+                        row.get::<String>(i).or_raise("reading a column")
+                    };
+                    let list = |i: usize| -> Vec<Option<String>> {
+                        row.get::<Vec<Option<String>>>(i)
+                            .or_raise("reading a column")
+                            .unwrap_or_default()
+                    };
+                    let (tenant, rule) = match (kind, rules.as_deref()) {
+                        (Kind::Prompt, Some(set)) => {
+                            let (name, domain) = (text(2), text(3));
+                            let created_by: Option<Uuid> =
+                                row.get(4).or_raise("reading created_by");
+                            let d = set.classify_prompt(&PromptRow {
+                                name: name.as_deref(),
+                                domain: domain.as_deref(),
+                                created_by_null: created_by.is_none(),
+                                is_system_prompt: row
+                                    .get::<bool>(5)
+                                    .or_raise("reading is_system_prompt"),
+                            });
+                            (d.tenant, d.label())
+                        }
+                        (Kind::Knowledge, Some(set)) => {
+                            let (domain, tags) = (text(2), list(3));
+                            let d = set.classify_knowledge(&KnowledgeRow {
+                                domain: domain.as_deref(),
+                                tags: tags.iter().map(|t| t.as_deref()).collect(),
+                            });
+                            (d.tenant, d.label())
+                        }
+                        (Kind::Agent, Some(set)) => {
+                            let tier = if int_tier {
+                                row.get::<i32>(2)
+                                    .or_raise("reading tier")
+                                    .and_then(|t| tier_from_int(i64::from(t)))
+                            } else {
+                                text(2).as_deref().and_then(parse_tier)
+                            };
+                            let kd = list(3);
+                            let d = set.classify_agent(&AgentRow {
+                                tier,
+                                knowledge_domains: kd.iter().map(|t| t.as_deref()).collect(),
+                            });
+                            (d.tenant, d.label())
+                        }
+                        _ => match row.get::<Uuid>(2).or_raise("reading the tenant") {
+                            Some(t) => (*t.as_bytes(), "own_tenant".to_string()),
+                            None => (
+                                default_rules(Kind::Tool).default_tenant,
+                                "shared_definition".into(),
+                            ),
+                        },
+                    };
+                    let g = match groups
+                        .iter_mut()
+                        .position(|(t, r, _, _)| *t == tenant && *r == rule)
+                    {
+                        Some(i) => &mut groups[i],
+                        None => {
+                            groups.push((tenant, rule, 0, Vec::new()));
+                            let last = groups.len() - 1;
+                            &mut groups[last]
+                        }
+                    };
+                    g.2 += 1;
+                    if g.3.len() < 5 {
+                        if let Some(id) = id {
+                            g.3.push(id);
+                        }
                     }
                 }
-            }
+            });
             // Each fetch's rows live until SPI_finish unless freed: free them here, so
             // memory is one batch, not the table (F01).
             crate::errors::free_last_spi_result();

@@ -71,3 +71,21 @@ pub fn no_null_elements(arg: &str, v: Vec<Option<String>>) -> Vec<String> {
         })
         .collect()
 }
+
+/// Run `f`, which reads rows of an SPI result, so that the values pgrx's `get()` copies
+/// out of each row land in a context freed when `f` returns. (`get()` copies a
+/// by-reference value into the parent of the current context; right after an SPI call
+/// that is SPI's procedure context, whose parent inside a function is the
+/// transaction's own memory: a loop over a large table would keep every value it read
+/// until COMMIT.) `f` must return Rust-owned values only.
+pub fn reading_rows<R>(f: impl FnOnce() -> R) -> R {
+    let mut outer = pgrx::PgMemoryContexts::new("vital_tenancy rows");
+    // SAFETY: both contexts are created here and live until this function returns;
+    // nothing allocated in them is returned (the values are converted to Rust first).
+    unsafe {
+        outer.switch_to(|_| {
+            let mut inner = pgrx::PgMemoryContexts::new("vital_tenancy row");
+            inner.switch_to(|_| f())
+        })
+    }
+}

@@ -229,8 +229,8 @@ impl Iterator for ExportRows {
             let (batch, done) = Spi::connect(|c| {
                 let mut cur = c.find_cursor(&name).or_raise("finding the export cursor");
                 let t = cur.fetch(1000).or_raise("fetching exported rows");
-                let rows: Vec<(String, JsonB)> = t
-                    .map(|r| {
+                let rows: Vec<(String, JsonB)> = crate::errors::reading_rows(|| {
+                    t.map(|r| {
                         (
                             r.get::<String>(1).ok().flatten().unwrap_or_default(),
                             r.get::<JsonB>(2)
@@ -239,7 +239,8 @@ impl Iterator for ExportRows {
                                 .unwrap_or(JsonB(Value::Null)),
                         )
                     })
-                    .collect();
+                    .collect()
+                });
                 let done = rows.is_empty();
                 if !done {
                     // Keep the portal open for the next call.

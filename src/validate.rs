@@ -701,7 +701,8 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!(
-                    "schemas {list:?} leave nothing to validate: give application schemas, or NULL for all"
+                    "schemas {{{}}} leave nothing to validate: give application schemas, or NULL for all",
+                    list.join(",")
                 ),
             );
         }

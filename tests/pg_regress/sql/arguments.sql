@@ -1,0 +1,51 @@
+-- Arguments the SQL interface refuses with a fitting SQLSTATE and a message naming
+-- them, and tables it must not mistake for tenant tables (findings F06, F07, F09, F11).
+\set ON_ERROR_ROLLBACK on
+\set SHOW_CONTEXT never
+begin;
+create extension vital_tenancy;
+select count(*) from vital_tenancy.ensure_tenants('public.tenants', '{"type": "industry"}');
+select step from vital_tenancy.add_tenant_column('public.prompts', default_tenant => vital_tenancy.platform_tenant_id())
+ where step like 'add column%';
+
+-- F09: a NULL element of a text[] argument (22004), not an internal error.
+select * from vital_tenancy.validate(array[null]::text[]);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.tenant_distribution(array['public', null]);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.duplicates('public.prompts', array['name', null]);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.snapshot_counts('x', array[null]::text[]);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.declare_reference('public.messages', 'agent_id', 'public.agents', array[null]::text[]);
+\echo :LAST_ERROR_SQLSTATE
+
+-- F11: export_tenant(NULL).
+select * from vital_tenancy.export_tenant(null);
+\echo :LAST_ERROR_SQLSTATE
+
+-- F06: a schema list that leaves nothing to validate is an error, not "all passed",
+-- with an orphan tenant id planted.
+alter table public.prompts disable trigger all;
+update public.prompts set tenant_id = '99999999-9999-9999-9999-999999999999'
+ where id = (select id from public.prompts order by id limit 1);
+alter table public.prompts enable trigger all;
+select * from vital_tenancy.validate('{}');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.assert_valid(array['vital_tenancy', 'pg_catalog']);
+\echo :LAST_ERROR_SQLSTATE
+select check_name, table_name, failing from vital_tenancy.validate(array['public'])
+ where check_name = 'orphaned_tenant_refs' and failing > 0;
+
+-- F07: a column named tenant_id that is not a uuid makes that table no tenant table;
+-- everything else keeps working, and validate names the table.
+create schema fz;
+create table fz.texttenant (id int primary key, name text, tenant_id text);
+insert into fz.texttenant values (1, 'a', 'not a uuid');
+select (vital_tenancy.health() ->> 'status') is not null as health_works;
+select count(*) > 0 as exported from vital_tenancy.export_tenant(vital_tenancy.platform_tenant_id());
+select table_name from vital_tenancy.tenant_id_coverage() where table_name like 'fz.%';
+select check_name, severity, table_name, failing, detail from vital_tenancy.validate()
+ where check_name = 'tenant_column_type';
+select count(*) >= 0 as readiness_works from vital_tenancy.citus_readiness();
+rollback;
