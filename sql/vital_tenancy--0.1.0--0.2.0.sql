@@ -265,6 +265,10 @@ BEGIN
     IF only_missing IS NULL THEN
         RAISE EXCEPTION 'only_missing must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF tbl IS NULL OR tenant_column IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN tbl IS NULL THEN 'tbl' ELSE 'tenant_column' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     -- Validates the table, its key and the tenant column; quotes the identifiers.
     plan := @extschema@.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
     IF only_missing AND NOT (plan -> 'column_exists')::boolean THEN
@@ -290,8 +294,12 @@ BEGIN
     rows_todo := 0;
     OPEN c FOR EXECUTE v_keys;
     LOOP
-        MOVE FORWARD (batch_size - 1) IN c;
-        GET DIAGNOSTICS n_moved = ROW_COUNT;
+        -- (MOVE FORWARD 0 would re-read the current row: nothing to skip for batches of 1.)
+        n_moved := 0;
+        IF batch_size > 1 THEN
+            MOVE FORWARD (batch_size - 1) IN c;
+            GET DIAGNOSTICS n_moved = ROW_COUNT;
+        END IF;
         rows_todo := rows_todo + n_moved;
         FETCH c INTO v_key;
         EXIT WHEN NOT FOUND;
@@ -362,11 +370,17 @@ BEGIN
         RAISE EXCEPTION 'sleep_ms must not be negative, not %', coalesce(sleep_ms::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF run_name IS NULL OR pg_catalog.btrim(run_name) = '' THEN
+    IF run_name IS NULL THEN
+        RAISE EXCEPTION 'run_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF pg_catalog.btrim(run_name) = '' THEN
         RAISE EXCEPTION 'run_name must not be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF overwrite IS NULL OR catch_up IS NULL OR record_rules IS NULL OR fire_triggers IS NULL THEN
-        RAISE EXCEPTION 'overwrite, catch_up, record_rules and fire_triggers must not be NULL'
+    IF tbl IS NULL OR classifier IS NULL OR options IS NULL OR tenant_column IS NULL
+       OR overwrite IS NULL OR catch_up IS NULL OR record_rules IS NULL OR fire_triggers IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+                CASE WHEN tbl IS NULL THEN 'tbl' WHEN classifier IS NULL THEN 'classifier' WHEN options IS NULL THEN 'options'
+                     WHEN tenant_column IS NULL THEN 'tenant_column' WHEN overwrite IS NULL THEN 'overwrite'
+                     WHEN catch_up IS NULL THEN 'catch_up' WHEN record_rules IS NULL THEN 'record_rules' ELSE 'fire_triggers' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);

@@ -196,3 +196,25 @@ pub(crate) fn application_table_problem(
         None
     }
 }
+
+/// A name given as an argument (a column to create or look up): ERROR 42602 when
+/// empty, 42622 when longer than PostgreSQL's 63 bytes (PostgreSQL would truncate
+/// it, and the extension would then look for a column that does not exist).
+pub(crate) fn check_name_arg(arg: &str, name: &str) {
+    if name.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("{arg} must not be empty"),
+        );
+    }
+    if name.len() > 63 {
+        raise(
+            PgSqlErrorCode::ERRCODE_NAME_TOO_LONG,
+            format!(
+                "{arg} \"{}…\" is {} bytes long; PostgreSQL names have at most 63",
+                name.chars().take(20).collect::<String>(),
+                name.len()
+            ),
+        );
+    }
+}

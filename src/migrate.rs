@@ -121,6 +121,7 @@ fn backfill_plan(
     options: default!(JsonB, "'{}'"),
     tenant_column: default!(&str, "'tenant_id'"),
 ) -> JsonB {
+    crate::catalog::check_name_arg("tenant_column", tenant_column);
     let oid = tbl.oid();
     drop(tbl);
     let cls = Classifier::parse(classifier, &options.0).unwrap_or_else(|e| plan_error(e));
@@ -366,6 +367,7 @@ fn add_tenant_column_impl(
     retries: i32,
     default_tenant: Option<Uuid>,
 ) -> Vec<(String, String, Option<String>)> {
+    crate::catalog::check_name_arg("tenant_column", tenant_column);
     check_limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
     drop(tbl);
@@ -450,6 +452,7 @@ fn enforce_tenant_column(
     lock_timeout_ms: default!(i32, 2000),
     retries: default!(i32, 5),
 ) -> TableIterator<'static, (name!(step, String), name!(detail, String))> {
+    crate::catalog::check_name_arg("tenant_column", tenant_column);
     check_limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
     drop(tbl);
@@ -980,7 +983,7 @@ fn migration_report(run_name: default!(&str, "'vital-multi-tenant'")) -> String 
         let rows = query_rows(
             c,
             "SELECT migration_name, phase, records_processed::text, records_failed::text, duration_ms::text
-               FROM vital_tenancy.migration_metrics WHERE migration_name LIKE $1 || '%' ORDER BY id",
+               FROM vital_tenancy.migration_metrics WHERE pg_catalog.left(migration_name, pg_catalog.length($1) + 1) = $1 || ':' ORDER BY id",
             &[run_name.into()],
             5,
         );
@@ -1011,11 +1014,35 @@ fn tenant_distribution_of(
         name!(row_count, i64),
     ),
 > {
+    crate::catalog::check_name_arg("tenant_column", tenant_column);
     let oid = tbl.oid();
     drop(tbl);
     let rows = Spi::connect(|c| {
         let (name, _, _) = names(c, oid);
         let tenants = crate::catalog::require_tenants_table(c);
+        let is_uuid = crate::catalog::value::<bool>(
+            c,
+            "SELECT a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[oid.into(), tenant_column.into()],
+        );
+        match is_uuid {
+            None => raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "column {} of table {name} does not exist",
+                    display_ident(tenant_column)
+                ),
+            ),
+            Some(false) => raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "column {} of table {name} is not uuid",
+                    display_ident(tenant_column)
+                ),
+            ),
+            Some(true) => {}
+        }
         let col = quote_ident(tenant_column);
         c.select(
             &format!(

@@ -210,6 +210,7 @@ fn enable_tenant_rls(
     tenant_column: default!(&str, "'tenant_id'"),
     shared: default!(bool, true),
 ) -> TableIterator<'static, (name!(action, String),)> {
+    crate::catalog::check_name_arg("tenant_column", tenant_column);
     let mut actions: Vec<String> = Vec::new();
     // Close our reference to the relation: ALTER TABLE refuses a table this session
     // still has open. The regclass argument already proved it exists.
@@ -242,9 +243,11 @@ fn enable_tenant_rls(
             let was_enabled: bool = r.get(1).or_raise("relrowsecurity").unwrap_or(false);
             let was_forced: bool = r.get(2).or_raise("relforcerowsecurity").unwrap_or(false);
             let prior_default: Option<String> = r.get(3).or_raise("reading the prior default");
+            // A concurrent first call may have recorded it meanwhile (its snapshot is
+            // older than the lock this call waited for): theirs stands (F24).
             c.update(
                 "INSERT INTO vital_tenancy.rls_tables (tbl, tenant_column, shared, prior_default, rls_was_enabled, rls_was_forced)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tbl) DO NOTHING",
                 None,
                 &[
                     t.oid.into(),
@@ -304,10 +307,9 @@ fn enable_tenant_rls(
                     .and_then(|r| r.first().get_one())
                     .or_raise("reading the table name")
                     .unwrap_or_default();
-                let ix: String = format!("{table_name}_{}_vt_idx", t.column)
-                    .chars()
-                    .take(63)
-                    .collect();
+                // Truncated to 63 bytes keeping the suffix (a plain cut of a long
+                // table's name would give the table's own name back: F20).
+                let ix = crate::logic::migrate::derived_name(&table_name, &t.column, "vt_idx");
                 run(
                     c,
                     &format!(

@@ -142,6 +142,17 @@ fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sy
             ),
         );
     }
+    // PostgreSQL would truncate a longer name, and the table would not be found again (F12).
+    crate::catalog::check_name_arg("tenants_table's table name", &table.name);
+    // Concurrent calls for a table that does not exist yet: one creates it, the others
+    // wait here and then find it (the lookup below takes its snapshot after the wait).
+    client
+        .update(
+            "SELECT pg_catalog.pg_advisory_xact_lock($1::oid::integer, pg_catalog.hashtext($2))",
+            None,
+            &[nsp.into(), table.name.as_str().into()],
+        )
+        .or_raise("serialising ensure_tenants");
     let found = client
         .select(
             "SELECT oid, relkind::text FROM pg_catalog.pg_class WHERE relnamespace = $1 AND relname = $2",

@@ -280,6 +280,69 @@ fn concurrent_calls_create_each_tenant_once() {
     assert_eq!(tenants(&mut db.dba()).len(), 3);
 }
 
+/// F24: concurrent first calls, where the docs say calls may run concurrently: four
+/// `ensure_tenants` on a tenants table that does not exist yet (one creates it, the
+/// others wait and find it), then four `enable_tenant_rls` on one table (each
+/// succeeds; the table is recorded once, with what it had before the first).
+#[test]
+fn concurrent_first_calls_of_ensure_tenants_and_enable_tenant_rls_all_succeed() {
+    let db = FixtureDb::new("concurrent_first");
+    db.dba()
+        .batch_execute(
+            "CREATE EXTENSION vital_tenancy; CREATE SCHEMA reg;
+             CREATE TABLE public.vt_cr (id int PRIMARY KEY, tenant_id uuid);",
+        )
+        .unwrap();
+    let all = |sql: &'static str| -> Vec<Result<(), String>> {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (name, barrier) = (db.name.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut c = vital_tenancy_e2e::connect(&name, "postgres");
+                    barrier.wait();
+                    c.batch_execute(sql).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    for round in 0..3 {
+        if round > 0 {
+            db.dba().batch_execute("DROP TABLE reg.tenants").unwrap();
+        }
+        let r = all("SELECT count(*) FROM vital_tenancy.ensure_tenants('reg.tenants', '{}')");
+        assert!(
+            r.iter().all(|x| x.is_ok()),
+            "ensure_tenants round {round}: {r:?}"
+        );
+        let n: i64 = db
+            .dba()
+            .query_one("SELECT count(*) FROM reg.tenants", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 3);
+    }
+    db.dba()
+        .batch_execute("SELECT count(*) FROM vital_tenancy.ensure_tenants('public.tenants', '{\"type\": \"industry\"}')")
+        .unwrap();
+    let r = all("SELECT count(*) FROM vital_tenancy.enable_tenant_rls('public.vt_cr')");
+    assert!(r.iter().all(|x| x.is_ok()), "enable_tenant_rls: {r:?}");
+    let row = db
+        .dba()
+        .query_one(
+            "SELECT count(*), bool_and(NOT rls_was_enabled) FROM vital_tenancy.rls_tables WHERE tbl = 'public.vt_cr'::regclass",
+            &[],
+        )
+        .unwrap();
+    let (n, prior_off): (i64, bool) = (row.get(0), row.get(1));
+    assert_eq!(
+        (n, prior_off),
+        (1, true),
+        "recorded once, with the state before the first call"
+    );
+}
+
 #[test]
 fn drop_extension_keeps_application_data_and_pg_dump_keeps_config_rows() {
     let db = FixtureDb::new("dropdump");

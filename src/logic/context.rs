@@ -144,8 +144,8 @@ pub enum Source {
 pub enum ContextError {
     /// 22P02: a value that should be a uuid is not; names where it came from.
     MalformedUuid { source: String, value: String },
-    /// 22P02: a JSON setting that does not parse.
-    MalformedJson { source: String },
+    /// 22P02: a JSON setting that does not parse, or is not an object; `reason` says which.
+    MalformedJson { source: String, reason: String },
     /// 42501: a tenant header with no authenticated user to check membership for.
     HeaderWithoutUser { tenant: String },
     /// 22023: an `x-tenant-scope` header other than `own` or `shared`.
@@ -158,8 +158,8 @@ impl fmt::Display for ContextError {
             ContextError::MalformedUuid { source, value } => {
                 write!(f, "invalid tenant context: {source} is not a valid uuid: \"{value}\"")
             }
-            ContextError::MalformedJson { source } => {
-                write!(f, "invalid tenant context: setting {source} is not valid JSON")
+            ContextError::MalformedJson { source, reason } => {
+                write!(f, "invalid tenant context: setting {source} {reason}")
             }
             ContextError::MalformedScope { value } => write!(
                 f,
@@ -197,13 +197,20 @@ fn parse_json(
     raw: Option<&str>,
 ) -> Result<Option<serde_json::Map<String, Value>>, ContextError> {
     let Some(raw) = raw else { return Ok(None) };
-    match serde_json::from_str::<Value>(raw) {
-        Ok(Value::Object(m)) => Ok(Some(m)),
-        Ok(Value::Null) => Ok(None),
-        _ => Err(ContextError::MalformedJson {
-            source: source.to_string(),
-        }),
-    }
+    let reason = match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(m)) => return Ok(Some(m)),
+        Ok(Value::Null) => return Ok(None),
+        Ok(Value::Array(_)) => "is a JSON array, not an object",
+        Ok(Value::String(_)) => "is a JSON string, not an object",
+        Ok(Value::Number(_)) => "is a JSON number, not an object",
+        Ok(Value::Bool(_)) => "is a JSON boolean, not an object",
+        Err(e) if e.to_string().contains("recursion limit") => "is nested deeper than 128 levels",
+        Err(_) => "is not valid JSON",
+    };
+    Err(ContextError::MalformedJson {
+        source: source.to_string(),
+        reason: reason.to_string(),
+    })
 }
 
 /// A string member of a JSON object (`None` when absent, null or empty); other
@@ -405,8 +412,27 @@ mod tests {
         assert_eq!(
             e,
             ContextError::MalformedJson {
-                source: CLAIMS_SETTING.into()
+                source: CLAIMS_SETTING.into(),
+                reason: "is not valid JSON".into()
             }
+        );
+        // Valid JSON that is no object, or nested too deep, says so (F33).
+        let e = resolve(&raw(None, Some("[]"), None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("request.jwt.claims is a JSON array, not an object"),
+            "{e}"
+        );
+        let e = resolve(&raw(None, Some("1"), None)).unwrap_err();
+        assert!(
+            e.to_string().ends_with("is a JSON number, not an object"),
+            "{e}"
+        );
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = resolve(&raw(None, Some(&deep), None)).unwrap_err();
+        assert!(
+            e.to_string().ends_with("is nested deeper than 128 levels"),
+            "{e}"
         );
         let e = resolve(&raw(None, None, Some(r#"{"x-tenant-id": "zzz"}"#))).unwrap_err();
         assert!(e.to_string().contains("header x-tenant-id"), "{e}");

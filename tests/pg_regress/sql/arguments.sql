@@ -48,4 +48,51 @@ select table_name from vital_tenancy.tenant_id_coverage() where table_name like 
 select check_name, severity, table_name, failing, detail from vital_tenancy.validate()
  where check_name = 'tenant_column_type';
 select count(*) >= 0 as readiness_works from vital_tenancy.citus_readiness();
+
+-- F12, F19: names PostgreSQL would truncate (63 bytes) are refused before anything is
+-- done; an empty column name too.
+select * from vital_tenancy.add_tenant_column('fz.texttenant', repeat('c', 64));
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.add_tenant_column('fz.texttenant', '');
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.backfill_plan('fz.texttenant', 'platform', '{}', repeat('c', 64));
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.ensure_tenants('fz.' || repeat('t', 64), '{}');
+\echo :LAST_ERROR_SQLSTATE
+select count(*) from pg_class where relnamespace = 'fz'::regnamespace;
+-- F29: a column of the wrong type or none, named.
+select * from vital_tenancy.tenant_distribution_of('fz.texttenant', 'name');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.tenant_distribution_of('fz.texttenant', 'nope');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.backfill_batches(null, 10);
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('fz.texttenant', null);
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('fz.texttenant', 'platform', run_name => null);
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('fz.texttenant', 'platform', catch_up => null);
+\echo :LAST_ERROR_SQLSTATE
+
+-- F20: a tenant index for a table with a 63-byte name keeps its suffix.
+create table fz.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa (id int primary key, tenant_id uuid);
+select action from vital_tenancy.enable_tenant_rls('fz.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa')
+ where action like '%index%';
+
+-- F21: batches of one row count each row once.
+create table fz.ten (id int primary key, tenant_id uuid);
+insert into fz.ten select g, null from generate_series(1, 10) g;
+select rows_todo, cardinality(bounds) as batches from vital_tenancy.backfill_batches('fz.ten', 1);
+
+-- F22: a run's report takes only its own metrics (not those of a run whose name
+-- matches it as a LIKE pattern or a prefix).
+insert into vital_tenancy.migration_runs (name) values ('fz_a');
+insert into vital_tenancy.migration_metrics (migration_name, phase) values ('fzXa2:public.other', 'backfill'), ('fz_a2:public.other', 'backfill');
+select position('fzXa2' in vital_tenancy.migration_report('fz_a')) > 0 as other_run_included,
+       position('fz_a2' in vital_tenancy.migration_report('fz_a')) > 0 as prefix_run_included;
+
+-- F33: a tenant-context setting that is JSON but no object says so.
+set local request.jwt.claims = '[]';
+select vital_tenancy.current_tenant_id();
+\echo :LAST_ERROR_SQLSTATE
 rollback;
