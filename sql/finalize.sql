@@ -60,6 +60,8 @@ COMMENT ON FUNCTION @extschema@.reset_rules(text) IS
     'Go back to the built-in rules of one kind.';
 COMMENT ON FUNCTION @extschema@.classification_rules_trigger() IS
     'Trigger on classification_rules: validates written rules and invalidates every backend''s rule cache.';
+-- Trigger functions need no EXECUTE privilege to fire; calling it directly is no use.
+REVOKE EXECUTE ON FUNCTION @extschema@.classification_rules_trigger() FROM PUBLIC;
 
 -- Changing rules is for DBAs (the table itself is writable only by its owner).
 REVOKE EXECUTE ON FUNCTION @extschema@.set_rules(text, jsonb) FROM PUBLIC;

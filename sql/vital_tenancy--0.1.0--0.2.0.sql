@@ -722,5 +722,8 @@ END
 $$;
 
 
+-- The rules trigger is not for calling (trigger functions need no EXECUTE privilege to fire).
+REVOKE EXECUTE ON FUNCTION @extschema@.classification_rules_trigger() FROM PUBLIC;
+
 -- Last, with every function of 0.2.0 in place: the policies from the new definition.
 SELECT count(*) FROM @extschema@.refresh_tenant_policies();

@@ -787,8 +787,22 @@ fn check_tenants_exist(tenants: &[(String, String)]) {
 fn classification_rules_trigger<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    // Attached to any other table it would read columns that are not there (F13).
+    let relid = trigger.relid().unwrap_or(pg_sys::InvalidOid);
+    let ours = Spi::connect(|c| {
+        crate::catalog::value::<pg_sys::Oid>(
+            c,
+            "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+            &[RULES_TABLE.into()],
+        )
+    });
+    if ours != Some(relid) {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("classification_rules_trigger() belongs to {RULES_TABLE} only"),
+        );
+    }
     if matches!(trigger.level(), PgTriggerLevel::Statement) {
-        let relid = trigger.relid().unwrap_or(pg_sys::InvalidOid);
         // SAFETY: relid is the trigger's own table, which exists while it fires.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
         return Ok(None);

@@ -202,7 +202,15 @@ fn column_state(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str, tenants: &str
         )
         .or_raise("reading the tenant column");
     if t.is_empty() {
-        return ColumnState::default();
+        return ColumnState {
+            partitioned: crate::catalog::value::<bool>(
+                c,
+                "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = $1",
+                &[oid.into()],
+            )
+            .unwrap_or(false),
+            ..ColumnState::default()
+        };
     }
     let r = t.first();
     let is_uuid: bool = r.get(1).or_raise("type").unwrap_or(false);
@@ -243,12 +251,19 @@ fn column_state(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str, tenants: &str
             r.get::<bool>(2).or_raise("valid").unwrap_or(false),
         ))
     };
+    let partitioned = crate::catalog::value::<bool>(
+        c,
+        "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = $1",
+        &[oid.into()],
+    )
+    .unwrap_or(false);
     ColumnState {
         exists: true,
         is_uuid,
         not_null,
         fk,
         not_null_check,
+        partitioned,
     }
 }
 
@@ -399,6 +414,13 @@ fn add_tenant_column_impl(
                 .into_iter()
                 .map(|(s, d)| (s, d, None))
                 .collect();
+        if st.fk.is_none() && st.partitioned {
+            rows.push((
+                "foreign key deferred".into(),
+                format!("{name} is partitioned: PostgreSQL 15 cannot add a NOT VALID foreign key to it; enforce_tenant_column adds it, validated, after the backfill"),
+                None,
+            ));
+        }
         if st.exists && default.is_some() {
             rows.push((
                 "default_tenant not applied".into(),
@@ -409,7 +431,7 @@ fn add_tenant_column_impl(
                 None,
             ));
         }
-        if steps.is_empty() {
+        if steps.is_empty() && !(st.fk.is_none() && st.partitioned) {
             rows.push((
                 "nothing to do".into(),
                 format!(
@@ -434,7 +456,7 @@ fn add_tenant_column_impl(
             rows.push((
                 "index (run with \\gexec)".into(),
                 "CREATE INDEX CONCURRENTLY cannot run inside a function or transaction".into(),
-                Some(index_ddl(&name, &relname, tenant_column)),
+                Some(index_ddl(&name, &relname, tenant_column, st.partitioned)),
             ));
         }
         rows
@@ -469,13 +491,13 @@ fn enforce_tenant_column(
                 ),
             );
         }
-        if st.fk.is_none() {
+        if st.fk.is_none() && !st.partitioned {
             raise(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("column {} of table {name} has no foreign key to {tenants}; run add_tenant_column first", display_ident(tenant_column)),
             );
         }
-        let steps = enforce_steps(&name, &relname, tenant_column, &st);
+        let steps = enforce_steps(&name, &relname, tenant_column, &tenants, &st);
         let mut rows = run_steps(c, &name, &steps, lock_timeout_ms, retries);
         if rows.is_empty() {
             rows.push((
@@ -681,15 +703,25 @@ fn revert_run(
             ),
             Some(_) => {}
         }
-        let steps: Vec<(String, String)> = c
+        // A table dropped since (its regclass is a bare OID now) has nothing to put
+        // back: it is reported with what was journaled for it, the others reverted.
+        let steps: Vec<(String, String, bool)> = c
             .select(
-                "SELECT tbl::pg_catalog.text, tenant_column::text FROM vital_tenancy.migration_steps
-                  WHERE run_id = $1 ORDER BY started_at DESC, tbl::pg_catalog.text",
+                "SELECT s.tbl::pg_catalog.text, s.tenant_column::text,
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_class k WHERE k.oid = s.tbl)
+                   FROM vital_tenancy.migration_steps s
+                  WHERE s.run_id = $1 ORDER BY s.started_at DESC, s.tbl::pg_catalog.text",
                 None,
                 &[run_id.into()],
             )
             .or_raise("reading the run's steps")
-            .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<String>(2).ok().flatten().unwrap_or_default()))
+            .map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<bool>(3).ok().flatten().unwrap_or(false),
+                )
+            })
             .collect();
         // Putting tenants back is not an application write: as in backfill, the
         // tables' triggers (updated_at stamps, audit) do not fire, when allowed.
@@ -719,7 +751,24 @@ fn revert_run(
             .or_raise("setting session_replication_role");
         }
         let mut out = Vec::new();
-        for (table, column) in steps {
+        for (table, column, exists) in steps {
+            if !exists {
+                let journaled: i64 = c
+                    .select(
+                        "SELECT COALESCE(sum(cardinality(keys)), 0)::bigint FROM vital_tenancy.migration_journal_batches
+                          WHERE run_id = $1 AND tbl::pg_catalog.oid::pg_catalog.text = $2",
+                        Some(1),
+                        &[run_id.into(), table.as_str().into()],
+                    )
+                    .and_then(|t| t.first().get_one())
+                    .or_raise("counting the journal")
+                    .unwrap_or(0);
+                notice(&format!(
+                    "table with OID {table} was dropped since run {run_id}: its {journaled} journaled rows are gone"
+                ));
+                out.push((format!("(dropped table {table})"), 0, journaled));
+                continue;
+            }
             let oid: pg_sys::Oid = c
                 .select(
                     "SELECT $1::pg_catalog.regclass::pg_catalog.oid",

@@ -1,7 +1,7 @@
 //! Health check, index advisor, tenant usage and tenant export — the plan's Phase 7,
 //! 8.2 and 10.3, in-database. All read-only.
 
-use crate::errors::{raise, OrRaise};
+use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::quote_ident;
 use crate::logic::tenants::{uuid_bytes, ALL};
 use pgrx::prelude::*;
@@ -71,7 +71,11 @@ fn advice(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Advice> {
             ));
         }
     }
-    // The plan's composites (Phase 7.1), where the tables and columns exist.
+    // The plan's composites (Phase 7.1), where the tables and columns exist and the
+    // schema filter (if any) includes public (F26).
+    let public_included = schemas
+        .as_ref()
+        .is_none_or(|list| list.iter().any(|s| s == "public"));
     for (table, cols, why) in [
         (
             "public.prompts",
@@ -93,7 +97,8 @@ fn advice(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Advice> {
             .and_then(|t| t.first().get_one())
             .or_raise("checking a table")
             .unwrap_or(false);
-        if exists && has_columns(c, table, &cols) && !has_index(c, table, &cols) {
+        if public_included && exists && has_columns(c, table, &cols) && !has_index(c, table, &cols)
+        {
             let rel = table.trim_start_matches("public.");
             let name = format!("idx_{rel}_{}", cols.join("_"));
             out.push((
@@ -214,8 +219,19 @@ fn tenant_usage(
 /// A lazily fetched export: an SPI cursor kept open by name between calls, read a
 /// batch at a time, so the whole result is never held in memory.
 struct ExportRows {
-    cursor: Option<String>,
+    /// The portal's name and address: a portal of that name that is not this one (the
+    /// export's was closed and a client declared its own) is not read from (F18).
+    cursor: Option<(String, usize)>,
     buffer: std::vec::IntoIter<(String, JsonB)>,
+}
+
+/// The address of the open portal called `name`, or 0.
+fn portal_address(name: &str) -> usize {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: SPI_cursor_find only looks the name up in the portal hash table.
+    unsafe { pg_sys::SPI_cursor_find(cname.as_ptr()) as usize }
 }
 
 impl Iterator for ExportRows {
@@ -225,17 +241,26 @@ impl Iterator for ExportRows {
             if let Some(row) = self.buffer.next() {
                 return Some(row);
             }
-            let name = self.cursor.clone()?;
+            let (name, address) = self.cursor.clone()?;
             let (batch, done) = Spi::connect(|c| {
+                if portal_address(&name) != address {
+                    raise_full(
+                        PgSqlErrorCode::ERRCODE_INVALID_CURSOR_NAME,
+                        "export_tenant's cursor was closed before the export finished",
+                        Some(format!("Its portal \"{name}\" was closed (ROLLBACK TO SAVEPOINT, CLOSE) or replaced.")),
+                        Some("Run the export again, from one statement or a cursor that is not rolled back midway.".into()),
+                    )
+                }
                 let mut cur = c.find_cursor(&name).or_raise("finding the export cursor");
                 let t = cur.fetch(1000).or_raise("fetching exported rows");
                 let rows: Vec<(String, JsonB)> = crate::errors::reading_rows(|| {
                     t.map(|r| {
                         (
-                            r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                            r.get::<String>(1)
+                                .or_raise("reading an exported row")
+                                .unwrap_or_default(),
                             r.get::<JsonB>(2)
-                                .ok()
-                                .flatten()
+                                .or_raise("reading an exported row")
                                 .unwrap_or(JsonB(Value::Null)),
                         )
                     })
@@ -305,7 +330,9 @@ fn export_tenant(
         let cur = c
             .try_open_cursor(sql.as_str(), &[tenant.into()])
             .or_raise("opening the export cursor");
-        Some(cur.detach_into_name())
+        let name = cur.detach_into_name();
+        let address = portal_address(&name);
+        Some((name, address))
     });
     TableIterator::new(ExportRows {
         cursor,

@@ -254,6 +254,60 @@ fn rows_that_stay_in_the_majority_tenant_are_not_rewritten() {
     }
 }
 
+/// The catalog-default path with a classifier that cannot place every row: the column
+/// gets the most frequent tenant; rows of another tenant are rewritten, rows placed
+/// nowhere are written back to NULL (counted unclassified, not journaled); revert puts
+/// every row back to no tenant.
+#[test]
+fn a_column_the_backfill_adds_holds_null_where_the_classifier_places_nothing() {
+    const DH: &str = "11111111-1111-1111-1111-111111111111";
+    const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
+    let db = FixtureDb::new("mig_default_nulls");
+    let mut c = install(&db);
+    c.batch_execute(&format!(
+        "SELECT count(*) FROM vital_tenancy.ensure_tenants('public.tenants', '{{\"type\": \"industry\"}}');
+         CREATE TABLE public.vt_parent (id int PRIMARY KEY, tenant_id uuid);
+         INSERT INTO public.vt_parent VALUES (1, '{DH}'), (2, '{DH}'), (3, '{PHARMA}');
+         CREATE TABLE public.vt_child (id bigint PRIMARY KEY, parent_id int);
+         -- parents 4 and 5 do not exist: 20 of the 50 rows match nothing
+         INSERT INTO public.vt_child SELECT g, g % 5 + 1 FROM generate_series(1, 50) g;"
+    ))
+    .unwrap();
+    let opts = r#"{"column": "parent_id", "parent": "public.vt_parent", "match": ["id"]}"#;
+    c.batch_execute(&format!(
+        "CALL vital_tenancy.backfill('public.vt_child', 'parent', batch_size => 7, options => '{opts}', run_name => 'dn')"
+    ))
+    .unwrap();
+    let r = c
+        .query_one(
+            "SELECT s.default_tenant::text, s.rows_changed, s.rows_rewritten, s.rows_failed,
+                    (SELECT count(*) FROM vital_tenancy.migration_journal j WHERE j.run_id = s.run_id),
+                    (SELECT count(*) FROM public.vt_child c LEFT JOIN public.vt_parent p ON p.id = c.parent_id
+                      WHERE c.tenant_id IS DISTINCT FROM p.tenant_id)
+               FROM vital_tenancy.migration_steps s WHERE s.tbl = 'public.vt_child'::regclass",
+            &[],
+        )
+        .unwrap();
+    let got: (Option<String>, i64, i64, i64, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+    // 20 rows → DH (the majority), 10 → Pharmaceuticals, 20 → nowhere.
+    assert_eq!(got, (Some(DH.to_string()), 30, 30, 20, 30, 0));
+    let run: i64 = c
+        .query_one("SELECT vital_tenancy.finish_run('dn')", &[])
+        .unwrap()
+        .get(0);
+    c.query("SELECT * FROM vital_tenancy.revert_run($1)", &[&run])
+        .unwrap();
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM public.vt_child WHERE tenant_id IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
 #[test]
 fn fixture_variants_with_partial_tenant_columns_and_org_tables() {
     let db = FixtureDb::with_env(

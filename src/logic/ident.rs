@@ -100,9 +100,16 @@ pub fn quote_ident(ident: &str) -> String {
     out
 }
 
-/// A SQL string literal (standard_conforming_strings): quotes doubled.
+/// A SQL string literal as PostgreSQL's `quote_literal()` writes it: quotes doubled,
+/// and where the text holds a backslash, an `E'…'` literal with backslashes doubled,
+/// which reads the same whatever `standard_conforming_strings` is (F23).
 pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let quoted = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// Parse `schema.table` the way PostgreSQL's `parse_ident()` does: unquoted parts are
@@ -270,6 +277,7 @@ mod tests {
         }
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"back\slash'"), r"E'back\\slash'''");
     }
 
     #[test]

@@ -405,6 +405,9 @@ pub struct ColumnState {
     pub fk: Option<(String, bool)>,
     /// A CHECK (col IS NOT NULL) left by an interrupted enforce, and whether valid.
     pub not_null_check: Option<(String, bool)>,
+    /// The table is partitioned: PostgreSQL 15 cannot add a foreign key NOT VALID to
+    /// it, so the key is added (validated) when the column is enforced.
+    pub partitioned: bool,
 }
 
 /// Steps that add the column (nullable, so no table rewrite) and its foreign key
@@ -442,7 +445,7 @@ pub fn add_steps(
             },
         });
     }
-    if st.fk.is_none() {
+    if st.fk.is_none() && !st.partitioned {
         let fk = derived_name(relname, column, "vt_fk");
         steps.push(Step {
             name: "add foreign key NOT VALID".into(),
@@ -458,9 +461,26 @@ pub fn add_steps(
 /// Steps that make the column `NOT NULL` and its foreign key valid without a long
 /// exclusive lock: VALIDATE takes SHARE UPDATE EXCLUSIVE (writes go on), and SET NOT
 /// NULL skips its scan because a valid CHECK (col IS NOT NULL) proves it.
-pub fn enforce_steps(table: &str, relname: &str, column: &str, st: &ColumnState) -> Vec<Step> {
+pub fn enforce_steps(
+    table: &str,
+    relname: &str,
+    column: &str,
+    tenants: &str,
+    st: &ColumnState,
+) -> Vec<Step> {
     let col = quote_ident(column);
     let mut steps = Vec::new();
+    if st.fk.is_none() && st.partitioned {
+        // Validated as it is added: SHARE ROW EXCLUSIVE on the table and the tenants
+        // table for one scan (writes wait; reads go on).
+        steps.push(Step {
+            name: "add foreign key (partitioned: validated as added)".into(),
+            sql: format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {} FOREIGN KEY ({col}) REFERENCES {tenants} (id)",
+                quote_ident(&derived_name(relname, column, "vt_fk"))
+            ),
+        });
+    }
     if let Some((fk, false)) = &st.fk {
         steps.push(Step {
             name: "validate foreign key".into(),
@@ -507,9 +527,13 @@ pub fn enforce_steps(table: &str, relname: &str, column: &str, st: &ColumnState)
 
 /// `CREATE INDEX CONCURRENTLY` for the tenant column (to run with psql's `\gexec`,
 /// outside any transaction).
-pub fn index_ddl(table: &str, relname: &str, column: &str) -> String {
+/// The tenant index, `CONCURRENTLY` (no write lock) — except on a partitioned table,
+/// where PostgreSQL 15 cannot build one concurrently: there the plain statement (writes
+/// wait while each partition's index is built).
+pub fn index_ddl(table: &str, relname: &str, column: &str, partitioned: bool) -> String {
     format!(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {table} ({})",
+        "CREATE INDEX {}IF NOT EXISTS {} ON {table} ({})",
+        if partitioned { "" } else { "CONCURRENTLY " },
         quote_ident(&derived_name(relname, column, "idx")),
         quote_ident(column)
     )
@@ -741,20 +765,23 @@ mod tests {
             not_null: true,
             fk: Some(("f".into(), true)),
             not_null_check: None,
+            partitioned: false,
         };
         assert!(add_steps("public.t", "t", "tenant_id", "public.tenants", &done, None).is_empty());
-        assert!(enforce_steps("public.t", "t", "tenant_id", &done).is_empty());
+        assert!(enforce_steps("public.t", "t", "tenant_id", "public.tenants", &done).is_empty());
         let added = ColumnState {
             exists: true,
             is_uuid: true,
             not_null: false,
             fk: Some(("f".into(), false)),
             not_null_check: None,
+            partitioned: false,
         };
-        let names: Vec<String> = enforce_steps("public.t", "t", "tenant_id", &added)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
+        let names: Vec<String> =
+            enforce_steps("public.t", "t", "tenant_id", "public.tenants", &added)
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
         assert_eq!(
             names,
             [
@@ -771,11 +798,41 @@ mod tests {
             fk: Some(("f".into(), true)),
             ..added
         };
-        let names: Vec<String> = enforce_steps("public.t", "t", "tenant_id", &half)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
+        let names: Vec<String> =
+            enforce_steps("public.t", "t", "tenant_id", "public.tenants", &half)
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
         assert_eq!(names, ["set NOT NULL", "drop CHECK"]);
+        // A partitioned table gets its foreign key when the column is enforced (F28).
+        let parted = ColumnState {
+            partitioned: true,
+            ..ColumnState::default()
+        };
+        let add: Vec<String> = add_steps(
+            "public.p",
+            "p",
+            "tenant_id",
+            "public.tenants",
+            &parted,
+            None,
+        )
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+        assert_eq!(add, ["add column"]);
+        let parted = ColumnState {
+            exists: true,
+            is_uuid: true,
+            ..parted
+        };
+        let steps = enforce_steps("public.p", "p", "tenant_id", "public.tenants", &parted);
+        assert_eq!(
+            steps[0].name,
+            "add foreign key (partitioned: validated as added)"
+        );
+        assert!(!steps[0].sql.contains("NOT VALID"));
+        assert_eq!(steps.len(), 5);
     }
 
     #[test]

@@ -91,6 +91,55 @@ insert into vital_tenancy.migration_metrics (migration_name, phase) values ('fzX
 select position('fzXa2' in vital_tenancy.migration_report('fz_a')) > 0 as other_run_included,
        position('fz_a2' in vital_tenancy.migration_report('fz_a')) > 0 as prefix_run_included;
 
+-- F28: a partitioned table takes the online path too; its foreign key (which
+-- PostgreSQL 15 cannot add NOT VALID there) comes when the column is enforced.
+create table fz.parted (id int, tenant_id uuid, primary key (id)) partition by range (id);
+create table fz.parted_1 partition of fz.parted for values from (0) to (100);
+insert into fz.parted select g, vital_tenancy.platform_tenant_id() from generate_series(1, 10) g;
+select step, ddl from vital_tenancy.add_tenant_column('fz.parted');
+select step from vital_tenancy.enforce_tenant_column('fz.parted');
+select conname, convalidated from pg_constraint where conrelid = 'fz.parted'::regclass and contype = 'f';
+
+-- F26: index_advice keeps to its schema filter.
+select count(*) from vital_tenancy.index_advice(array['fz']) where table_name like 'public.%';
+
+-- F23: SQL built from catalog names reads the same with standard_conforming_strings off.
+create table fz."back\slash" (id int primary key, "col\" text, tenant_id uuid);
+set local standard_conforming_strings = off;
+set local escape_string_warning = off;
+select count(*) from vital_tenancy.duplicates('fz."back\\slash"', array['col\\']);
+set local standard_conforming_strings = on;
+
+-- F13: the rules trigger is not for calling, nor for other tables.
+create table fz.plain (id int primary key, kind text, rules jsonb);
+create trigger t before insert on fz.plain for each row execute function vital_tenancy.classification_rules_trigger();
+insert into fz.plain values (1, 'prompt', '{}');
+\echo :LAST_ERROR_SQLSTATE
+select has_function_privilege('public', 'vital_tenancy.classification_rules_trigger()', 'execute') as public_may_call;
+
+-- F29: revert_run of a run whose table was dropped since reverts the rest.
+create table fz.gone (id int primary key, tenant_id uuid);
+insert into vital_tenancy.migration_runs (name, status) values ('fz_gone', 'completed');
+insert into vital_tenancy.migration_steps (run_id, tbl, tenant_column, classifier)
+select run_id, 'fz.gone'::regclass, 'tenant_id', 'platform' from vital_tenancy.migration_runs where name = 'fz_gone';
+drop table fz.gone;
+set local client_min_messages = warning;
+select table_name like '(dropped table %)' as dropped, reverted
+  from vital_tenancy.revert_run((select run_id from vital_tenancy.migration_runs where name = 'fz_gone'));
+set local client_min_messages = notice;
+
+-- F18: export_tenant read through a cursor whose first rows were fetched in a savepoint
+-- that is rolled back: its portal is gone, and the export says so (no internal error,
+-- no garbage rows).
+declare c cursor for select vital_tenancy.export_tenant(vital_tenancy.platform_tenant_id());
+savepoint s;
+move 1 in c;
+rollback to savepoint s;
+\set VERBOSITY terse
+move 3000 in c;
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+
 -- F33: a tenant-context setting that is JSON but no object says so.
 set local request.jwt.claims = '[]';
 select vital_tenancy.current_tenant_id();
