@@ -208,6 +208,10 @@ BEGIN
         RAISE EXCEPTION 'run_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     ELSIF pg_catalog.btrim(run_name) = '' THEN
         RAISE EXCEPTION 'run_name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF pg_catalog.octet_length(run_name) > 1000 THEN
+        -- (run names are indexed; a btree entry holds at most ~2.7 kB)
+        RAISE EXCEPTION 'run_name is % bytes long; at most 1000', pg_catalog.octet_length(run_name)
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF tbl IS NULL OR classifier IS NULL OR options IS NULL OR tenant_column IS NULL
        OR overwrite IS NULL OR catch_up IS NULL OR record_rules IS NULL OR fire_triggers IS NULL THEN

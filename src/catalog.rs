@@ -218,3 +218,80 @@ pub(crate) fn check_name_arg(arg: &str, name: &str) {
         );
     }
 }
+
+/// A `regclass` argument, kept as its OID. pgrx's `PgRelation` opens the relation
+/// before the function body runs, so a dangling OID (a stored regclass of a dropped
+/// table, or 0) failed there with an internal error; this checks in the body (F10).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Regclass(pg_sys::Oid);
+
+impl Regclass {
+    /// The relation's OID, or ERROR 42P01 when no relation has it.
+    pub(crate) fn oid(self) -> pg_sys::Oid {
+        let exists = Spi::connect(|c| {
+            value::<bool>(
+                c,
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1)",
+                &[self.0.into()],
+            )
+        })
+        .unwrap_or(false);
+        if !exists {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("relation with OID {} does not exist", self.0.to_u32()),
+            );
+        }
+        self.0
+    }
+}
+
+impl FromDatum for Regclass {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<Regclass> {
+        // SAFETY: a regclass datum is an OID by value.
+        unsafe { pg_sys::Oid::from_polymorphic_datum(datum, is_null, pg_sys::OIDOID) }.map(Regclass)
+    }
+}
+
+impl IntoDatum for Regclass {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::REGCLASSOID
+    }
+}
+
+// SAFETY: the SQL type is regclass, whose datum is the OID this type holds.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for Regclass {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Regclass);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("regclass"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("regclass"),
+    ));
+}
+
+// SAFETY: unboxed through FromDatum, like pgrx's own by-value argument types.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for Regclass {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        // SAFETY: the argument is declared regclass.
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "a regclass argument must not be NULL",
+            )
+        })
+    }
+}

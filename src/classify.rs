@@ -15,7 +15,7 @@ use crate::logic::classify::{
 use crate::logic::migrate::{rule_call, Classifier};
 use crate::logic::tenants::{uuid_bytes, ALL};
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgRelation, Uuid};
+use pgrx::{JsonB, Uuid};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -511,7 +511,7 @@ fn explain_tenant(
 #[search_path(pg_catalog, pg_temp)]
 fn preview_classification(
     kind: &str,
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
 ) -> TableIterator<
     'static,
     (
@@ -525,7 +525,6 @@ fn preview_classification(
     let kind = kind_arg(kind, false);
     let mut groups: Vec<([u8; 16], String, i64, Vec<String>)> = Vec::new();
     let oid = tbl.oid();
-    drop(tbl);
     Spi::connect(|c| {
         let table: String = c
             .select(

@@ -30,7 +30,7 @@ use crate::logic::context::{
 use crate::logic::ident::display_ident;
 use crate::logic::rls::ADMIN_ROLE;
 use pgrx::prelude::*;
-use pgrx::{PgRelation, Uuid};
+use pgrx::Uuid;
 use std::cell::RefCell;
 use std::ffi::CString;
 
@@ -609,7 +609,7 @@ fn writable_tenant_ids() -> Vec<Uuid> {
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_membership_table(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     user_column: default!(&str, "'user_id'"),
     tenant_column: default!(&str, "'tenant_id'"),
 ) {

@@ -12,7 +12,7 @@ use crate::logic::migrate::{
 use crate::logic::tenants::uuid_bytes;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgRelation, Uuid};
+use pgrx::{JsonB, Uuid};
 use serde_json::json;
 
 pub(crate) fn plan_error(e: PlanError) -> ! {
@@ -116,14 +116,13 @@ fn primary_key(c: &SpiClient<'_>, oid: pg_sys::Oid, name: &str) -> (String, Stri
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn backfill_plan(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     classifier: &str,
     options: default!(JsonB, "'{}'"),
     tenant_column: default!(&str, "'tenant_id'"),
 ) -> JsonB {
     crate::catalog::check_name_arg("tenant_column", tenant_column);
     let oid = tbl.oid();
-    drop(tbl);
     let cls = Classifier::parse(classifier, &options.0).unwrap_or_else(|e| plan_error(e));
     let plan = Spi::connect(|c| {
         let (name, _) = require_table(c, oid);
@@ -319,7 +318,7 @@ fn check_limits(lock_timeout_ms: i32, retries: i32) {
 #[pg_extern(volatile, name = "add_tenant_column")]
 #[search_path(pg_catalog, pg_temp)]
 fn add_tenant_column_v2(
-    tbl: Option<PgRelation>,
+    tbl: Option<crate::catalog::Regclass>,
     tenant_column: default!(Option<&str>, "'tenant_id'"),
     lock_timeout_ms: default!(Option<i32>, 2000),
     retries: default!(Option<i32>, 5),
@@ -354,7 +353,7 @@ fn add_tenant_column_v2(
 /// extension SQL is still 0.1.0's while this library is installed (no SQL of its own).
 #[pg_extern(volatile, sql = false)]
 fn add_tenant_column(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     tenant_column: &str,
     lock_timeout_ms: i32,
     retries: i32,
@@ -376,7 +375,7 @@ fn add_tenant_column(
 }
 
 fn add_tenant_column_impl(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     tenant_column: &str,
     lock_timeout_ms: i32,
     retries: i32,
@@ -385,7 +384,6 @@ fn add_tenant_column_impl(
     crate::catalog::check_name_arg("tenant_column", tenant_column);
     check_limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
-    drop(tbl);
     let rows = Spi::connect_mut(|c| {
         let (name, relname) = require_table(c, oid);
         let tenants = crate::catalog::require_tenants_table(c);
@@ -469,7 +467,7 @@ fn add_tenant_column_impl(
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn enforce_tenant_column(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     tenant_column: default!(&str, "'tenant_id'"),
     lock_timeout_ms: default!(i32, 2000),
     retries: default!(i32, 5),
@@ -477,7 +475,6 @@ fn enforce_tenant_column(
     crate::catalog::check_name_arg("tenant_column", tenant_column);
     check_limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
-    drop(tbl);
     let rows = Spi::connect_mut(|c| {
         let (name, relname) = require_table(c, oid);
         let tenants = crate::catalog::require_tenants_table(c);
@@ -527,6 +524,13 @@ fn snapshot_counts(
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "label must not be empty",
+        );
+    }
+    // (The label is indexed; a btree entry holds at most ~2.7 kB.)
+    if label.len() > 1000 {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("label is {} bytes long; at most 1000", label.len()),
         );
     }
     let rows = Spi::connect_mut(|c| {
@@ -1053,7 +1057,7 @@ fn migration_report(run_name: default!(&str, "'vital-multi-tenant'")) -> String 
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn tenant_distribution_of(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     tenant_column: default!(&str, "'tenant_id'"),
 ) -> TableIterator<
     'static,
@@ -1065,7 +1069,6 @@ fn tenant_distribution_of(
 > {
     crate::catalog::check_name_arg("tenant_column", tenant_column);
     let oid = tbl.oid();
-    drop(tbl);
     let rows = Spi::connect(|c| {
         let (name, _, _) = names(c, oid);
         let tenants = crate::catalog::require_tenants_table(c);

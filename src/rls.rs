@@ -11,7 +11,6 @@ use crate::logic::ident::{display_ident, quote_ident};
 use crate::logic::rls::{is_index_friendly, policies, POLICY_NAMES};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::PgRelation;
 
 /// What the catalog says about a table and its tenant column.
 struct Target {
@@ -206,7 +205,7 @@ fn refresh_tenant_policies(
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn enable_tenant_rls(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     tenant_column: default!(&str, "'tenant_id'"),
     shared: default!(bool, true),
 ) -> TableIterator<'static, (name!(action, String),)> {
@@ -215,7 +214,6 @@ fn enable_tenant_rls(
     // Close our reference to the relation: ALTER TABLE refuses a table this session
     // still has open. The regclass argument already proved it exists.
     let oid = tbl.oid();
-    drop(tbl);
     Spi::connect_mut(|c| {
         let t = target(c, oid, tenant_column);
         let col = quote_ident(&t.column);
@@ -335,10 +333,11 @@ fn enable_tenant_rls(
 /// Undo exactly what `enable_tenant_rls()` did to a table.
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn disable_tenant_rls(tbl: PgRelation) -> TableIterator<'static, (name!(action, String),)> {
+fn disable_tenant_rls(
+    tbl: crate::catalog::Regclass,
+) -> TableIterator<'static, (name!(action, String),)> {
     let mut actions = Vec::new();
     let oid = tbl.oid();
-    drop(tbl);
     Spi::connect_mut(|c| {
         let rec = c
             .select(

@@ -6,7 +6,7 @@ use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::{quote_ident, quote_literal};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgRelation, Uuid};
+use pgrx::{JsonB, Uuid};
 
 use crate::catalog::{
     check_schemas, has_column, table_name, tenant_tables as tenanted_tables,
@@ -380,15 +380,13 @@ fn cross_tenant_references(
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn declare_reference(
-    child: PgRelation,
+    child: crate::catalog::Regclass,
     child_column: &str,
-    parent: PgRelation,
+    parent: crate::catalog::Regclass,
     parent_columns: default!(Vec<Option<String>>, "ARRAY['id']"),
 ) {
     let parent_columns = crate::errors::no_null_elements("parent_columns", parent_columns);
     let (coid, poid) = (child.oid(), parent.oid());
-    drop(child);
-    drop(parent);
     if parent_columns.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -435,7 +433,7 @@ fn declare_reference(
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn duplicates(
-    tbl: PgRelation,
+    tbl: crate::catalog::Regclass,
     columns: Vec<Option<String>>,
 ) -> TableIterator<
     'static,
@@ -447,7 +445,6 @@ fn duplicates(
 > {
     let columns = crate::errors::no_null_elements("columns", columns);
     let oid = tbl.oid();
-    drop(tbl);
     let rows = Spi::connect(|c| duplicate_rows(c, oid, &columns));
     TableIterator::new(rows)
 }
@@ -478,9 +475,16 @@ fn duplicate_rows(
             );
         }
     }
+    // jsonb_build_object takes at most 100 arguments: 50 columns per call, joined by ||.
     let pairs: Vec<String> = columns
-        .iter()
-        .map(|col| format!("{}, x.{}", quote_literal(col), quote_ident(col)))
+        .chunks(50)
+        .map(|chunk| {
+            let args: Vec<String> = chunk
+                .iter()
+                .map(|col| format!("{}, x.{}", quote_literal(col), quote_ident(col)))
+                .collect();
+            format!("pg_catalog.jsonb_build_object({})", args.join(", "))
+        })
         .collect();
     let group: Vec<String> = columns
         .iter()
@@ -488,9 +492,9 @@ fn duplicate_rows(
         .collect();
     c.select(
         &format!(
-            "SELECT x.{tcol}, pg_catalog.jsonb_build_object({}), count(*) FROM {table} x
+            "SELECT x.{tcol}, {}, count(*) FROM {table} x
               GROUP BY x.{tcol}, {} HAVING count(*) > 1 ORDER BY 3 DESC, 2::text",
-            pairs.join(", "),
+            pairs.join(" || "),
             group.join(", ")
         ),
         None,

@@ -20,6 +20,14 @@ select * from vital_tenancy.snapshot_counts('x', array[null]::text[]);
 select vital_tenancy.declare_reference('public.messages', 'agent_id', 'public.agents', array[null]::text[]);
 \echo :LAST_ERROR_SQLSTATE
 
+-- F10: a regclass that names no relation (a dropped table's stored OID, or 0).
+select * from vital_tenancy.enable_tenant_rls(4000000000::oid::regclass);
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.preview_classification('prompt', 0::oid::regclass);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.declare_reference('public.messages', 'agent_id', 0::oid::regclass);
+\echo :LAST_ERROR_SQLSTATE
+
 -- F11: export_tenant(NULL).
 select * from vital_tenancy.export_tenant(null);
 \echo :LAST_ERROR_SQLSTATE
@@ -73,6 +81,13 @@ call vital_tenancy.backfill('fz.texttenant', 'platform', run_name => null);
 \echo :LAST_ERROR_SQLSTATE
 call vital_tenancy.backfill('fz.texttenant', 'platform', catch_up => null);
 \echo :LAST_ERROR_SQLSTATE
+
+-- F29: a label or run name too long to index; duplicates() over more than 50 columns.
+select * from vital_tenancy.snapshot_counts(repeat('l', 1001));
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('fz.texttenant', 'platform', run_name => repeat('r', 1001));
+\echo :LAST_ERROR_SQLSTATE
+select count(*) from vital_tenancy.duplicates('public.prompts', (select array_agg('name'::text) from generate_series(1, 101)));
 
 -- F20: a tenant index for a table with a 63-byte name keeps its suffix.
 create table fz.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa (id int primary key, tenant_id uuid);
