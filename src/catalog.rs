@@ -295,3 +295,169 @@ unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for Regclass {
         })
     }
 }
+
+/// A jsonb value returned as the datum PostgreSQL produced, without a round trip through
+/// serde_json (which refuses values nested deeper than 128 levels or numbers beyond an
+/// f64: F08). The datum must live until the row is returned; `export_tenant` keeps the
+/// rows of one batch in a context of its own, reset when it fetches the next batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawJsonb(pub(crate) pg_sys::Datum);
+
+impl IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+impl FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<RawJsonb> {
+        (!is_null).then_some(RawJsonb(datum))
+    }
+}
+
+// SAFETY: the SQL type is jsonb, and the datum is a jsonb varlena.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for RawJsonb {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonb);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
+    ));
+}
+
+// SAFETY: returns the datum as is; its memory outlives the call (see above).
+unsafe impl pgrx::callconv::BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+/// A jsonb argument (or trigger column) as a serde_json value. pgrx's `JsonB` panics
+/// (an internal error) on valid jsonb serde_json cannot hold: nested deeper than 128
+/// levels, or a number beyond an f64 (F08). This converts in the function and raises
+/// 54001 / 22003 instead, saying what it is.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonArg(pub(crate) serde_json::Value);
+
+impl JsonArg {
+    /// Convert a non-null jsonb datum; `what` names it in the error.
+    unsafe fn convert(datum: pg_sys::Datum, what: &str) -> JsonArg {
+        // SAFETY: a jsonb datum; jsonb_out gives its text in the current context.
+        let text: Option<&core::ffi::CStr> =
+            unsafe { pgrx::direct_function_call(pg_sys::jsonb_out, &[Some(datum)]) };
+        let text = text.and_then(|t| t.to_str().ok()).unwrap_or("null");
+        match serde_json::from_str(text) {
+            Ok(v) => JsonArg(v),
+            Err(e) if e.to_string().contains("recursion limit") => raise(
+                PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+                format!("{what} is nested deeper than 128 levels, more than vital_tenancy reads"),
+            ),
+            Err(e) if e.to_string().contains("number out of range") => raise(
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                format!("{what} holds a number beyond the range of double precision, more than vital_tenancy reads"),
+            ),
+            Err(e) => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+                format!("{what} cannot be read: {e}"),
+            ),
+        }
+    }
+}
+
+impl FromDatum for JsonArg {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _typoid: pg_sys::Oid,
+    ) -> Option<JsonArg> {
+        // SAFETY: a jsonb datum when not null.
+        (!is_null).then(|| unsafe { JsonArg::convert(datum, "a jsonb value") })
+    }
+}
+
+impl IntoDatum for JsonArg {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        pgrx::JsonB(self.0).into_datum()
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: the SQL type is jsonb.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for JsonArg {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonArg);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
+    ));
+}
+
+// SAFETY: unboxed through FromDatum.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonArg {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        let what = format!("jsonb argument {}", arg.index() + 1);
+        // SAFETY: the argument is declared jsonb.
+        match unsafe { arg.unbox_arg_using_from_datum::<pg_sys::Datum>() } {
+            Some(datum) => unsafe { JsonArg::convert(datum, &what) },
+            None => raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("{what} must not be NULL"),
+            ),
+        }
+    }
+
+    unsafe fn unbox_nullable_arg(
+        arg: pgrx::callconv::Arg<'_, 'fcx>,
+    ) -> pgrx::nullable::Nullable<Self> {
+        let what = format!("jsonb argument {}", arg.index() + 1);
+        // SAFETY: the argument is declared jsonb.
+        match unsafe { arg.unbox_arg_using_from_datum::<pg_sys::Datum>() } {
+            Some(datum) => {
+                pgrx::nullable::Nullable::Valid(unsafe { JsonArg::convert(datum, &what) })
+            }
+            None => pgrx::nullable::Nullable::Null,
+        }
+    }
+}
+
+// SAFETY: converts the jsonb datum through FromDatum (trigger columns are read this way).
+unsafe impl pgrx::datum::UnboxDatum for JsonArg {
+    type As<'src>
+        = JsonArg
+    where
+        Self: 'src;
+    unsafe fn unbox<'src>(d: pgrx::datum::Datum<'src>) -> JsonArg
+    where
+        Self: 'src,
+    {
+        // SAFETY: a non-null jsonb datum.
+        unsafe { JsonArg::from_datum(d.sans_lifetime(), false) }
+            .unwrap_or(JsonArg(serde_json::Value::Null))
+    }
+}

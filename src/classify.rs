@@ -7,6 +7,7 @@
 //! which marks the cache stale. A classifier call therefore costs no table read and no
 //! JSON parse per row.
 
+use crate::catalog::JsonArg;
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::classify::{
     default_rules, default_spec, domain_suite, parse_tier, tier_from_int, AgentRow, Decision, Kind,
@@ -331,7 +332,7 @@ fn classify_prompt_tenant(
 
 /// Tenant of a prompt given as its whole row (`to_jsonb(p)`): missing keys are NULL.
 #[pg_extern(stable, parallel_restricted, name = "classify_prompt_tenant")]
-fn classify_prompt_tenant_row(row: Option<JsonB>) -> Uuid {
+fn classify_prompt_tenant_row(row: Option<JsonArg>) -> Uuid {
     let row = row
         .map(|j| j.0)
         .unwrap_or(Value::Object(Default::default()));
@@ -351,7 +352,7 @@ fn classify_knowledge_tenant(domain: Option<&str>, tags: Option<Array<&str>>) ->
 
 /// Tenant of a knowledge chunk given as its whole row.
 #[pg_extern(stable, parallel_restricted, name = "classify_knowledge_tenant")]
-fn classify_knowledge_tenant_row(row: Option<JsonB>) -> Uuid {
+fn classify_knowledge_tenant_row(row: Option<JsonArg>) -> Uuid {
     let row = row
         .map(|j| j.0)
         .unwrap_or(Value::Object(Default::default()));
@@ -387,7 +388,7 @@ fn classify_agent_tenant_int(tier: Option<i32>, knowledge_domains: Option<Array<
 
 /// Tenant of an agent given as its whole row.
 #[pg_extern(stable, parallel_restricted, name = "classify_agent_tenant")]
-fn classify_agent_tenant_row(row: Option<JsonB>) -> Uuid {
+fn classify_agent_tenant_row(row: Option<JsonArg>) -> Uuid {
     let row = row
         .map(|j| j.0)
         .unwrap_or(Value::Object(Default::default()));
@@ -488,7 +489,7 @@ fn name_of(names: &[([u8; 16], String)], t: [u8; 16]) -> Option<String> {
 #[search_path(pg_catalog, pg_temp)]
 fn explain_tenant(
     kind: &str,
-    row: JsonB,
+    row: JsonArg,
 ) -> TableIterator<
     'static,
     (
@@ -706,7 +707,7 @@ fn rules() -> TableIterator<
 /// naming the field, and the old rules stay.
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
-fn set_rules(kind: &str, rules: JsonB) {
+fn set_rules(kind: &str, rules: JsonArg) {
     let kind = kind_arg(kind, true);
     let (spec, _) = match RuleSet::from_json(kind, &rules.0) {
         Ok(x) => x,
@@ -816,9 +817,9 @@ fn classification_rules_trigger<'a>(
         )
     };
     let kind: Option<String> = new.get_by_name("kind").unwrap_or_else(|e| read(e));
-    let rules: Option<JsonB> = new.get_by_name("rules").unwrap_or_else(|e| read(e));
+    let rules: Option<JsonArg> = new.get_by_name("rules").unwrap_or_else(|e| read(e));
     let kind = kind_arg(kind.as_deref().unwrap_or(""), true);
-    if let Some(JsonB(v)) = rules {
+    if let Some(JsonArg(v)) = rules {
         match RuleSet::from_json(kind, &v) {
             // As set_rules checks: every tenant the rules name exists (F15).
             Ok((spec, _)) => check_tenants_exist(&rule_tenants(&spec)),

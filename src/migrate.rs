@@ -118,7 +118,7 @@ fn primary_key(c: &SpiClient<'_>, oid: pg_sys::Oid, name: &str) -> (String, Stri
 fn backfill_plan(
     tbl: crate::catalog::Regclass,
     classifier: &str,
-    options: default!(JsonB, "'{}'"),
+    options: default!(crate::catalog::JsonArg, "'{}'"),
     tenant_column: default!(&str, "'tenant_id'"),
 ) -> JsonB {
     crate::catalog::check_name_arg("tenant_column", tenant_column);

@@ -1,6 +1,7 @@
 //! Health check, index advisor, tenant usage and tenant export — the plan's Phase 7,
 //! 8.2 and 10.3, in-database. All read-only.
 
+use crate::catalog::RawJsonb;
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::quote_ident;
 use crate::logic::tenants::{uuid_bytes, ALL};
@@ -222,7 +223,11 @@ struct ExportRows {
     /// The portal's name and address: a portal of that name that is not this one (the
     /// export's was closed and a client declared its own) is not read from (F18).
     cursor: Option<(String, usize)>,
-    buffer: std::vec::IntoIter<(String, JsonB)>,
+    buffer: std::vec::IntoIter<(String, RawJsonb)>,
+    /// Where the current batch's jsonb datums live (reset before the next batch, when
+    /// every row of this one has been returned). A child of the SRF's own context, so
+    /// PostgreSQL deletes it with the SRF; never deleted here.
+    batch: pg_sys::MemoryContext,
 }
 
 /// The address of the open portal called `name`, or 0.
@@ -235,7 +240,7 @@ fn portal_address(name: &str) -> usize {
 }
 
 impl Iterator for ExportRows {
-    type Item = (String, JsonB);
+    type Item = (String, RawJsonb);
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(row) = self.buffer.next() {
@@ -252,19 +257,39 @@ impl Iterator for ExportRows {
                     )
                 }
                 let mut cur = c.find_cursor(&name).or_raise("finding the export cursor");
-                let t = cur.fetch(1000).or_raise("fetching exported rows");
-                let rows: Vec<(String, JsonB)> = crate::errors::reading_rows(|| {
-                    t.map(|r| {
-                        (
-                            r.get::<String>(1)
-                                .or_raise("reading an exported row")
-                                .unwrap_or_default(),
-                            r.get::<JsonB>(2)
-                                .or_raise("reading an exported row")
-                                .unwrap_or(JsonB(Value::Null)),
-                        )
-                    })
-                    .collect()
+                let mut t = cur.fetch(1000).or_raise("fetching exported rows");
+                // The previous batch has been returned: its datums can go.
+                // SAFETY: nothing points into the context any more (the buffer is empty
+                // and its last row was returned by the previous call).
+                unsafe { pg_sys::MemoryContextReset(self.batch) };
+                let mut batch = pgrx::PgMemoryContexts::For(self.batch);
+                let rows: Vec<(String, RawJsonb)> = crate::errors::reading_rows(|| {
+                    let mut rows = Vec::with_capacity(t.len());
+                    while let Some(r) = t.next() {
+                        let table = r
+                            .get::<String>(1)
+                            .or_raise("reading an exported row")
+                            .unwrap_or_default();
+                        // The row's jsonb as PostgreSQL made it, copied out of SPI's
+                        // memory without a conversion (F08).
+                        let Some(datum) = t
+                            .get_datum_by_ordinal(2)
+                            .or_raise("reading an exported row")
+                        else {
+                            continue;
+                        };
+                        // SAFETY: a jsonb varlena datum of this SPI row, copied whole
+                        // into the export's own context.
+                        let copy = unsafe {
+                            batch.switch_to(|_| {
+                                pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(
+                                    datum.cast_mut_ptr::<pg_sys::varlena>(),
+                                ))
+                            })
+                        };
+                        rows.push((table, RawJsonb(copy)));
+                    }
+                    rows
                 });
                 let done = rows.is_empty();
                 if !done {
@@ -289,7 +314,7 @@ impl Iterator for ExportRows {
 fn export_tenant(
     tenant: Option<Uuid>,
     schemas: default!(Option<Vec<Option<String>>>, "NULL"),
-) -> TableIterator<'static, (name!(table_name, String), name!(row, JsonB))> {
+) -> TableIterator<'static, (name!(table_name, String), name!(row, RawJsonb))> {
     let Some(tenant) = tenant else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -334,9 +359,20 @@ fn export_tenant(
         let address = portal_address(&name);
         Some((name, address))
     });
+    // Created here, in the SRF's multi-call context: it lives as long as the export.
     TableIterator::new(ExportRows {
         cursor,
         buffer: Vec::new().into_iter(),
+        // SAFETY: a new child of the current (multi-call) context, with a static name.
+        batch: unsafe {
+            pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"vital_tenancy export batch".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            )
+        },
     })
 }
 

@@ -58,7 +58,7 @@ struct Column {
 #[search_path(pg_catalog, pg_temp)]
 fn ensure_tenants(
     tenants_table: default!(Option<&str>, "'public.tenants'"),
-    extra: default!(Option<JsonB>, "'{}'"),
+    extra: default!(Option<crate::catalog::JsonArg>, "'{}'"),
 ) -> TableIterator<
     'static,
     (
@@ -79,7 +79,7 @@ fn ensure_tenants(
         Ok(t) => t,
         Err(e) => raise(PgSqlErrorCode::ERRCODE_INVALID_NAME, e.to_string()),
     };
-    let Some(JsonB(extra)) = extra else {
+    let Some(crate::catalog::JsonArg(extra)) = extra else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             "extra must not be NULL; pass '{}' for no extra column values",

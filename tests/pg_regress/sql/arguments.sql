@@ -28,6 +28,21 @@ select * from vital_tenancy.preview_classification('prompt', 0::oid::regclass);
 select vital_tenancy.declare_reference('public.messages', 'agent_id', 0::oid::regclass);
 \echo :LAST_ERROR_SQLSTATE
 
+-- F08: valid jsonb that serde_json cannot hold: an argument is refused with a fitting
+-- SQLSTATE; a table row holding it is exported as it is.
+select vital_tenancy.classify_prompt_tenant(('{"x":' || repeat('[', 200) || repeat(']', 200) || '}')::jsonb);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.set_rules('agent', '{"rules": [{"name": "t", "tenant": "00000000-0000-0000-0000-000000000001", "tier_in": [1e400]}], "default_tenant": "11111111-1111-1111-1111-111111111111"}');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.ensure_tenants('public.tenants', ('{"type": ' || repeat('[', 200) || repeat(']', 200) || '}')::jsonb);
+\echo :LAST_ERROR_SQLSTATE
+create schema fzj;
+create table fzj.weird (id int primary key, tenant_id uuid, payload jsonb, n numeric);
+insert into fzj.weird values (1, vital_tenancy.platform_tenant_id(), (repeat('[', 300) || repeat(']', 300))::jsonb, 1e400);
+select table_name, (row -> 'payload') = (select payload from fzj.weird) as payload_intact,
+       (row ->> 'n') = (select n::text from fzj.weird) as number_intact
+  from vital_tenancy.export_tenant(vital_tenancy.platform_tenant_id(), array['fzj']);
+
 -- F11: export_tenant(NULL).
 select * from vital_tenancy.export_tenant(null);
 \echo :LAST_ERROR_SQLSTATE
