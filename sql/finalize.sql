@@ -21,6 +21,26 @@ COMMENT ON FUNCTION @extschema@.ensure_tenants(text, jsonb) IS
 REVOKE EXECUTE ON FUNCTION @extschema@.ensure_tenants(text, jsonb) FROM PUBLIC;
 
 -- Classification -------------------------------------------------------------
+-- The rules table's trigger: checks each written row (BEFORE ROW) and invalidates every
+-- backend's rule cache (AFTER STATEMENT). PL/pgSQL, so that a direct call or a trigger
+-- on another table gets PostgreSQL's own errors.
+CREATE FUNCTION @extschema@.classification_rules_trigger() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_RELID IS DISTINCT FROM '@extschema@.classification_rules'::regclass THEN
+        RAISE EXCEPTION 'classification_rules_trigger() belongs to @extschema@.classification_rules only'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM @extschema@.rules_changed();
+        RETURN NULL;
+    END IF;
+    PERFORM @extschema@.check_rules_row(NEW.kind, NEW.rules);
+    RETURN NEW;
+END
+$$;
 CREATE TRIGGER classification_rules_check
     BEFORE INSERT OR UPDATE ON @extschema@.classification_rules
     FOR EACH ROW EXECUTE FUNCTION @extschema@.classification_rules_trigger();
@@ -62,6 +82,12 @@ COMMENT ON FUNCTION @extschema@.classification_rules_trigger() IS
     'Trigger on classification_rules: validates written rules and invalidates every backend''s rule cache.';
 -- Trigger functions need no EXECUTE privilege to fire; calling it directly is no use.
 REVOKE EXECUTE ON FUNCTION @extschema@.classification_rules_trigger() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.check_rules_row(text, jsonb) IS
+    'Check one classification_rules row as its trigger does: a kind with rules, rules that compile (ERROR 22023 naming the field), tenants that exist. Writes nothing.';
+COMMENT ON FUNCTION @extschema@.rules_changed() IS
+    'Invalidate every backend''s cached classification rules (the rules table''s statement trigger calls it).';
+REVOKE EXECUTE ON FUNCTION @extschema@.check_rules_row(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.rules_changed() FROM PUBLIC;
 
 -- Changing rules is for DBAs (the table itself is writable only by its owner).
 REVOKE EXECUTE ON FUNCTION @extschema@.set_rules(text, jsonb) FROM PUBLIC;

@@ -726,6 +726,43 @@ END
 $$;
 
 
+-- The rules table's trigger becomes PL/pgSQL over two helpers (a direct call or a
+-- trigger on another table then gets PostgreSQL's own errors; F13). The library keeps
+-- 0.1.0's C trigger symbol for databases not yet updated.
+CREATE FUNCTION @extschema@.check_rules_row(kind text, rules jsonb) RETURNS void
+    STABLE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'check_rules_row_wrapper';
+CREATE FUNCTION @extschema@.rules_changed() RETURNS void
+    STRICT VOLATILE
+    SET search_path TO pg_catalog, pg_temp
+    LANGUAGE c
+    AS 'MODULE_PATHNAME', 'rules_changed_wrapper';
+COMMENT ON FUNCTION @extschema@.check_rules_row(text, jsonb) IS
+    'Check one classification_rules row as its trigger does: a kind with rules, rules that compile (ERROR 22023 naming the field), tenants that exist. Writes nothing.';
+COMMENT ON FUNCTION @extschema@.rules_changed() IS
+    'Invalidate every backend''s cached classification rules (the rules table''s statement trigger calls it).';
+REVOKE EXECUTE ON FUNCTION @extschema@.check_rules_row(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.rules_changed() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@.classification_rules_trigger() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_RELID IS DISTINCT FROM '@extschema@.classification_rules'::regclass THEN
+        RAISE EXCEPTION 'classification_rules_trigger() belongs to @extschema@.classification_rules only'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM @extschema@.rules_changed();
+        RETURN NULL;
+    END IF;
+    PERFORM @extschema@.check_rules_row(NEW.kind, NEW.rules);
+    RETURN NEW;
+END
+$$;
+
 -- The rules trigger is not for calling (trigger functions need no EXECUTE privilege to fire).
 REVOKE EXECUTE ON FUNCTION @extschema@.classification_rules_trigger() FROM PUBLIC;
 

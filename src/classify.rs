@@ -781,9 +781,46 @@ fn check_tenants_exist(tenants: &[(String, String)]) {
     }
 }
 
-/// Trigger on the rules table: checks each written row's rules (BEFORE ROW), and
-/// invalidates every backend's cache (AFTER STATEMENT, including TRUNCATE).
-#[pg_trigger]
+/// Check one row written to the rules table (what its trigger calls, BEFORE ROW): the
+/// kind is one with rules, the rules compile, and every tenant they name exists.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn check_rules_row(kind: Option<&str>, rules: Option<JsonArg>) {
+    let kind = kind_arg(kind.unwrap_or(""), true);
+    if let Some(JsonArg(v)) = rules {
+        match RuleSet::from_json(kind, &v) {
+            // As set_rules checks: every tenant the rules name exists (F15).
+            Ok((spec, _)) => check_tenants_exist(&rule_tenants(&spec)),
+            Err(e) => raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// Tell every backend that its cached rules are stale (what the rules table's statement
+/// trigger calls after INSERT, UPDATE, DELETE and TRUNCATE).
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn rules_changed() {
+    let oid = Spi::connect(|c| {
+        crate::catalog::value::<pg_sys::Oid>(
+            c,
+            "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+            &[RULES_TABLE.into()],
+        )
+    });
+    if let Some(oid) = oid {
+        // SAFETY: the rules table exists (to_regclass found it).
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };
+    }
+}
+
+/// 0.1.0's trigger function on the rules table, kept for a database whose extension SQL
+/// is still 0.1.0's while this library is installed; 0.2.0's is the PL/pgSQL function
+/// of the same name in finalize.sql (called directly it gives PostgreSQL's own 0A000).
+#[pg_trigger(sql = false)]
 fn classification_rules_trigger<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {

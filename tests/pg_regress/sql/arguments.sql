@@ -146,6 +146,8 @@ create trigger t before insert on fz.plain for each row execute function vital_t
 insert into fz.plain values (1, 'prompt', '{}');
 \echo :LAST_ERROR_SQLSTATE
 select has_function_privilege('public', 'vital_tenancy.classification_rules_trigger()', 'execute') as public_may_call;
+select vital_tenancy.classification_rules_trigger();
+\echo :LAST_ERROR_SQLSTATE
 
 -- F29: revert_run of a run whose table was dropped since reverts the rest.
 create table fz.gone (id int primary key, tenant_id uuid);
