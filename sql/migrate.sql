@@ -223,8 +223,10 @@ BEGIN
     END IF;
     plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
     v_metric := run_name || ':' || (plan ->> 'table');
-    -- One CALL at a time creates a run of a given name (and finds a step to resume).
+    -- One CALL at a time creates a run of a given name, and starts (or finds the step to
+    -- resume of) a given table: a second CALL waits until the first has recorded its step.
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('vital_tenancy.backfill ' || run_name));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('vital_tenancy.backfill table'), tbl::oid::integer);
 
     -- The step to resume, if any: the latest unfinished one for this table.
     SELECT s.*, r.name AS run_name INTO st

@@ -543,4 +543,43 @@ fn a_backfill_resumes_only_as_it_started_and_one_call_at_a_time_writes() {
         (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
     assert_eq!(got, ("done".to_string(), n, n, n, n, 1));
     assert_eq!(misclassified(&mut c), 0);
+
+    // Two runs of different names starting together on a table without its column: one
+    // adds the column and backfills, the other waits and then is refused (55000) or finds
+    // nothing to do; no row is journaled twice.
+    c.batch_execute(
+        "CREATE TABLE public.big_two AS SELECT id, name, domain, created_by FROM public.big_prompts;
+         ALTER TABLE public.big_two ADD PRIMARY KEY (id);",
+    )
+    .unwrap();
+    let calls: Vec<_> = ["two_a", "two_b"]
+        .into_iter()
+        .map(|run| {
+            let mut w = db.dba();
+            std::thread::spawn(move || {
+                w.batch_execute(&format!(
+                    "CALL vital_tenancy.backfill('public.big_two', 'prompt', batch_size => 500, run_name => '{run}')"
+                ))
+                .map_err(|e| e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default())
+            })
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = calls.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || r.as_ref().err().map(String::as_str) == Some("55000")),
+        "{results:?}"
+    );
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM vital_tenancy.migration_steps WHERE tbl = 'public.big_two'::regclass),
+                    (SELECT count(*) FROM vital_tenancy.migration_journal WHERE tbl = 'public.big_two'::regclass),
+                    (SELECT count(DISTINCT key) FROM vital_tenancy.migration_journal WHERE tbl = 'public.big_two'::regclass),
+                    (SELECT count(*) FROM public.big_two WHERE tenant_id IS NULL)",
+            &[],
+        )
+        .unwrap();
+    let two: (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    assert_eq!(two, (1, n, n, 0), "one step, every row journaled once");
 }
