@@ -175,7 +175,9 @@ fn split_parts(input: &str) -> Result<Vec<String>, IdentError> {
             if part.is_empty() {
                 return Err(IdentError::Malformed(input.to_string()));
             }
-            part = part.to_lowercase();
+            // As PostgreSQL's downcase_identifier in a multibyte (UTF-8) database: only
+            // ASCII letters fold; "Ärzte" stays "Ärzte" (issue 16).
+            part = part.to_ascii_lowercase();
         }
         parts.push(part);
         while i < chars.len() && chars[i].is_whitespace() {
@@ -195,6 +197,14 @@ fn split_parts(input: &str) -> Result<Vec<String>, IdentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unquoted_names_fold_ascii_only_as_postgresql_does_in_utf8() {
+        let n = parse_qualified("Ärzte.Tenants").unwrap();
+        assert_eq!((n.schema.as_str(), n.name.as_str()), ("Ärzte", "tenants"));
+        let n = parse_qualified("public.ÉTAT").unwrap();
+        assert_eq!(n.name, "État");
+    }
 
     fn q(schema: &str, name: &str) -> QualifiedName {
         QualifiedName {
