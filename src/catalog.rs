@@ -95,17 +95,20 @@ pub(crate) struct TenantTable {
     pub raw_column: String,
 }
 
-/// Every table with a tenant column (`tenant_id`, or the column it was enabled with, of
-/// type uuid: a column of that name of another type is not a tenant column, and is
-/// reported by validate's `tenant_column_type`), outside the system schemas, the
-/// extension's own and the tenants table; limited to `schemas` when given (each must
-/// exist).
-pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<TenantTable> {
+/// Every table with a column named as its tenant column (`tenant_id`, or the column it
+/// was enabled with), outside the system schemas, the extension's own and the tenants
+/// table, limited to `schemas` when given (each must exist): (table as regclass text,
+/// column, its type, whether that is uuid).
+fn tenant_column_candidates(
+    c: &SpiClient<'_>,
+    schemas: &Option<Vec<String>>,
+) -> Vec<(String, String, String, bool)> {
     if let Some(list) = schemas {
         check_schemas(c, list);
     }
     c.select(
-        "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text
+        "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text,
+                pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
            FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -114,7 +117,6 @@ pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) ->
             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
             AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
             AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
-            AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
             AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
           ORDER BY 1",
         None,
@@ -122,14 +124,41 @@ pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) ->
     )
     .or_raise("listing tables with a tenant column")
     .map(|r| {
-        let raw_column: String = r.get(2).ok().flatten().unwrap_or_default();
-        TenantTable {
-            table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
-            column: quote_ident(&raw_column),
-            raw_column,
-        }
+        (
+            r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            r.get::<String>(2).ok().flatten().unwrap_or_default(),
+            r.get::<String>(3).ok().flatten().unwrap_or_default(),
+            r.get::<bool>(4).ok().flatten().unwrap_or(false),
+        )
     })
     .collect()
+}
+
+/// Every table with a tenant column: a candidate (above) whose column is uuid. A column
+/// of that name of another type is not a tenant column (validate's `tenant_column_type`
+/// reports it: `non_uuid_tenant_columns`).
+pub(crate) fn tenant_tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<TenantTable> {
+    tenant_column_candidates(c, schemas)
+        .into_iter()
+        .filter(|t| t.3)
+        .map(|(table, raw_column, _, _)| TenantTable {
+            table,
+            column: quote_ident(&raw_column),
+            raw_column,
+        })
+        .collect()
+}
+
+/// The candidates whose column is not uuid: (table, column, its type).
+pub(crate) fn non_uuid_tenant_columns(
+    c: &SpiClient<'_>,
+    schemas: &Option<Vec<String>>,
+) -> Vec<(String, String, String)> {
+    tenant_column_candidates(c, schemas)
+        .into_iter()
+        .filter(|t| !t.3)
+        .map(|(table, column, type_name, _)| (table, column, type_name))
+        .collect()
 }
 
 /// ERROR 42809 unless `oid` is an application table the toolkit may change: not in a
@@ -219,6 +248,29 @@ pub(crate) fn check_name_arg(arg: &str, name: &str) {
     }
 }
 
+/// `SqlTranslatable` for a Rust type that stands for an existing SQL type (the argument
+/// and return types below): what pgrx writes into the generated SQL.
+macro_rules! sql_type {
+    ($t:ty, $sql:literal) => {
+        // SAFETY: the Rust type holds a datum of exactly this SQL type.
+        unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for $t {
+            const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!($t);
+            const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+                pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+            const ARGUMENT_SQL: Result<
+                pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+                pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+            > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal($sql));
+            const RETURN_SQL: Result<
+                pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+                pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+            > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
+                pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal($sql),
+            ));
+        }
+    };
+}
+
 /// A `regclass` argument, kept as its OID. pgrx's `PgRelation` opens the relation
 /// before the function body runs, so a dangling OID (a stored regclass of a dropped
 /// table, or 0) failed there with an internal error; this checks in the body (F10).
@@ -266,22 +318,7 @@ impl IntoDatum for Regclass {
     }
 }
 
-// SAFETY: the SQL type is regclass, whose datum is the OID this type holds.
-unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for Regclass {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Regclass);
-    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
-        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
-    const ARGUMENT_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("regclass"));
-    const RETURN_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("regclass"),
-    ));
-}
+sql_type!(Regclass, "regclass");
 
 // SAFETY: unboxed through FromDatum, like pgrx's own by-value argument types.
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for Regclass {
@@ -322,22 +359,7 @@ impl FromDatum for RawJsonb {
     }
 }
 
-// SAFETY: the SQL type is jsonb, and the datum is a jsonb varlena.
-unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for RawJsonb {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(RawJsonb);
-    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
-        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
-    const ARGUMENT_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
-    ));
-}
+sql_type!(RawJsonb, "jsonb");
 
 // SAFETY: returns the datum as is; its memory outlives the call (see above).
 unsafe impl pgrx::callconv::BoxRet for RawJsonb {
@@ -401,22 +423,7 @@ impl IntoDatum for JsonArg {
     }
 }
 
-// SAFETY: the SQL type is jsonb.
-unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for JsonArg {
-    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonArg);
-    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
-        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
-    const ARGUMENT_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
-        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
-    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef::One(
-        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"),
-    ));
-}
+sql_type!(JsonArg, "jsonb");
 
 // SAFETY: unboxed through FromDatum.
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonArg {

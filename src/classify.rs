@@ -60,15 +60,8 @@ pub fn init() {
 }
 
 fn load_cache() -> RulesCache {
-    let (oid, stored) = Spi::connect(|c| {
-        let oid: Option<pg_sys::Oid> = c
-            .select(
-                "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
-                Some(1),
-                &[RULES_TABLE.into()],
-            )
-            .and_then(|t| t.first().get_one())
-            .or_raise("looking up the rules table");
+    let oid = rules_table_oid();
+    let stored = Spi::connect(|c| {
         let mut stored: Vec<(String, JsonB)> = Vec::new();
         if oid.is_some() {
             for row in c
@@ -82,7 +75,7 @@ fn load_cache() -> RulesCache {
                 }
             }
         }
-        (oid, stored)
+        stored
     });
     RULES_OID.with(|o| o.set(oid.unwrap_or(pg_sys::InvalidOid)));
     let mut cache = RulesCache::default();
@@ -546,11 +539,8 @@ fn preview_classification(
             Kind::Tool => Classifier::Tool,
         };
         let info = crate::migrate::table_info(c, oid, &table);
-        let call = match rule_call(&cls, &info, "tenant_id") {
-            Ok(Some(call)) => call,
-            Ok(None) => return,
-            Err(e) => crate::migrate::plan_error(e),
-        };
+        let call =
+            rule_call(&cls, &info, "tenant_id").unwrap_or_else(|e| crate::migrate::plan_error(e));
         let int_tier = call.args.first().is_some_and(|a| a.ends_with("::integer"));
         let id = if info.column("id").is_some() {
             "t.\"id\"::text"
@@ -781,6 +771,17 @@ fn check_tenants_exist(tenants: &[(String, String)]) {
     }
 }
 
+/// The rules table's OID, if it exists.
+fn rules_table_oid() -> Option<pg_sys::Oid> {
+    Spi::connect(|c| {
+        crate::catalog::value::<pg_sys::Oid>(
+            c,
+            "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+            &[RULES_TABLE.into()],
+        )
+    })
+}
+
 /// Check one row written to the rules table (what its trigger calls, BEFORE ROW): the
 /// kind is one with rules, the rules compile, and every tenant they name exists.
 #[pg_extern(stable)]
@@ -804,14 +805,7 @@ fn check_rules_row(kind: Option<&str>, rules: Option<JsonArg>) {
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn rules_changed() {
-    let oid = Spi::connect(|c| {
-        crate::catalog::value::<pg_sys::Oid>(
-            c,
-            "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
-            &[RULES_TABLE.into()],
-        )
-    });
-    if let Some(oid) = oid {
+    if let Some(oid) = rules_table_oid() {
         // SAFETY: the rules table exists (to_regclass found it).
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };
     }
@@ -826,22 +820,14 @@ fn classification_rules_trigger<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
     // Attached to any other table it would read columns that are not there (F13).
     let relid = trigger.relid().unwrap_or(pg_sys::InvalidOid);
-    let ours = Spi::connect(|c| {
-        crate::catalog::value::<pg_sys::Oid>(
-            c,
-            "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
-            &[RULES_TABLE.into()],
-        )
-    });
-    if ours != Some(relid) {
+    if rules_table_oid() != Some(relid) {
         raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("classification_rules_trigger() belongs to {RULES_TABLE} only"),
         );
     }
     if matches!(trigger.level(), PgTriggerLevel::Statement) {
-        // SAFETY: relid is the trigger's own table, which exists while it fires.
-        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+        rules_changed();
         return Ok(None);
     }
     let Some(new) = trigger.new() else {
@@ -855,17 +841,7 @@ fn classification_rules_trigger<'a>(
     };
     let kind: Option<String> = new.get_by_name("kind").unwrap_or_else(|e| read(e));
     let rules: Option<JsonArg> = new.get_by_name("rules").unwrap_or_else(|e| read(e));
-    let kind = kind_arg(kind.as_deref().unwrap_or(""), true);
-    if let Some(JsonArg(v)) = rules {
-        match RuleSet::from_json(kind, &v) {
-            // As set_rules checks: every tenant the rules name exists (F15).
-            Ok((spec, _)) => check_tenants_exist(&rule_tenants(&spec)),
-            Err(e) => raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                e.to_string(),
-            ),
-        }
-    }
+    check_rules_row(kind.as_deref(), rules);
     Ok(Some(new))
 }
 

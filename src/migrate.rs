@@ -191,6 +191,12 @@ fn backfill_plan(
 }
 
 fn column_state(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str, tenants: &str) -> ColumnState {
+    let partitioned = crate::catalog::value::<bool>(
+        c,
+        "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = $1",
+        &[oid.into()],
+    )
+    .unwrap_or(false);
     let t = c
         .select(
             "SELECT a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype, a.attnotnull, a.attnum
@@ -202,12 +208,7 @@ fn column_state(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str, tenants: &str
         .or_raise("reading the tenant column");
     if t.is_empty() {
         return ColumnState {
-            partitioned: crate::catalog::value::<bool>(
-                c,
-                "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = $1",
-                &[oid.into()],
-            )
-            .unwrap_or(false),
+            partitioned,
             ..ColumnState::default()
         };
     }
@@ -250,12 +251,6 @@ fn column_state(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str, tenants: &str
             r.get::<bool>(2).or_raise("valid").unwrap_or(false),
         ))
     };
-    let partitioned = crate::catalog::value::<bool>(
-        c,
-        "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = $1",
-        &[oid.into()],
-    )
-    .unwrap_or(false);
     ColumnState {
         exists: true,
         is_uuid,

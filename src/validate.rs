@@ -715,30 +715,20 @@ fn run_checks(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<CheckRow>
     let tables = tenanted_tables(c, schemas);
     // A column named like the tenant column but not a uuid is not one: nothing checks
     // that table (F07), so say so.
-    let wrong_type: Vec<(String, i64, String)> = c
-        .select(
-            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
-               FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-               LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
-              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
-                AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
-                AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
-                AND a.atttypid <> 'pg_catalog.uuid'::pg_catalog.regtype
-              ORDER BY 1",
-            None,
-            &[schemas.clone().into()],
-        )
-        .or_raise("looking for tenant columns of another type")
-        .map(|r| {
-            let t: String = r.get(1).ok().flatten().unwrap_or_default();
-            let col: String = r.get(2).ok().flatten().unwrap_or_default();
-            let ty: String = r.get(3).ok().flatten().unwrap_or_default();
-            (t, 1, format!("column {} is {ty}, not uuid: the table is not treated as a tenant table", quote_ident(&col)))
-        })
-        .collect();
+    let wrong_type: Vec<(String, i64, String)> =
+        crate::catalog::non_uuid_tenant_columns(c, schemas)
+            .into_iter()
+            .map(|(t, col, ty)| {
+                (
+                    t,
+                    1,
+                    format!(
+                        "column {} is {ty}, not uuid: the table is not treated as a tenant table",
+                        quote_ident(&col)
+                    ),
+                )
+            })
+            .collect();
     push_check(&mut out, "tenant_column_type", "warning", wrong_type);
     let mut missing = Vec::new();
     let mut orphan_ids = Vec::new();

@@ -544,6 +544,40 @@ fn a_backfill_resumes_only_as_it_started_and_one_call_at_a_time_writes() {
     assert_eq!(got, ("done".to_string(), n, n, n, n, 1));
     assert_eq!(misclassified(&mut c), 0);
 
+    // A CALL whose step another CALL moved on while it slept between batches stops with
+    // 55006 before writing another batch (the step is advanced here by hand, as the other
+    // CALL's commit would).
+    c.batch_execute(
+        "CREATE TABLE public.big_three AS SELECT id, name, domain, created_by FROM public.big_prompts;
+         ALTER TABLE public.big_three ADD PRIMARY KEY (id);",
+    )
+    .unwrap();
+    let mut w = db.dba();
+    let slow = std::thread::spawn(move || {
+        w.batch_execute("CALL vital_tenancy.backfill('public.big_three', 'prompt', batch_size => 500, sleep_ms => 3000, run_name => 'three')")
+            .map_err(|e| e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default())
+    });
+    let start = Instant::now();
+    loop {
+        let done: Option<i64> = c
+            .query_opt("SELECT rows_done FROM vital_tenancy.migration_steps WHERE tbl = 'public.big_three'::regclass", &[])
+            .unwrap()
+            .map(|r| r.get(0));
+        if done.unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.batch_execute("UPDATE vital_tenancy.migration_steps SET next_batch = next_batch + 1 WHERE tbl = 'public.big_three'::regclass")
+        .unwrap();
+    assert_eq!(slow.join().unwrap(), Err("55006".to_string()));
+    let journaled: i64 = c
+        .query_one("SELECT count(*) FROM vital_tenancy.migration_journal WHERE tbl = 'public.big_three'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(journaled, 500, "no batch after the step moved on");
+
     // Two runs of different names starting together on a table without its column: one
     // adds the column and backfills, the other waits and then is refused (55000) or finds
     // nothing to do; no row is journaled twice.

@@ -217,14 +217,15 @@ pub struct RuleCall {
     pub args: Vec<String>,
 }
 
-/// The rule call of the `prompt`, `knowledge`, `agent` and `tool` classifiers; `None`
-/// for the others. A column of a type the rules cannot read is an error (42804).
+/// The rule call of the `prompt`, `knowledge`, `agent` and `tool` classifiers (22023 for
+/// the others, which have no rules). A column of a type the rules cannot read is an
+/// error (42804).
 pub fn rule_call(
     c: &Classifier,
     table: &TableInfo,
     tenant_column: &str,
-) -> Result<Option<RuleCall>, PlanError> {
-    let call = |function, args| Ok(Some(RuleCall { function, args }));
+) -> Result<RuleCall, PlanError> {
+    let call = |function, args| Ok(RuleCall { function, args });
     match c {
         Classifier::Prompt => {
             require_type(table, "created_by", &["uuid"])?;
@@ -279,7 +280,7 @@ pub fn rule_call(
                 None => "NULL::uuid".to_string(),
             }],
         ),
-        _ => Ok(None),
+        _ => Err(err("22023", "this classifier has no rules")),
     }
 }
 
@@ -292,17 +293,10 @@ pub fn expression(
     tenant_column: &str,
     parent: Option<&TableInfo>,
 ) -> Result<String, PlanError> {
-    if let Some(r) = rule_call(c, table, tenant_column)? {
-        return Ok(format!(
-            "vital_tenancy.{}({})",
-            r.function,
-            r.args.join(", ")
-        ));
-    }
     Ok(match c {
-        // (rule classifiers returned above)
         Classifier::Prompt | Classifier::Knowledge | Classifier::Agent | Classifier::Tool => {
-            return Err(err("XX000", "a rule classifier without its rule call"));
+            let r = rule_call(c, table, tenant_column)?;
+            format!("vital_tenancy.{}({})", r.function, r.args.join(", "))
         }
         Classifier::Platform => "vital_tenancy.platform_tenant_id()".to_string(),
         Classifier::Tenant(id) => format!("'{id}'::uuid"),
