@@ -55,11 +55,28 @@ CREATE TABLE @extschema@.rls_tables (
     created_index   name,
     rls_was_enabled boolean NOT NULL,
     rls_was_forced  boolean NOT NULL,
-    enabled_at      timestamptz NOT NULL DEFAULT now()
+    enabled_at      timestamptz NOT NULL DEFAULT now(),
+    policy_shape    text NOT NULL DEFAULT 'restrictive' CHECK (policy_shape IN ('restrictive', 'citus'))
 );
 COMMENT ON TABLE @extschema@.rls_tables IS
     'Tables under vital_tenancy tenant RLS and their state before enable_tenant_rls()';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rls_tables', '');
+COMMENT ON COLUMN @extschema@.rls_tables.policy_shape IS
+    'restrictive: the boundary as RESTRICTIVE policies with a per-statement sub-select; citus: every policy PERMISSIVE with the boundary folded in, no sub-select (citus_safe_policies())';
+
+CREATE TABLE @extschema@.originals (
+    tbl         regclass NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('policy', 'foreign key', 'trigger')),
+    name        name NOT NULL,
+    definition  text NOT NULL,
+    action      text NOT NULL CHECK (action IN ('folded', 'set aside')),
+    reason      text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tbl, kind, name)
+);
+COMMENT ON TABLE @extschema@.originals IS
+    'The application''s objects as they were before the extension changed them for Citus: policies the tenant boundary was folded into or that were set aside (citus_safe_policies()), foreign keys and triggers migration 008 set aside; each with its original definition and why';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.originals', '');
 
 -- The platform-admin role: its members read and write every tenant's rows through
 -- their own policy. Roles are cluster-wide, so it outlives DROP EXTENSION.

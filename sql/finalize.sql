@@ -215,6 +215,29 @@ COMMENT ON FUNCTION @extschema@.citus_readiness(text[]) IS
 COMMENT ON FUNCTION @extschema@.prepare_for_citus(integer, integer) IS
     'Apply the key and foreign-key DDL from citus_readiness: unique indexes CONCURRENTLY via \gexec first, then keys attached USING INDEX and foreign keys rewritten with tenant_id, under lock_timeout with retries. Idempotent; data unchanged.';
 COMMENT ON FUNCTION @extschema@.distribute_all() IS
-    'On a Citus coordinator: create_reference_table for reference tables, create_distributed_table by tenant_id (co-located) for tenant tables, parents first. ERROR when Citus is absent or blockers remain.';
+    'On a Citus coordinator: create_reference_table for reference tables, create_distributed_table by tenant_id (co-located) for tenant tables, parents first; foreign keys between distributed tables dropped and re-added around it, the extension''s records re-keyed to the new relations. ERROR 55000 when Citus is absent, blockers remain or a boundary is still restrictive (citus_safe_policies()).';
 REVOKE EXECUTE ON FUNCTION @extschema@.prepare_for_citus(integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.distribute_all() FROM PUBLIC;
+
+-- The tenant boundary in the Citus shape (src/boundary.rs).
+CREATE FUNCTION @extschema@.policy_fingerprint(tbl regclass) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT md5(COALESCE(string_agg(e, '|' ORDER BY e), ''))
+      FROM (SELECT p.polcmd::text || ':'
+                   || array_to_string(ARRAY(SELECT pg_get_userbyid(r) FROM unnest(p.polroles) r ORDER BY 1), ',') || ':'
+                   || COALESCE(pg_get_expr(p.polqual, p.polrelid), '') || ':'
+                   || COALESCE(pg_get_expr(p.polwithcheck, p.polrelid), '') AS e
+              FROM pg_policy p WHERE p.polrelid = tbl) x
+$$;
+COMMENT ON FUNCTION @extschema@.policy_fingerprint(regclass) IS
+    'md5 of a table''s policies: commands, role names and expressions (deparsed with search_path pg_catalog), not names or AS PERMISSIVE/RESTRICTIVE; equal on a Citus shard and its table when Citus copied them faithfully.';
+COMMENT ON FUNCTION @extschema@.boundary_problems(regclass, text) IS
+    'Every way the table''s policies, each read as PERMISSIVE (as Citus recreates them on shards), admit a row outside the tenant boundary: a USING or WITH CHECK without the conjunct tenant_id = ANY (visible/writable_tenant_ids()), a sub-select, RLS not enabled. Read from the expression trees; no rows when the boundary holds.';
+COMMENT ON FUNCTION @extschema@.citus_safe_policies(regclass, boolean) IS
+    'Put a managed table''s (or the tenants registry''s) policies in the Citus shape: no restrictive policy, the boundary folded into every policy of the application''s (originals kept in vital_tenancy.originals; a FOR ALL policy gets a read policy beside it), no sub-selects (set aside with set_aside_subselects, else 0A000). Refuses restrictive application policies (0A000).';
+COMMENT ON FUNCTION @extschema@.citus_boundary_status() IS
+    'The tenant boundary on every managed table and, on Citus, on every shard placement (checked by the worker''s boundary_problems() and compared with the table''s policy_fingerprint()): one row per placement, problem NULL where it holds.';
+REVOKE EXECUTE ON FUNCTION @extschema@.citus_safe_policies(regclass, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.citus_boundary_status() FROM PUBLIC;

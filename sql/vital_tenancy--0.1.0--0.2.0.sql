@@ -768,5 +768,90 @@ $$;
 -- The rules trigger is not for calling (trigger functions need no EXECUTE privilege to fire).
 REVOKE EXECUTE ON FUNCTION @extschema@.classification_rules_trigger() FROM PUBLIC;
 
+
+-- The tenant boundary in the Citus shape (issue 14): Citus recreates policies on shards
+-- without AS RESTRICTIVE and refuses sub-selects in them; citus_safe_policies() folds
+-- the boundary into every policy, boundary_problems() and citus_boundary_status() check
+-- tables and shard placements. The application's changed objects are kept in originals.
+ALTER TABLE @extschema@.rls_tables
+    ADD COLUMN policy_shape text NOT NULL DEFAULT 'restrictive' CHECK (policy_shape IN ('restrictive', 'citus'));
+
+COMMENT ON COLUMN @extschema@.rls_tables.policy_shape IS
+    'restrictive: the boundary as RESTRICTIVE policies with a per-statement sub-select; citus: every policy PERMISSIVE with the boundary folded in, no sub-select (citus_safe_policies())';
+
+CREATE TABLE @extschema@.originals (
+    tbl         regclass NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('policy', 'foreign key', 'trigger')),
+    name        name NOT NULL,
+    definition  text NOT NULL,
+    action      text NOT NULL CHECK (action IN ('folded', 'set aside')),
+    reason      text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tbl, kind, name)
+);
+COMMENT ON TABLE @extschema@.originals IS
+    'The application''s objects as they were before the extension changed them for Citus: policies the tenant boundary was folded into or that were set aside (citus_safe_policies()), foreign keys and triggers migration 008 set aside; each with its original definition and why';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.originals', '');
+
+-- vital_tenancy::boundary::boundary_problems
+CREATE FUNCTION @extschema@.boundary_problems(
+	"tbl" regclass,
+	"tenant_column" TEXT DEFAULT 'tenant_id'
+) RETURNS SETOF TEXT
+STRICT STABLE PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'boundary_problems_wrapper';
+
+-- vital_tenancy::boundary::citus_safe_policies
+CREATE FUNCTION @extschema@.citus_safe_policies(
+	"tbl" regclass,
+	"set_aside_subselects" bool DEFAULT false
+) RETURNS TABLE (
+	"policy" TEXT, 
+	"action" TEXT 
+)
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'citus_safe_policies_wrapper';
+
+-- vital_tenancy::citus::citus_boundary_status
+CREATE FUNCTION @extschema@.citus_boundary_status() RETURNS TABLE (
+	"table_name" TEXT, 
+	"placement" TEXT, 
+	"problem" TEXT 
+)
+STRICT VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'citus_boundary_status_wrapper';
+
+-- The tenant boundary in the Citus shape (src/boundary.rs).
+CREATE FUNCTION @extschema@.policy_fingerprint(tbl regclass) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT md5(COALESCE(string_agg(e, '|' ORDER BY e), ''))
+      FROM (SELECT p.polcmd::text || ':'
+                   || array_to_string(ARRAY(SELECT pg_get_userbyid(r) FROM unnest(p.polroles) r ORDER BY 1), ',') || ':'
+                   || COALESCE(pg_get_expr(p.polqual, p.polrelid), '') || ':'
+                   || COALESCE(pg_get_expr(p.polwithcheck, p.polrelid), '') AS e
+              FROM pg_policy p WHERE p.polrelid = tbl) x
+$$;
+COMMENT ON FUNCTION @extschema@.policy_fingerprint(regclass) IS
+    'md5 of a table''s policies: commands, role names and expressions (deparsed with search_path pg_catalog), not names or AS PERMISSIVE/RESTRICTIVE; equal on a Citus shard and its table when Citus copied them faithfully.';
+COMMENT ON FUNCTION @extschema@.boundary_problems(regclass, text) IS
+    'Every way the table''s policies, each read as PERMISSIVE (as Citus recreates them on shards), admit a row outside the tenant boundary: a USING or WITH CHECK without the conjunct tenant_id = ANY (visible/writable_tenant_ids()), a sub-select, RLS not enabled. Read from the expression trees; no rows when the boundary holds.';
+COMMENT ON FUNCTION @extschema@.citus_safe_policies(regclass, boolean) IS
+    'Put a managed table''s (or the tenants registry''s) policies in the Citus shape: no restrictive policy, the boundary folded into every policy of the application''s (originals kept in vital_tenancy.originals; a FOR ALL policy gets a read policy beside it), no sub-selects (set aside with set_aside_subselects, else 0A000). Refuses restrictive application policies (0A000).';
+COMMENT ON FUNCTION @extschema@.citus_boundary_status() IS
+    'The tenant boundary on every managed table and, on Citus, on every shard placement (checked by the worker''s boundary_problems() and compared with the table''s policy_fingerprint()): one row per placement, problem NULL where it holds.';
+REVOKE EXECUTE ON FUNCTION @extschema@.citus_safe_policies(regclass, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.citus_boundary_status() FROM PUBLIC;
+
+COMMENT ON FUNCTION @extschema@.distribute_all() IS
+    'On a Citus coordinator: create_reference_table for reference tables, create_distributed_table by tenant_id (co-located) for tenant tables, parents first; foreign keys between distributed tables dropped and re-added around it, the extension''s records re-keyed to the new relations. ERROR 55000 when Citus is absent, blockers remain or a boundary is still restrictive (citus_safe_policies()).';
+
 -- Last, with every function of 0.2.0 in place: the policies from the new definition.
 SELECT count(*) FROM @extschema@.refresh_tenant_policies();

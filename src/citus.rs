@@ -522,6 +522,72 @@ fn distribute_all() -> TableIterator<'static, (name!(table_name, String), name!(
                 ),
             );
         }
+        // The boundary must not depend on AS RESTRICTIVE, which Citus drops on shards.
+        let restrictive: Vec<String> = c
+            .select(
+                "SELECT tbl::pg_catalog.text FROM vital_tenancy.rls_tables WHERE policy_shape <> 'citus'
+                 UNION ALL
+                 SELECT vital_tenancy.tenants_table()::pg_catalog.text
+                  WHERE NOT EXISTS (SELECT 1 FROM vital_tenancy.settings WHERE name = 'registry_policy_shape' AND value = 'citus')
+                 ORDER BY 1",
+                None,
+                &[],
+            )
+            .or_raise("reading the policy shapes")
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect();
+        if !restrictive.is_empty() {
+            raise_full(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "the tenant boundary of {} is made of restrictive policies, which Citus recreates on shards as permissive",
+                    restrictive.join(", ")
+                ),
+                None,
+                Some("Run vital_tenancy.citus_safe_policies() on each first (migration 008 does).".into()),
+            );
+        }
+        // Row-local triggers (updated_at) are allowed on distributed tables only so.
+        c.update(
+            "SELECT pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true)",
+            None,
+            &[],
+        )
+        .or_raise("allowing triggers on distributed tables");
+        // Foreign keys between tables to distribute: Citus accepts them only between
+        // distributed tables, so they are dropped here and re-added after (the same
+        // definitions, tenant_id included by prepare_for_citus()).
+        let dist_oids: Vec<pg_sys::Oid> = all
+            .iter()
+            .filter(|t| t.role == Role::Distributed)
+            .map(|t| t.oid)
+            .collect();
+        let fks: Vec<(String, String, String)> = c
+            .select(
+                "SELECT k.conrelid::pg_catalog.regclass::pg_catalog.text, k.conname::text, pg_catalog.pg_get_constraintdef(k.oid)
+                   FROM pg_catalog.pg_constraint k
+                  WHERE k.contype = 'f' AND k.conrelid = ANY ($1) AND k.confrelid = ANY ($1)
+                  ORDER BY 1, 2",
+                None,
+                &[dist_oids.clone().into()],
+            )
+            .or_raise("reading foreign keys between distributed tables")
+            .map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (tbl, con, _) in &fks {
+            c.update(
+                &format!("ALTER TABLE {tbl} DROP CONSTRAINT {}", quote_ident(con)),
+                None,
+                &[],
+            )
+            .or_raise("dropping a foreign key before distribution");
+        }
         // Parents before children: order by depth in the foreign-key graph.
         let depth = |oid: pg_sys::Oid| -> i32 {
             one::<i32>(
@@ -565,6 +631,177 @@ fn distribute_all() -> TableIterator<'static, (name!(table_name, String), name!(
                 t.name.clone(),
                 format!("create_distributed_table by tenant_id, colocate_with {colocate}"),
             ));
+        }
+        // Citus gives some tables a new relation (a reference table's original becomes
+        // the coordinator's placement, a table that became a Citus local table first is
+        // re-created): re-key the extension's records by name.
+        for t in &all {
+            c.update(
+                "WITH k AS (SELECT $1::pg_catalog.oid AS old, pg_catalog.to_regclass($2)::pg_catalog.oid AS new)
+                 , a AS (UPDATE vital_tenancy.rls_tables r SET tbl = k.new FROM k WHERE r.tbl::pg_catalog.oid = k.old AND k.new <> k.old RETURNING 1)
+                 , b AS (UPDATE vital_tenancy.originals o SET tbl = k.new FROM k WHERE o.tbl::pg_catalog.oid = k.old AND k.new <> k.old RETURNING 1)
+                 , s AS (UPDATE vital_tenancy.migration_steps m SET tbl = k.new FROM k WHERE m.tbl::pg_catalog.oid = k.old AND k.new <> k.old RETURNING 1)
+                 , j AS (UPDATE vital_tenancy.migration_journal_batches m SET tbl = k.new FROM k WHERE m.tbl::pg_catalog.oid = k.old AND k.new <> k.old RETURNING 1)
+                 , d AS (UPDATE vital_tenancy.declared_references d
+                            SET child = CASE WHEN d.child::pg_catalog.oid = k.old THEN k.new ELSE d.child::pg_catalog.oid END::pg_catalog.regclass,
+                                parent = CASE WHEN d.parent::pg_catalog.oid = k.old THEN k.new ELSE d.parent::pg_catalog.oid END::pg_catalog.regclass
+                           FROM k WHERE k.old IN (d.child::pg_catalog.oid, d.parent::pg_catalog.oid) AND k.new <> k.old RETURNING 1)
+                 SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b) + (SELECT count(*) FROM s) + (SELECT count(*) FROM j) + (SELECT count(*) FROM d)",
+                None,
+                &[t.oid.into(), t.name.as_str().into()],
+            )
+            .or_raise("re-keying the extension's records after distribution");
+        }
+        for (tbl, con, def) in &fks {
+            // The definition is the catalog's own text (pg_get_constraintdef).
+            c.update(
+                &format!(
+                    "ALTER TABLE {tbl} ADD CONSTRAINT {} {def}",
+                    quote_ident(con)
+                ),
+                None,
+                &[],
+            )
+            .or_raise("re-adding a foreign key between distributed tables");
+            out.push((tbl.clone(), format!("foreign key {con} re-added: {def}")));
+        }
+        out
+    });
+    TableIterator::new(rows)
+}
+
+/// The tenant boundary on every table vital_tenancy manages and, on Citus, on every
+/// shard placement of it: one row per placement checked (problem NULL when the
+/// boundary holds there), one per problem otherwise. A placement is checked by the
+/// worker's own `boundary_problems()` (each policy read as permissive, as Citus makes
+/// it) and compared with its table's policies (commands, roles, expressions).
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn citus_boundary_status() -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(placement, String),
+        name!(problem, Option<String>),
+    ),
+> {
+    let rows = Spi::connect_mut(|c| {
+        let tables: Vec<(String, String)> = c
+            .select(
+                "SELECT tbl::pg_catalog.text, tenant_column::text FROM vital_tenancy.rls_tables
+                  WHERE pg_catalog.to_regclass(tbl::pg_catalog.text) IS NOT NULL
+                 UNION ALL
+                 SELECT vital_tenancy.tenants_table()::pg_catalog.text, 'id' WHERE vital_tenancy.tenants_table() IS NOT NULL
+                 ORDER BY 1",
+                None,
+                &[],
+            )
+            .or_raise("reading the managed tables")
+            .map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let citus: bool = one(
+            c,
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
+            &[],
+        )
+        .unwrap_or(false);
+
+        let mut out = Vec::new();
+        for (table, column) in tables {
+            let local: Vec<String> = c
+                .select(
+                    "SELECT p FROM vital_tenancy.boundary_problems($1::pg_catalog.regclass, $2) p",
+                    None,
+                    &[table.as_str().into(), column.as_str().into()],
+                )
+                .or_raise("checking the boundary")
+                .filter_map(|r| r.get::<String>(1).ok().flatten())
+                .collect();
+            if local.is_empty() {
+                out.push((table.clone(), "table".to_string(), None));
+            }
+            for p in local {
+                out.push((table.clone(), "table".to_string(), Some(p)));
+            }
+            let distributed = citus
+                && one::<bool>(
+                    c,
+                    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1::pg_catalog.regclass)",
+                    &[table.as_str().into()],
+                )
+                .unwrap_or(false);
+            if !distributed {
+                continue;
+            }
+            let own: String = one(
+                c,
+                "SELECT vital_tenancy.policy_fingerprint($1::pg_catalog.regclass)",
+                &[table.as_str().into()],
+            )
+            .unwrap_or_default();
+            // Citus runs format(command, shard name): %1$s is the shard; the column is quoted by format().
+            let command: String = one(
+                c,
+                r"SELECT pg_catalog.format('SELECT vital_tenancy.policy_fingerprint(''%%1$s''::pg_catalog.regclass) || E''\n'' || pg_catalog.array_to_string(ARRAY(SELECT vital_tenancy.boundary_problems(''%%1$s''::pg_catalog.regclass, %L)), E''\n'')', $1)",
+                &[column.as_str().into()],
+            )
+            .unwrap_or_default();
+            let placements: Vec<(String, i32, i64, bool, String)> = c
+                .select(
+                    "SELECT nodename::text, nodeport::int, shardid::bigint, success, result::text
+                       FROM run_command_on_placements($1::pg_catalog.regclass, $2) ORDER BY shardid, nodeport",
+                    None,
+                    &[table.as_str().into(), command.as_str().into()],
+                )
+                .or_raise("checking the shard placements")
+                .map(|r| {
+                    (
+                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                        r.get::<i32>(2).ok().flatten().unwrap_or_default(),
+                        r.get::<i64>(3).ok().flatten().unwrap_or_default(),
+                        r.get::<bool>(4).ok().flatten().unwrap_or(false),
+                        r.get::<String>(5).ok().flatten().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            for (node, port, shard, success, result) in placements {
+                let at = format!("shard {shard} on {node}:{port}");
+                if !success {
+                    out.push((
+                        table.clone(),
+                        at,
+                        Some(format!("the check failed there: {result}")),
+                    ));
+                    continue;
+                }
+                let mut lines = result.split('\n');
+                let fp = lines.next().unwrap_or_default();
+                let problems: Vec<String> = lines
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if fp != own {
+                    out.push((
+                        table.clone(),
+                        at.clone(),
+                        Some(
+                            "its policies differ from its table's (commands, roles or expressions)"
+                                .into(),
+                        ),
+                    ));
+                }
+                if problems.is_empty() && fp == own {
+                    out.push((table.clone(), at.clone(), None));
+                }
+                for p in problems {
+                    out.push((table.clone(), at.clone(), Some(p)));
+                }
+            }
         }
         out
     });

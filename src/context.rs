@@ -214,7 +214,60 @@ pub(crate) fn tenants_table_sql() -> String {
     Spi::connect(crate::catalog::require_tenants_table)
 }
 
+/// Where this node reads the registry from. On Citus the tenants table is a
+/// reference table: a query on it from inside a shard query (a policy evaluated on a
+/// worker) would be a nested distributed query, which Citus refuses; every node holds
+/// a full placement of it, which is read directly instead.
+pub(crate) fn registry_relation(table: &str) -> String {
+    Spi::connect(|c| {
+        let citus: bool = crate::catalog::value(
+            c,
+            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL",
+            &[],
+        )
+        .unwrap_or(false);
+        if !citus {
+            return table.to_string();
+        }
+        let placement: Option<String> = crate::catalog::value(
+            c,
+            "SELECT shard_name(s.logicalrelid, s.shardid, false)
+               FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_placement p ON p.shardid = s.shardid
+              WHERE s.logicalrelid = $1::pg_catalog.regclass
+                AND p.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)
+                AND pg_catalog.to_regclass(shard_name(s.logicalrelid, s.shardid, false)) IS NOT NULL
+              LIMIT 1",
+            &[table.into()],
+        );
+        placement.unwrap_or_else(|| table.to_string())
+    })
+}
+
+/// On a Citus coordinator inside a transaction block, `SET LOCAL` a setting so that
+/// Citus (`citus.propagate_set_commands = 'local'`) sends it to the workers, where the
+/// policies of the shards read it. `set_config()` is not propagated. No-op elsewhere.
+pub(crate) fn propagate_to_workers(name: &str, value: &str) {
+    // SAFETY: plain query of the transaction state.
+    if !unsafe { pg_sys::IsTransactionBlock() } {
+        return;
+    }
+    Spi::connect_mut(|c| {
+        let command: Option<String> = crate::catalog::value(
+            c,
+            "SELECT pg_catalog.format('SET LOCAL %s = %L', $1, $2)
+              WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')
+                AND pg_catalog.current_setting('citus.propagate_set_commands', true) = 'local'",
+            &[name.into(), value.into()],
+        );
+        if let Some(command) = command {
+            c.update(&command, None, &[])
+                .or_raise("sending the tenant context to the workers");
+        }
+    });
+}
+
 pub(crate) fn tenant_exists(table: &str, id: [u8; 16]) -> bool {
+    let table = registry_relation(table);
     Spi::connect(|c| {
         c.select(
             &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)"),
@@ -464,8 +517,23 @@ pub fn current_tenant_id() -> Option<Uuid> {
 fn pre_request() {
     let observed = observe();
     warn_leftovers(&honoured(&observed), "vital_tenancy.pre_request()");
-    if let Err(p) = outcome_of(observed) {
-        p.raise()
+    match outcome_of(observed.clone()) {
+        Err(p) => p.raise(),
+        // On Citus the workers evaluate the shards' policies: give them the context as
+        // resolved here (and the claims and headers the application's own policies
+        // read), as SET LOCAL, which Citus propagates.
+        Ok(ctx) => {
+            let tenant = ctx.map(|c| format_uuid(&c.tenant)).unwrap_or_default();
+            propagate_to_workers(TENANT_SETTING, &tenant);
+            for (name, s) in [
+                (CLAIMS_SETTING, &observed.claims),
+                (HEADERS_SETTING, &observed.headers),
+            ] {
+                if let (true, Some(v)) = (s.local, s.value.as_deref()) {
+                    propagate_to_workers(name, v);
+                }
+            }
+        }
     }
 }
 
@@ -508,11 +576,12 @@ fn set_tenant(tenant: Option<Uuid>) -> Option<Uuid> {
         c.select(
             "SELECT pg_catalog.set_config('vital.tenant_id', $1, true)",
             Some(1),
-            &[text.into()],
+            &[text.clone().into()],
         )
         .map(|_| ())
         .or_raise("setting vital.tenant_id")
     });
+    propagate_to_workers(TENANT_SETTING, &text);
     tenant
 }
 
@@ -546,7 +615,7 @@ fn query_uuid_array(sql: &str) -> Vec<Uuid> {
 /// tenants).
 fn every_tenant() -> Vec<Uuid> {
     as_extension_owner(|| {
-        let table = tenants_table_sql();
+        let table = registry_relation(&tenants_table_sql());
         query_uuid_array(&format!(
             "SELECT COALESCE(pg_catalog.array_agg(id ORDER BY id), '{{}}') FROM {table}"
         ))

@@ -20,6 +20,7 @@
 
 use pgrx::prelude::*;
 
+pub mod boundary;
 pub mod catalog;
 pub mod citus;
 pub mod classify;

@@ -8,7 +8,9 @@
 
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::{display_ident, quote_ident};
-use crate::logic::rls::{is_index_friendly, policies, POLICY_NAMES};
+use crate::logic::rls::{
+    citus_policies, is_index_friendly, policies, CITUS_POLICY_NAMES, POLICY_NAMES,
+};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -99,7 +101,12 @@ fn drop_own_policies(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) {
         .select(
             "SELECT polname::text FROM pg_catalog.pg_policy WHERE polrelid = $1 AND polname = ANY ($2)",
             None,
-            &[oid.into(), POLICY_NAMES.to_vec().into()],
+            &[
+                oid.into(),
+                [POLICY_NAMES.as_slice(), CITUS_POLICY_NAMES.as_slice()]
+                    .concat()
+                    .into(),
+            ],
         )
         .or_raise("reading the table's policies")
         .filter_map(|r| r.get::<String>(1).ok().flatten())
@@ -111,6 +118,48 @@ fn drop_own_policies(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) {
             "dropping a policy",
         );
     }
+}
+
+/// Put back the application's policies `citus_safe_policies()` folded or set aside.
+fn restore_originals(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) -> Vec<String> {
+    // 0.2.0's table: absent while a database's SQL is still 0.1.0's.
+    let present: Option<bool> = crate::catalog::value(
+        c,
+        "SELECT pg_catalog.to_regclass('vital_tenancy.originals') IS NOT NULL",
+        &[],
+    );
+    if present != Some(true) {
+        return Vec::new();
+    }
+    let rows: Vec<(String, String)> = c
+        .select(
+            "SELECT name::text, definition FROM vital_tenancy.originals WHERE tbl = $1 AND kind = 'policy' ORDER BY name",
+            None,
+            &[oid.into()],
+        )
+        .or_raise("reading policy_originals")
+        .filter_map(|r| Some((r.get::<String>(1).ok().flatten()?, r.get::<String>(2).ok().flatten()?)))
+        .collect();
+    let mut out = Vec::new();
+    for (policy, definition) in rows {
+        for name in [policy.clone(), crate::logic::rls::read_policy_name(&policy)] {
+            run(
+                c,
+                &format!("DROP POLICY IF EXISTS {} ON {sql_name}", quote_ident(&name)),
+                "dropping a folded policy",
+            );
+        }
+        // The definition is the catalog's own deparsed text, kept when it was changed.
+        run(c, &definition, "restoring a policy");
+        out.push(format!("policy {} restored", display_ident(&policy)));
+    }
+    c.update(
+        "DELETE FROM vital_tenancy.originals WHERE tbl = $1 AND kind = 'policy'",
+        None,
+        &[oid.into()],
+    )
+    .or_raise("forgetting the policy originals");
+    out
 }
 
 /// Whether the table has permissive policies other than the extension's own.
@@ -145,7 +194,21 @@ fn apply_policies(c: &mut SpiClient<'_>, t: &Target, shared: bool) -> Vec<String
     let mut actions = Vec::new();
     drop_own_policies(c, t.oid, &t.sql_name);
     let grant = !has_own_permissive_policies(c, t.oid);
-    for (name, sql) in policies(&t.sql_name, &col, shared, grant) {
+    let citus = crate::catalog::value::<String>(
+        c,
+        // As jsonb: the column is 0.2.0's, and a database whose SQL is still 0.1.0's
+        // (before ALTER EXTENSION UPDATE) runs this library too.
+        "SELECT pg_catalog.to_jsonb(r) ->> 'policy_shape' FROM vital_tenancy.rls_tables r WHERE r.tbl = $1",
+        &[t.oid.into()],
+    )
+    .as_deref()
+        == Some("citus");
+    let list = if citus {
+        citus_policies(&t.sql_name, &col, shared, grant)
+    } else {
+        policies(&t.sql_name, &col, shared, grant)
+    };
+    for (name, sql) in list {
         run(c, &sql, "creating a policy");
         actions.push(format!("policy {name}"));
     }
@@ -365,6 +428,7 @@ fn disable_tenant_rls(
         let was_forced: bool = r.get(6).or_raise("rls_was_forced").unwrap_or(false);
         drop_own_policies(c, oid, &name);
         actions.push("vital_tenancy policies dropped".to_string());
+        actions.extend(restore_originals(c, oid, &name));
         let col = quote_ident(&column);
         match &prior_default {
             // The prior default is deparsed catalog text (pg_get_expr), not user input.

@@ -694,7 +694,19 @@ fn protect_tenants_table() -> TableIterator<'static, (name!(action, String),)> {
             )
             .or_raise("dropping a registry policy");
         }
-        for (name, ddl) in crate::logic::rls::registry_policies(&table) {
+        let citus = crate::catalog::value::<String>(
+            c,
+            "SELECT value FROM vital_tenancy.settings WHERE name = 'registry_policy_shape'",
+            &[],
+        )
+        .as_deref()
+            == Some("citus");
+        let policies = if citus {
+            crate::logic::rls::citus_registry_policies(&table)
+        } else {
+            crate::logic::rls::registry_policies(&table)
+        };
+        for (name, ddl) in policies {
             c.update(&ddl, None, &[])
                 .or_raise("creating a registry policy");
             actions.push(format!("policy {name}"));

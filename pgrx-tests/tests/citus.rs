@@ -187,3 +187,235 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+/// The Citus shape on plain PostgreSQL (what CI can run): after citus_safe_policies()
+/// no managed table keeps a restrictive policy, so Citus dropping `AS RESTRICTIVE` on
+/// shards changes nothing; every policy read as permissive holds the boundary; an
+/// ordinary role sees the same rows as before; a new application policy without the
+/// boundary is reported; disable_tenant_rls() puts the application's policies back.
+#[test]
+fn citus_shape_holds_the_boundary_with_permissive_policies_only() {
+    let db = FixtureDb::new("citus_shape");
+    let mut c = db.dba();
+    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
+    let (ok, _, err) = migrate(&db.name, &[]);
+    assert!(ok, "migration failed:\n{err}");
+    // The sub-select policies are refused unless set aside, naming them (0A000).
+    let e = c.query(
+        "SELECT * FROM vital_tenancy.citus_safe_policies('public.agent_tool_assignments')",
+        &[],
+    );
+    assert_eq!(sqlstate(e), "0A000");
+    c.batch_execute(
+        "SELECT count(*) FROM vital_tenancy.rls_tables r, vital_tenancy.citus_safe_policies(r.tbl, set_aside_subselects => true);
+         SELECT count(*) FROM vital_tenancy.citus_safe_policies(vital_tenancy.tenants_table());",
+    )
+    .unwrap();
+    let restrictive: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_policy WHERE NOT polpermissive
+                AND (polrelid IN (SELECT tbl FROM vital_tenancy.rls_tables) OR polrelid = vital_tenancy.tenants_table())",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(restrictive, 0);
+    let problems: Vec<String> = c
+        .query(
+            "SELECT problem FROM vital_tenancy.citus_boundary_status() WHERE problem IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    let originals: i64 = c
+        .query_one(
+            "SELECT count(*) FROM vital_tenancy.originals WHERE action = 'set aside'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        originals, 2,
+        "the two sub-select policies of agent_tool_assignments"
+    );
+
+    c.batch_execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_citus_shape_app') THEN CREATE ROLE vt_citus_shape_app LOGIN; END IF; END $$;
+         GRANT vital_tenancy_context, authenticated TO vt_citus_shape_app;",
+    )
+    .unwrap();
+    let mut app = db.connect_as("vt_citus_shape_app");
+    let none: i64 = app
+        .query_one("SELECT count(*) FROM public.prompts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0, "no context, no rows");
+    let mut tx = app.transaction().unwrap();
+    tx.execute(
+        "SET LOCAL vital.tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda'",
+        &[],
+    )
+    .unwrap();
+    let r = tx
+        .query_one(
+            "SELECT count(*) FILTER (WHERE tenant_id = vital_tenancy.pharma_tenant_id()),
+                    count(*) FILTER (WHERE tenant_id = vital_tenancy.platform_tenant_id()),
+                    count(*) FILTER (WHERE tenant_id = vital_tenancy.digital_health_tenant_id())
+               FROM public.prompts",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)),
+        (45, 1026, 0)
+    );
+    let deleted = tx
+        .execute(
+            "DELETE FROM public.prompts WHERE tenant_id = vital_tenancy.platform_tenant_id()",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(deleted, 0, "a tenant cannot delete Platform's shared rows");
+    tx.rollback().unwrap();
+
+    // A policy the application adds later without the boundary is reported.
+    c.batch_execute(r#"CREATE POLICY "late" ON public.prompts FOR SELECT USING (true)"#)
+        .unwrap();
+    let late: Vec<String> = c
+        .query(
+            "SELECT p FROM vital_tenancy.boundary_problems('public.prompts') p",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert!(
+        late[0].contains("\"late\"") || late[0].contains("late"),
+        "{late:?}"
+    );
+    c.batch_execute(r#"DROP POLICY "late" ON public.prompts"#)
+        .unwrap();
+
+    // disable_tenant_rls() restores the application's policies as they were.
+    let before: i64 = c
+        .query_one("SELECT count(*) FROM vital_tenancy.originals WHERE tbl = 'public.agent_tool_assignments'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert!(before >= 2);
+    c.batch_execute(
+        "SELECT * FROM vital_tenancy.disable_tenant_rls('public.agent_tool_assignments')",
+    )
+    .unwrap();
+    let back: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_policy WHERE polrelid = 'public.agent_tool_assignments'::regclass
+                AND polname IN ('Users can view their agent tool assignments', 'Users can manage their agent tool assignments')
+                AND pg_get_expr(polqual, polrelid) LIKE '%auth.uid()%' AND pg_get_expr(polqual, polrelid) NOT LIKE '%tenant_ids%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(back, 2);
+}
+
+/// On a real 3-node Citus cluster (scripts/citus-cluster), when citus.so is installed:
+/// the shipped 008 distributes the migrated fixture, every shard placement holds the
+/// boundary, and the three context paths reach the workers. Reports itself skipped,
+/// by name, where Citus is absent (CI).
+#[test]
+fn citus_cluster_distribute_and_isolate_on_three_nodes() {
+    let lib = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_config")
+        .arg("--pkglibdir")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if !std::path::Path::new(&format!("{lib}/citus.so")).exists() {
+        eprintln!("SKIPPED citus_cluster_distribute_and_isolate_on_three_nodes: citus.so is not installed");
+        return;
+    }
+    let root = vital_tenancy_e2e::repo_root();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("bash")
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for port in ["54350", "54351", "54352"] {
+        let _ = std::process::Command::new(std::env::var("VT_PSQL").unwrap_or("psql".into()))
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                "DROP DATABASE IF EXISTS vt_citus_e2e WITH (FORCE)",
+            ])
+            .output();
+    }
+    let conn = run(&["scripts/citus-cluster", "start", "vt_citus_e2e"]);
+    let fixture = std::env::var("VT_FIXTURE").unwrap();
+    run(&[&format!("{fixture}/load.sh"), &conn]);
+    let mut c = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
+    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
+    run(&[
+        "scripts/migrate",
+        &conn,
+        "--no-backup",
+        "--report",
+        "/tmp/vt-citus-e2e-report.md",
+    ]);
+    let r = c
+        .query_one(
+            "SELECT count(*), count(problem) FROM vital_tenancy.citus_boundary_status()",
+            &[],
+        )
+        .unwrap();
+    assert!(r.get::<_, i64>(0) > 200, "placements checked");
+    assert_eq!(r.get::<_, i64>(1), 0);
+    c.batch_execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_citus_e2e_app') THEN CREATE ROLE vt_citus_e2e_app LOGIN; END IF; END $$;
+         GRANT vital_tenancy_context, authenticated TO vt_citus_e2e_app;",
+    )
+    .unwrap();
+    let app_conn = conn.replace("user=postgres", "user=vt_citus_e2e_app");
+    let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
+    let none: i64 = app
+        .query_one("SELECT count(*) FROM public.prompts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0, "no context, no rows on any shard");
+    for setup in [
+        "SET LOCAL vital.tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda'",
+        "SELECT vital_tenancy.set_tenant('f7aa6fd4-0af9-4706-8b31-034f1f7accda')",
+        "SELECT set_config('request.jwt.claims', '{\"tenant_id\":\"f7aa6fd4-0af9-4706-8b31-034f1f7accda\"}', true), vital_tenancy.pre_request()",
+    ] {
+        let mut tx = app.transaction().unwrap();
+        tx.batch_execute(setup).unwrap();
+        let r = tx
+            .query_one(
+                "SELECT count(*) FILTER (WHERE tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda'),
+                        count(*) FILTER (WHERE tenant_id = '11111111-1111-1111-1111-111111111111') FROM public.prompts",
+                &[],
+            )
+            .unwrap();
+        assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (45, 0), "{setup}");
+        tx.rollback().unwrap();
+    }
+}

@@ -139,6 +139,195 @@ pub fn is_index_friendly(expr: &str, column: &str) -> bool {
     })
 }
 
+/// Names of the extension's policies in the Citus shape (`citus_policies`), besides
+/// `vt_tenant_select` … `vt_tenant_delete` and `vt_platform_admin`, which both shapes use.
+pub const CITUS_POLICY_NAMES: [&str; 4] = [
+    "vt_service_select",
+    "vt_service_insert",
+    "vt_service_update",
+    "vt_service_delete",
+];
+
+/// Suffix of the read policy `fold` adds beside an application's FOR ALL policy.
+pub const READ_POLICY_SUFFIX: &str = " (vt read)";
+
+/// Name of the read policy added beside an application's FOR ALL policy: its name
+/// and `READ_POLICY_SUFFIX`, cut on a character boundary to PostgreSQL's 63 bytes.
+pub fn read_policy_name(policy: &str) -> String {
+    let mut base = policy.to_string();
+    while base.len() + READ_POLICY_SUFFIX.len() > 63 {
+        base.pop();
+    }
+    format!("{base}{READ_POLICY_SUFFIX}")
+}
+
+/// The read side of the boundary without a sub-select (Citus refuses sub-selects in
+/// policies on distributed tables). An index scan still takes it as an index
+/// condition: the function is STABLE, so the executor evaluates it once per scan.
+pub fn inline_visible(column: &str, shared: bool) -> String {
+    format!("{column} = ANY (vital_tenancy.visible_tenant_ids({shared}))")
+}
+
+/// The write side of the boundary without a sub-select.
+pub fn inline_writable(column: &str) -> String {
+    format!("{column} = ANY (vital_tenancy.writable_tenant_ids())")
+}
+
+/// The command a policy applies to (`pg_policy.polcmd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyCmd {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    All,
+}
+
+impl PolicyCmd {
+    pub fn from_polcmd(c: &str) -> Option<PolicyCmd> {
+        match c {
+            "r" => Some(PolicyCmd::Select),
+            "a" => Some(PolicyCmd::Insert),
+            "w" => Some(PolicyCmd::Update),
+            "d" => Some(PolicyCmd::Delete),
+            "*" => Some(PolicyCmd::All),
+            _ => None,
+        }
+    }
+
+    pub fn sql(self) -> &'static str {
+        match self {
+            PolicyCmd::Select => "SELECT",
+            PolicyCmd::Insert => "INSERT",
+            PolicyCmd::Update => "UPDATE",
+            PolicyCmd::Delete => "DELETE",
+            PolicyCmd::All => "ALL",
+        }
+    }
+
+    /// Whether the policy's USING expression filters rows a statement modifies
+    /// (UPDATE, DELETE), so that it must carry the write side of the boundary.
+    pub fn using_writes(self) -> bool {
+        matches!(self, PolicyCmd::Update | PolicyCmd::Delete | PolicyCmd::All)
+    }
+}
+
+/// An application policy with the boundary folded in: its new USING and WITH CHECK
+/// (`None`: leave as is) and, for a FOR ALL policy, the USING of the read policy to
+/// add beside it (the FOR ALL policy itself then keeps to writable rows, since its
+/// USING also decides which rows UPDATE and DELETE reach).
+#[derive(Debug, PartialEq)]
+pub struct Fold {
+    pub using: Option<String>,
+    pub check: Option<String>,
+    pub read_policy: Option<String>,
+}
+
+/// Fold the boundary (`read`: the visible side, `write`: the writable side, both
+/// SQL conditions) into a policy's expressions, so that the policy admits only rows
+/// inside the boundary even as a PERMISSIVE policy OR-ed with others, which is what
+/// Citus makes of every policy on a shard. An absent expression stays absent (a
+/// permissive policy without one admits nothing through it).
+pub fn fold(
+    cmd: PolicyCmd,
+    using: Option<&str>,
+    check: Option<&str>,
+    read: &str,
+    write: &str,
+) -> Fold {
+    let and = |e: &str, b: &str| format!("({e}) AND {b}");
+    match cmd {
+        PolicyCmd::Select => Fold {
+            using: using.map(|u| and(u, read)),
+            check: None,
+            read_policy: None,
+        },
+        PolicyCmd::Insert => Fold {
+            using: None,
+            check: check.map(|c| and(c, write)),
+            read_policy: None,
+        },
+        PolicyCmd::Update | PolicyCmd::Delete => Fold {
+            using: using.map(|u| and(u, write)),
+            check: check.map(|c| and(c, write)),
+            read_policy: None,
+        },
+        PolicyCmd::All => Fold {
+            using: using.map(|u| and(u, write)),
+            check: check.map(|c| and(c, write)),
+            read_policy: using.map(|u| and(u, read)),
+        },
+    }
+}
+
+/// The extension's policies in the Citus shape: every one PERMISSIVE and each inside
+/// the boundary for its command, with no sub-select, so that OR-ed together (as Citus
+/// recreates them on shards, without `AS RESTRICTIVE`) they still hold the boundary.
+/// The application's own policies get the boundary folded in (`fold`); where the
+/// table has none, `grant_access` adds the tenant's own access.
+pub fn citus_policies(
+    table: &str,
+    column: &str,
+    shared: bool,
+    grant_access: bool,
+) -> Vec<(&'static str, String)> {
+    let visible = inline_visible(column, shared);
+    let writable = inline_writable(column);
+    let four = |names: [&'static str; 4], to: &str| {
+        vec![
+            (names[0], format!("CREATE POLICY {} ON {table} AS PERMISSIVE FOR SELECT TO {to} USING ({visible})", names[0])),
+            (names[1], format!("CREATE POLICY {} ON {table} AS PERMISSIVE FOR INSERT TO {to} WITH CHECK ({writable})", names[1])),
+            (names[2], format!("CREATE POLICY {} ON {table} AS PERMISSIVE FOR UPDATE TO {to} USING ({writable}) WITH CHECK ({writable})", names[2])),
+            (names[3], format!("CREATE POLICY {} ON {table} AS PERMISSIVE FOR DELETE TO {to} USING ({writable})", names[3])),
+        ]
+    };
+    let mut out = Vec::new();
+    if grant_access {
+        out.extend(four(
+            [
+                POLICY_NAMES[0],
+                POLICY_NAMES[1],
+                POLICY_NAMES[2],
+                POLICY_NAMES[3],
+            ],
+            "PUBLIC",
+        ));
+    }
+    out.extend(four(CITUS_POLICY_NAMES, SERVICE_ROLE));
+    // For admins the writable array holds every tenant, so one FOR ALL policy on the
+    // write side gives them every row for every command.
+    out.push((
+        POLICY_NAMES[6],
+        format!("CREATE POLICY vt_platform_admin ON {table} AS PERMISSIVE FOR ALL TO {ADMIN_ROLE} USING ({writable}) WITH CHECK ({writable})"),
+    ));
+    out
+}
+
+/// The registry's policies in the Citus shape: no restrictive policy; a request reads
+/// its tenant's row and Platform's, platform admins read and write (their writable
+/// array holds every tenant; a new tenant's id is admitted by the admin role alone).
+pub fn citus_registry_policies(table: &str) -> Vec<(&'static str, String)> {
+    let visible = "id = ANY (vital_tenancy.visible_tenant_ids(true))";
+    vec![
+        (
+            REGISTRY_POLICY_NAMES[1],
+            format!("CREATE POLICY vt_registry_read ON {table} AS PERMISSIVE FOR SELECT TO PUBLIC USING ({visible})"),
+        ),
+        (
+            REGISTRY_POLICY_NAMES[2],
+            format!(
+                "CREATE POLICY vt_registry_admin ON {table} AS PERMISSIVE FOR ALL TO {ADMIN_ROLE} USING ({}) WITH CHECK ({})",
+                registry_write(), registry_write()
+            ),
+        ),
+    ]
+}
+
+/// The write side of the registry's boundary: platform admins only.
+pub fn registry_write() -> String {
+    format!("pg_catalog.pg_has_role('{ADMIN_ROLE}', 'USAGE')")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +397,84 @@ mod tests {
             "(org = ( SELECT current_org() AS current_org))",
             "org"
         ));
+    }
+
+    #[test]
+    fn folding_keeps_each_command_inside_the_boundary() {
+        let (r, w) = ("R", "W");
+        let f = fold(PolicyCmd::Select, Some("status = 'active'"), None, r, w);
+        assert_eq!(f.using.as_deref(), Some("(status = 'active') AND R"));
+        assert_eq!((f.check, f.read_policy), (None, None));
+        let f = fold(PolicyCmd::Insert, None, Some("true"), r, w);
+        assert_eq!((f.using, f.check.as_deref()), (None, Some("(true) AND W")));
+        let f = fold(
+            PolicyCmd::Delete,
+            Some("created_by = auth.uid()"),
+            None,
+            r,
+            w,
+        );
+        assert_eq!(f.using.as_deref(), Some("(created_by = auth.uid()) AND W"));
+        let f = fold(PolicyCmd::Update, Some("a"), Some("b"), r, w);
+        assert_eq!(
+            (f.using.as_deref(), f.check.as_deref()),
+            (Some("(a) AND W"), Some("(b) AND W"))
+        );
+        // FOR ALL: the policy keeps to writable rows (its USING also decides what
+        // UPDATE and DELETE reach); a read policy beside it restores shared reads.
+        let f = fold(PolicyCmd::All, Some("x"), None, r, w);
+        assert_eq!(f.using.as_deref(), Some("(x) AND W"));
+        assert_eq!(f.read_policy.as_deref(), Some("(x) AND R"));
+        assert_eq!(read_policy_name("p"), "p (vt read)");
+        let long = "é".repeat(40);
+        let n = read_policy_name(&long);
+        assert!(n.len() <= 63 && n.ends_with(READ_POLICY_SUFFIX), "{n}");
+        // A missing expression stays missing (it admits nothing through the policy).
+        assert_eq!(
+            fold(PolicyCmd::Select, None, None, r, w),
+            Fold {
+                using: None,
+                check: None,
+                read_policy: None
+            }
+        );
+    }
+
+    #[test]
+    fn citus_shape_has_no_restrictive_policy_and_no_sub_select() {
+        for grant in [true, false] {
+            let p = citus_policies("t", "\"tenant_id\"", true, grant);
+            assert_eq!(p.len(), if grant { 9 } else { 5 });
+            for (name, sql) in &p {
+                assert!(
+                    sql.contains(&format!("CREATE POLICY {name} ON t AS PERMISSIVE")),
+                    "{sql}"
+                );
+                assert!(
+                    !sql.contains("SELECT vital_tenancy"),
+                    "no sub-select: {sql}"
+                );
+                assert!(!sql.contains("RESTRICTIVE"), "{sql}");
+                // Commands that reach existing rows for writing use the write side.
+                if sql.contains("FOR UPDATE")
+                    || sql.contains("FOR DELETE")
+                    || sql.contains("FOR ALL")
+                {
+                    assert!(
+                        sql.contains(
+                            "USING (\"tenant_id\" = ANY (vital_tenancy.writable_tenant_ids()))"
+                        ),
+                        "{sql}"
+                    );
+                }
+                if sql.contains("FOR SELECT") {
+                    assert!(sql.contains("visible_tenant_ids(true)"), "{sql}");
+                }
+            }
+        }
+        let r = citus_registry_policies("tenants");
+        assert!(r
+            .iter()
+            .all(|(_, s)| !s.contains("RESTRICTIVE") && !s.contains("(SELECT")));
     }
 }
