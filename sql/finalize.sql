@@ -221,7 +221,7 @@ REVOKE EXECUTE ON FUNCTION @extschema@.distribute_all() FROM PUBLIC;
 
 -- The tenant boundary in the Citus shape (src/boundary.rs).
 CREATE FUNCTION @extschema@.policy_fingerprint(tbl regclass) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT md5(COALESCE(string_agg(e, '|' ORDER BY e), ''))

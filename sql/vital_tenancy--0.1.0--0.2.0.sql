@@ -829,7 +829,7 @@ AS 'MODULE_PATHNAME', 'citus_boundary_status_wrapper';
 
 -- The tenant boundary in the Citus shape (src/boundary.rs).
 CREATE FUNCTION @extschema@.policy_fingerprint(tbl regclass) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT md5(COALESCE(string_agg(e, '|' ORDER BY e), ''))
