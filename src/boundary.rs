@@ -247,14 +247,7 @@ fn boundary_problems(
     SetOfIterator::new(out)
 }
 
-fn run(c: &mut SpiClient<'_>, sql: &str, what: &str) {
-    c.update(
-        "SELECT vital_tenancy.run_ddl($1, $2, NULL, 2000, 5)",
-        None,
-        &[sql.into(), what.into()],
-    )
-    .or_raise(what);
-}
+use crate::rls::run;
 
 /// The original CREATE POLICY statement, kept before the policy is changed.
 fn definition(p: &Policy, table: &str) -> String {

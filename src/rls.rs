@@ -86,7 +86,7 @@ fn target(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> Target {
 /// toolkit's defaults: 2 s, 5 retries): behind a long transaction the ACCESS EXCLUSIVE
 /// request gives up with 55P03 naming the step instead of queueing every reader of the
 /// table behind it for as long as that transaction lasts.
-fn run(c: &mut SpiClient<'_>, sql: &str, what: &str) {
+pub(crate) fn run(c: &mut SpiClient<'_>, sql: &str, what: &str) {
     c.update(
         "SELECT vital_tenancy.run_ddl($1, $2, NULL, 2000, 5)",
         None,

@@ -200,6 +200,26 @@ fn citus_shape_holds_the_boundary_with_permissive_policies_only() {
     c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
     let (ok, _, err) = migrate(&db.name, &[]);
     assert!(ok, "migration failed:\n{err}");
+    // A restrictive application policy is refused (Citus would make it permissive),
+    // naming it, and nothing changes.
+    c.batch_execute(
+        r#"CREATE POLICY "narrow" ON public.messages AS RESTRICTIVE FOR SELECT USING (true)"#,
+    )
+    .unwrap();
+    let q = "SELECT * FROM vital_tenancy.citus_safe_policies('public.messages')";
+    assert_eq!(sqlstate(c.query(q, &[])), "0A000");
+    let msg = vital_tenancy_e2e::message(c.query(q, &[]));
+    assert!(
+        msg.contains("restrictive policy \"narrow\" on public.messages"),
+        "{msg}"
+    );
+    let shape: String = c
+        .query_one("SELECT policy_shape FROM vital_tenancy.rls_tables WHERE tbl = 'public.messages'::regclass", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(shape, "restrictive");
+    c.batch_execute(r#"DROP POLICY "narrow" ON public.messages"#)
+        .unwrap();
     // The sub-select policies are refused unless set aside, naming them (0A000).
     let e = c.query(
         "SELECT * FROM vital_tenancy.citus_safe_policies('public.agent_tool_assignments')",
@@ -295,7 +315,7 @@ fn citus_shape_holds_the_boundary_with_permissive_policies_only() {
         .collect();
     assert_eq!(late.len(), 1, "{late:?}");
     assert!(
-        late[0].contains("\"late\"") || late[0].contains("late"),
+        late[0].starts_with("policy \"late\" (FOR SELECT, permissive): its USING lacks"),
         "{late:?}"
     );
     c.batch_execute(r#"DROP POLICY "late" ON public.prompts"#)
