@@ -78,6 +78,33 @@ COMMENT ON TABLE @extschema@.originals IS
     'The application''s objects as they were before the extension changed them for Citus: policies the tenant boundary was folded into or that were set aside (citus_safe_policies()), foreign keys and triggers migration 008 set aside; each with its original definition and why';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.originals', '');
 
+-- What a tenant's registry status allows, where the DBA overrides the built-in
+-- meaning (active: read-write; suspended, archived: read-only; pending, deleted:
+-- none) or names a status of their own. Read by the policy functions once per
+-- statement; only overrides are stored, so pg_dump keeps exactly the DBA's rows.
+CREATE TABLE @extschema@.tenant_statuses (
+    status text PRIMARY KEY,
+    access text NOT NULL CHECK (access IN ('read-write', 'read-only', 'none'))
+);
+COMMENT ON TABLE @extschema@.tenant_statuses IS
+    'Overrides of what a tenant status allows (read-write, read-only, none); statuses not listed keep their built-in meaning, unknown ones give none (set_status_access())';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_statuses', '');
+
+-- The journal of delete_tenant: one row per committed batch.
+CREATE TABLE @extschema@.tenant_deletions (
+    id         bigserial PRIMARY KEY,
+    tenant     uuid NOT NULL,
+    table_name text NOT NULL,
+    batch      integer NOT NULL,
+    rows       bigint NOT NULL,
+    done_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON @extschema@.tenant_deletions (tenant, table_name);
+COMMENT ON TABLE @extschema@.tenant_deletions IS
+    'Journal of delete_tenant(): every committed batch (tenant, table, batch number, rows deleted)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions_id_seq', '');
+
 -- The platform-admin role: its members read and write every tenant's rows through
 -- their own policy. Roles are cluster-wide, so it outlives DROP EXTENSION.
 DO $$

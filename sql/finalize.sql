@@ -199,7 +199,7 @@ REVOKE EXECUTE ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) FROM 
 
 -- Health, indexes, usage, export ---------------------------------------------------
 COMMENT ON FUNCTION @extschema@.health() IS
-    'Health document: database, tenants (healthy when all three exist with data), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), last migration run.';
+    'Health document: database, tenants (every registry tenant with status and access; healthy when the three of the migration exist with data and no status is unknown), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), on Citus every shard placement''s boundary (citus_boundary_status()), last migration run.';
 COMMENT ON FUNCTION @extschema@.index_advice(text[]) IS
     'Missing tenant indexes and the plan''s composite indexes, each with a CREATE INDEX CONCURRENTLY IF NOT EXISTS statement for \gexec.';
 COMMENT ON FUNCTION @extschema@.index_coverage(text[]) IS
@@ -207,7 +207,37 @@ COMMENT ON FUNCTION @extschema@.index_coverage(text[]) IS
 COMMENT ON FUNCTION @extschema@.tenant_usage(text[]) IS
     'Rows, estimated bytes and last change per tenant and table.';
 COMMENT ON FUNCTION @extschema@.export_tenant(uuid, text[]) IS
-    'A tenant''s own rows of every tenant table as (table_name, row jsonb), streamed from a cursor; usable with COPY (SELECT ...) TO STDOUT.';
+    'A tenant''s registry row, then its own rows of every tenant table, as (table_name, row jsonb), streamed from a cursor; usable with COPY (SELECT ...) TO STDOUT and loaded elsewhere by import_tenant().';
+
+-- Tenant lifecycle (src/lifecycle.rs, src/tenants.rs, sql/lifecycle.sql) --------------
+COMMENT ON FUNCTION @extschema@.add_tenant(text, text, jsonb, uuid) IS
+    'Onboarding: create a tenant in the application''s tenants table (name, slug, extra column values such as type; id generated unless given), its NOT NULL and CHECK constraints checked first with errors naming the column. Returns its id; a tenant with this slug already present is returned as it is.';
+COMMENT ON FUNCTION @extschema@.tenant_status() IS
+    'Every tenant of the registry: status, the access it gives (read-write, read-only, none) and whether the status is known (an unknown or NULL status gives none).';
+COMMENT ON FUNCTION @extschema@.set_status_access(text, text) IS
+    'Say what a tenant status allows (read-write, read-only, none), overriding the built-in meaning (active read-write; suspended, archived read-only; pending, deleted none); NULL access removes the override. Effective from the next statement; sent to the Citus workers too.';
+COMMENT ON FUNCTION @extschema@.set_status_column(text) IS
+    'Which column of the tenants table holds the status (default status); NULL or empty turns statuses off (every registered tenant reads and writes).';
+COMMENT ON FUNCTION @extschema@.tenant_deletion_plan(uuid) IS
+    'What delete_tenant will do, in order: each tenant table children first with the tenant''s row count and whether it goes in batches, the registry row last. Refuses NULL, Platform and an unknown tenant. Changes nothing.';
+COMMENT ON PROCEDURE @extschema@.delete_tenant(uuid, boolean, integer) IS
+    'Offboarding: delete a tenant''s rows from every tenant table in foreign-key order, in batches with a COMMIT and a journal row (vital_tenancy.tenant_deletions) each, the registry row last; dry run (the plan as NOTICEs) unless dry_run => false; resumable by calling again. CALL outside a transaction block.';
+COMMENT ON FUNCTION @extschema@.import_tenant(regclass, uuid) IS
+    'Load a tenant''s export (a table of (table_name text, row jsonb) filled from export_tenant''s COPY output) into this database with the same schema: registry row first, tables parents first, ids kept, rows already present kept (importing again inserts nothing). Refuses rows of another tenant or of unknown tables, changing nothing.';
+COMMENT ON FUNCTION @extschema@.tenant_activity() IS
+    'Per tenant since the last reset: statements, rows read (returned by SELECTs), rows written, execution time; tenant_id NULL for statements without a tenant context. Collected by executor hooks per statement (not per row) when vital_tenancy is in shared_preload_libraries, else ERROR 55000.';
+COMMENT ON FUNCTION @extschema@.tenant_activity_reset() IS
+    'Forget the per-tenant activity; returns when the new period began.';
+REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant(text, text, jsonb, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_status() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.set_status_access(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.set_status_column(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_deletion_plan(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE @extschema@.delete_tenant(uuid, boolean, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.import_tenant(regclass, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_activity() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_activity_reset() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.tenant_activity() TO pg_read_all_stats;
 
 -- Citus -------------------------------------------------------------------------
 COMMENT ON FUNCTION @extschema@.citus_readiness(text[]) IS

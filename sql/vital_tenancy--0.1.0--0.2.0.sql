@@ -853,5 +853,236 @@ REVOKE EXECUTE ON FUNCTION @extschema@.citus_boundary_status() FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.distribute_all() IS
     'On a Citus coordinator: create_reference_table for reference tables, create_distributed_table by tenant_id (co-located) for tenant tables, parents first; foreign keys between distributed tables dropped and re-added around it, the extension''s records re-keyed to the new relations. ERROR 55000 when Citus is absent, blockers remain or a boundary is still restrictive (citus_safe_policies()).';
 
+
+-- Tenant lifecycle (0.2.0): statuses honoured, onboarding, offboarding, moving a
+-- tenant, per-tenant activity.
+-- What a tenant's registry status allows, where the DBA overrides the built-in
+-- meaning (active: read-write; suspended, archived: read-only; pending, deleted:
+-- none) or names a status of their own. Read by the policy functions once per
+-- statement; only overrides are stored, so pg_dump keeps exactly the DBA's rows.
+CREATE TABLE @extschema@.tenant_statuses (
+    status text PRIMARY KEY,
+    access text NOT NULL CHECK (access IN ('read-write', 'read-only', 'none'))
+);
+COMMENT ON TABLE @extschema@.tenant_statuses IS
+    'Overrides of what a tenant status allows (read-write, read-only, none); statuses not listed keep their built-in meaning, unknown ones give none (set_status_access())';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_statuses', '');
+
+-- The journal of delete_tenant: one row per committed batch.
+CREATE TABLE @extschema@.tenant_deletions (
+    id         bigserial PRIMARY KEY,
+    tenant     uuid NOT NULL,
+    table_name text NOT NULL,
+    batch      integer NOT NULL,
+    rows       bigint NOT NULL,
+    done_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON @extschema@.tenant_deletions (tenant, table_name);
+COMMENT ON TABLE @extschema@.tenant_deletions IS
+    'Journal of delete_tenant(): every committed batch (tenant, table, batch number, rows deleted)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions_id_seq', '');
+
+-- vital_tenancy::tenants::add_tenant
+CREATE FUNCTION @extschema@.add_tenant(
+	"name" TEXT, /* Option < & str > */
+	"slug" TEXT, /* Option < & str > */
+	"extra" jsonb DEFAULT '{}', /* Option < crate :: catalog :: JsonArg > */
+	"id" uuid DEFAULT NULL /* Option < Uuid > */
+) RETURNS uuid /* Uuid */
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_tenant_wrapper';
+
+-- vital_tenancy::lifecycle::import_tenant
+CREATE FUNCTION @extschema@.import_tenant(
+	"source" regclass, /* Option < crate :: catalog :: Regclass > */
+	"tenant" uuid /* Option < Uuid > */
+) RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"source_rows" bigint,  /* i64 */
+	"inserted" bigint  /* i64 */
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'import_tenant_wrapper';
+
+-- vital_tenancy::lifecycle::set_status_access
+CREATE FUNCTION @extschema@.set_status_access(
+	"status" TEXT, /* Option < & str > */
+	"access" TEXT /* Option < & str > */
+) RETURNS TEXT /* String */
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_status_access_wrapper';
+
+-- vital_tenancy::lifecycle::set_status_column
+CREATE FUNCTION @extschema@.set_status_column(
+	"column_name" TEXT /* Option < & str > */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_status_column_wrapper';
+
+-- vital_tenancy::activity::tenant_activity
+CREATE FUNCTION @extschema@.tenant_activity() RETURNS TABLE (
+	"tenant_id" uuid,  /* Option < Uuid > */
+	"statements" bigint,  /* i64 */
+	"rows_read" bigint,  /* i64 */
+	"rows_written" bigint,  /* i64 */
+	"total_time_ms" double precision,  /* f64 */
+	"since" timestamp with time zone  /* pgrx :: datum :: TimestampWithTimeZone */
+)
+STRICT VOLATILE PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_activity_wrapper';
+
+-- vital_tenancy::activity::tenant_activity_reset
+CREATE FUNCTION @extschema@.tenant_activity_reset() RETURNS timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+STRICT VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_activity_reset_wrapper';
+
+-- vital_tenancy::lifecycle::tenant_deletion_plan
+CREATE FUNCTION @extschema@.tenant_deletion_plan(
+	"tenant" uuid /* Option < Uuid > */
+) RETURNS TABLE (
+	"step" INT,  /* i32 */
+	"table_name" TEXT,  /* String */
+	"tenant_column" TEXT,  /* String */
+	"rows" bigint,  /* i64 */
+	"batched" bool  /* bool */
+)
+STABLE PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_deletion_plan_wrapper';
+
+-- vital_tenancy::lifecycle::tenant_status
+CREATE FUNCTION @extschema@.tenant_status() RETURNS TABLE (
+	"tenant_id" uuid,  /* Uuid */
+	"name" TEXT,  /* Option < String > */
+	"slug" TEXT,  /* Option < String > */
+	"status" TEXT,  /* Option < String > */
+	"access" TEXT,  /* String */
+	"known_status" bool  /* bool */
+)
+STRICT STABLE PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_status_wrapper';
+
+-- Offboarding: delete a tenant's rows from every tenant table, children before
+-- parents (tenant_deletion_plan()), in batches with a COMMIT and a journal row
+-- (vital_tenancy.tenant_deletions) per batch, the registry row last. Dry run by
+-- default: it only reports the plan. Resumable: after a crash or a cancel the same
+-- CALL continues with what is left (a deleted row is not there to delete twice) and
+-- numbers its batches after the journaled ones. Must be CALLed outside a transaction
+-- block. No SET clause: a procedure with one cannot COMMIT; every name inside is
+-- schema-qualified instead.
+--
+-- Refuses NULL, Platform (shared with every tenant) and an unknown tenant (the
+-- plan's errors). A row of another tenant that still references one of this
+-- tenant's rows stops the deletion at that table with the foreign-key error
+-- (nothing of that batch is deleted; cross_tenant_references() lists them).
+CREATE PROCEDURE @extschema@.delete_tenant(
+    tenant uuid,
+    dry_run boolean DEFAULT true,
+    batch_size integer DEFAULT 5000
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    p       record;
+    n       bigint;
+    v_batch integer;
+    v_total bigint := 0;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be a positive integer, not %', coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    IF dry_run IS NULL THEN
+        RAISE EXCEPTION 'dry_run must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF dry_run THEN
+        FOR p IN SELECT * FROM @extschema@.tenant_deletion_plan(tenant) ORDER BY step LOOP
+            RAISE NOTICE 'step %: % row(s) of % (%)', p.step, p.rows, p.table_name,
+                CASE WHEN p.batched THEN 'batches of ' || batch_size ELSE 'one statement' END;
+            v_total := v_total + p.rows;
+        END LOOP;
+        RAISE NOTICE 'dry run: % row(s) of tenant % would be deleted; nothing changed', v_total, tenant
+            USING HINT = pg_catalog.format('CALL vital_tenancy.delete_tenant(%L, dry_run => false);', tenant);
+        RETURN;
+    END IF;
+    FOR p IN SELECT * FROM @extschema@.tenant_deletion_plan(tenant) ORDER BY step LOOP
+        CONTINUE WHEN p.rows = 0;
+        v_batch := coalesce((SELECT max(d.batch) FROM @extschema@.tenant_deletions d
+                              WHERE d.tenant = delete_tenant.tenant AND d.table_name = p.table_name), 0);
+        LOOP
+            IF p.batched THEN
+                EXECUTE pg_catalog.format(
+                    'DELETE FROM %1$s WHERE ctid = ANY (ARRAY(SELECT ctid FROM %1$s WHERE %2$I = $1 LIMIT $2))',
+                    p.table_name, p.tenant_column)
+                    USING tenant, batch_size;
+            ELSE
+                EXECUTE pg_catalog.format('DELETE FROM %s WHERE %I = $1', p.table_name, p.tenant_column)
+                    USING tenant;
+            END IF;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            EXIT WHEN n = 0;
+            v_batch := v_batch + 1;
+            INSERT INTO @extschema@.tenant_deletions (tenant, table_name, batch, rows)
+            VALUES (delete_tenant.tenant, p.table_name, v_batch, n);
+            COMMIT;
+            v_total := v_total + n;
+            EXIT WHEN NOT p.batched;
+        END LOOP;
+    END LOOP;
+    RAISE NOTICE 'tenant %: % row(s) deleted', tenant, v_total;
+END
+$$;
+
+-- Tenant lifecycle (src/lifecycle.rs, src/tenants.rs, sql/lifecycle.sql) --------------
+COMMENT ON FUNCTION @extschema@.add_tenant(text, text, jsonb, uuid) IS
+    'Onboarding: create a tenant in the application''s tenants table (name, slug, extra column values such as type; id generated unless given), its NOT NULL and CHECK constraints checked first with errors naming the column. Returns its id; a tenant with this slug already present is returned as it is.';
+COMMENT ON FUNCTION @extschema@.tenant_status() IS
+    'Every tenant of the registry: status, the access it gives (read-write, read-only, none) and whether the status is known (an unknown or NULL status gives none).';
+COMMENT ON FUNCTION @extschema@.set_status_access(text, text) IS
+    'Say what a tenant status allows (read-write, read-only, none), overriding the built-in meaning (active read-write; suspended, archived read-only; pending, deleted none); NULL access removes the override. Effective from the next statement; sent to the Citus workers too.';
+COMMENT ON FUNCTION @extschema@.set_status_column(text) IS
+    'Which column of the tenants table holds the status (default status); NULL or empty turns statuses off (every registered tenant reads and writes).';
+COMMENT ON FUNCTION @extschema@.tenant_deletion_plan(uuid) IS
+    'What delete_tenant will do, in order: each tenant table children first with the tenant''s row count and whether it goes in batches, the registry row last. Refuses NULL, Platform and an unknown tenant. Changes nothing.';
+COMMENT ON PROCEDURE @extschema@.delete_tenant(uuid, boolean, integer) IS
+    'Offboarding: delete a tenant''s rows from every tenant table in foreign-key order, in batches with a COMMIT and a journal row (vital_tenancy.tenant_deletions) each, the registry row last; dry run (the plan as NOTICEs) unless dry_run => false; resumable by calling again. CALL outside a transaction block.';
+COMMENT ON FUNCTION @extschema@.import_tenant(regclass, uuid) IS
+    'Load a tenant''s export (a table of (table_name text, row jsonb) filled from export_tenant''s COPY output) into this database with the same schema: registry row first, tables parents first, ids kept, rows already present kept (importing again inserts nothing). Refuses rows of another tenant or of unknown tables, changing nothing.';
+COMMENT ON FUNCTION @extschema@.tenant_activity() IS
+    'Per tenant since the last reset: statements, rows read (returned by SELECTs), rows written, execution time; tenant_id NULL for statements without a tenant context. Collected by executor hooks per statement (not per row) when vital_tenancy is in shared_preload_libraries, else ERROR 55000.';
+COMMENT ON FUNCTION @extschema@.tenant_activity_reset() IS
+    'Forget the per-tenant activity; returns when the new period began.';
+REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant(text, text, jsonb, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_status() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.set_status_access(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.set_status_column(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_deletion_plan(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE @extschema@.delete_tenant(uuid, boolean, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.import_tenant(regclass, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_activity() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.tenant_activity_reset() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.tenant_activity() TO pg_read_all_stats;
+
+COMMENT ON FUNCTION @extschema@.health() IS
+    'Health document: database, tenants (every registry tenant with status and access; healthy when the three of the migration exist with data and no status is unknown), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), on Citus every shard placement''s boundary (citus_boundary_status()), last migration run.';
+COMMENT ON FUNCTION @extschema@.export_tenant(uuid, text[]) IS
+    'A tenant''s registry row, then its own rows of every tenant table, as (table_name, row jsonb), streamed from a cursor; usable with COPY (SELECT ...) TO STDOUT and loaded elsewhere by import_tenant().';
+
 -- Last, with every function of 0.2.0 in place: the policies from the new definition.
 SELECT count(*) FROM @extschema@.refresh_tenant_policies();

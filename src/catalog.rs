@@ -86,6 +86,7 @@ pub(crate) fn has_column(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> b
 }
 
 /// A table with a tenant column.
+#[derive(Debug, Clone)]
 pub(crate) struct TenantTable {
     /// regclass text.
     pub table: String,

@@ -28,6 +28,7 @@ use crate::logic::context::{
     Setting, Source, CLAIMS_SETTING, HEADERS_SETTING, TENANT_SETTING,
 };
 use crate::logic::ident::display_ident;
+use crate::logic::lifecycle::{access_for, Access};
 use crate::logic::rls::ADMIN_ROLE;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -58,12 +59,16 @@ impl Problem {
     }
 }
 
-/// A valid context: the tenant, and whether the request asked to read only its own
-/// tenant's rows (`x-tenant-scope: own`).
+/// A valid context: the tenant, whether the request asked to read only its own
+/// tenant's rows (`x-tenant-scope: own`), and what the tenant's status and Platform's
+/// allow (read-only statuses write nothing; Platform's rows are shared only while
+/// Platform's own status lets it be read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Context {
     tenant: [u8; 16],
     own_only: bool,
+    writes: bool,
+    platform_visible: bool,
 }
 
 type Outcome = Result<Option<Context>, Problem>;
@@ -280,7 +285,83 @@ pub(crate) fn tenant_exists(table: &str, id: [u8; 16]) -> bool {
     })
 }
 
-fn check_tenant(id: [u8; 16], source: &str) -> Result<(), Problem> {
+/// The tenants table's status column, quoted, when it has the configured one
+/// (setting `status_column`, default `status`; an empty value turns statuses off).
+pub(crate) fn status_column_sql(c: &pgrx::spi::SpiClient<'_>, table: &str) -> Option<String> {
+    crate::catalog::value::<String>(
+        c,
+        "SELECT pg_catalog.quote_ident(a.attname)
+           FROM pg_catalog.pg_attribute a
+          WHERE a.attrelid = $1::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
+            AND a.attname = COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'status_column'), 'status')",
+        &[table.into()],
+    )
+}
+
+/// One tenant's status as the boundary sees it.
+pub(crate) struct TenantAccess {
+    pub(crate) id: [u8; 16],
+    pub(crate) status: Option<String>,
+    pub(crate) access: Access,
+    /// Whether `tenant_statuses` overrides the status's built-in meaning.
+    pub(crate) overridden: bool,
+}
+
+/// The status and access of the given tenants that exist in the registry (read from
+/// this node's placement on Citus).
+pub(crate) fn tenant_access(table: &str, ids: &[[u8; 16]]) -> Vec<TenantAccess> {
+    let relation = registry_relation(table);
+    let ids: Vec<Uuid> = ids.iter().map(|b| Uuid::from_bytes(*b)).collect();
+    Spi::connect(|c| {
+        // Statuses are honoured from 0.2.0 on: a 0.1.0 schema not yet updated (no
+        // overrides table) keeps 0.1.0's behaviour, every registered tenant works.
+        let honoured = crate::catalog::value::<bool>(
+            c,
+            "SELECT pg_catalog.to_regclass('vital_tenancy.tenant_statuses') IS NOT NULL",
+            &[],
+        )
+        .unwrap_or(false);
+        let column = if honoured {
+            status_column_sql(c, table)
+        } else {
+            None
+        };
+        let sql = match column {
+            Some(col) => format!(
+                "SELECT t.id, t.{col}::pg_catalog.text, o.access FROM {relation} t
+                   LEFT JOIN vital_tenancy.tenant_statuses o ON o.status = t.{col}::pg_catalog.text
+                  WHERE t.id = ANY ($1)"
+            ),
+            // No status column: every tenant in the registry works.
+            None => format!(
+                "SELECT t.id, NULL::pg_catalog.text, 'read-write'::pg_catalog.text FROM {relation} t WHERE t.id = ANY ($1)"
+            ),
+        };
+        c.select(&sql, None, &[ids.into()])
+            .or_raise("reading tenant statuses")
+            .filter_map(|r| {
+                let id = r.get::<Uuid>(1).ok().flatten()?;
+                let status = r.get::<String>(2).ok().flatten();
+                let over = r.get::<String>(3).ok().flatten();
+                let access = access_for(status.as_deref(), over.as_deref());
+                Some(TenantAccess {
+                    id: *id.as_bytes(),
+                    status,
+                    overridden: over.is_some(),
+                    access,
+                })
+            })
+            .collect()
+    })
+}
+
+fn platform_bytes() -> [u8; 16] {
+    crate::logic::tenants::uuid_bytes(crate::logic::tenants::PLATFORM.id).unwrap_or_default()
+}
+
+/// The tenant must exist and its status must give access: (writes, Platform's rows
+/// visible).
+fn check_tenant(id: [u8; 16], source: &str) -> Result<(bool, bool), Problem> {
     let Some(table) = Spi::connect(crate::catalog::tenants_table) else {
         return Err(Problem {
             hint: Some("Run vital_tenancy.ensure_tenants() first.".into()),
@@ -290,17 +371,39 @@ fn check_tenant(id: [u8; 16], source: &str) -> Result<(), Problem> {
             )
         });
     };
-    if tenant_exists(&table, id) {
-        Ok(())
-    } else {
-        Err(Problem::new(
+    let platform = platform_bytes();
+    let found = tenant_access(&table, &[id, platform]);
+    let Some(TenantAccess { status, access, .. }) = found.iter().find(|t| t.id == id) else {
+        return Err(Problem::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!(
                 "tenant {} from {source} does not exist in {table}",
                 format_uuid(&id)
             ),
-        ))
+        ));
+    };
+    if !access.reads() {
+        return Err(Problem {
+            detail: Some("vital_tenancy.tenant_status() lists what each status allows.".into()),
+            hint: Some(
+                "A platform admin changes the tenant's status; vital_tenancy.set_status_access() changes what a status allows."
+                    .into(),
+            ),
+            ..Problem::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "tenant {} from {source} has status {}, which gives no access",
+                    format_uuid(&id),
+                    status
+                        .as_deref()
+                        .map(|s| format!("\"{s}\""))
+                        .unwrap_or_else(|| "NULL".into())
+                ),
+            )
+        });
     }
+    let platform_visible = found.iter().any(|t| t.id == platform && t.access.reads());
+    Ok((access.writes(), platform_visible))
 }
 
 /// The membership table and its user and tenant columns, quoted for SQL; `None` when
@@ -434,20 +537,26 @@ fn resolve_outcome(observed: &Observed) -> Outcome {
     }
     let source = resolve_as(&h.raw, observed.service).map_err(context_problem)?;
     let own = own_only(&h.raw).map_err(context_problem)?;
-    let tenant = as_extension_owner(|| match source {
-        Source::Setting(t) => check_tenant(t, "setting vital.tenant_id").map(|_| Some(t)),
-        Source::Claims(t) => check_tenant(t, "tenant_id in request.jwt.claims").map(|_| Some(t)),
+    let checked = |t: [u8; 16], source: &str| {
+        check_tenant(t, source).map(|(writes, platform_visible)| {
+            Some(Context {
+                tenant: t,
+                own_only: own,
+                writes,
+                platform_visible,
+            })
+        })
+    };
+    as_extension_owner(|| match source {
+        Source::Setting(t) => checked(t, "setting vital.tenant_id"),
+        Source::Claims(t) => checked(t, "tenant_id in request.jwt.claims"),
         Source::Header { tenant, user } => {
             check_member(user, tenant)?;
-            check_tenant(tenant, "header x-tenant-id").map(|_| Some(tenant))
+            checked(tenant, "header x-tenant-id")
         }
-        Source::Service(t) => check_tenant(t, "header x-tenant-id").map(|_| Some(t)),
+        Source::Service(t) => checked(t, "header x-tenant-id"),
         Source::None => Ok(None),
-    })?;
-    Ok(tenant.map(|tenant| Context {
-        tenant,
-        own_only: own,
-    }))
+    })
 }
 
 /// The context of the current statement, from the cache when still valid.
@@ -474,6 +583,38 @@ fn outcome_of(observed: Observed) -> Outcome {
         })
     });
     o
+}
+
+/// The tenant a finished statement ran for, for the activity collector: the context
+/// the statement's policies resolved (cached for this statement and these settings),
+/// else resolved now; no tenant for a bad or missing context. Never raises for the
+/// context.
+pub(crate) fn activity_tenant() -> Option<[u8; 16]> {
+    let observed = observe();
+    if observed.tenant_setting.value.is_none()
+        && observed.claims.value.is_none()
+        && observed.headers.value.is_none()
+    {
+        return None;
+    }
+    // SAFETY: reads of this backend's statement clock and transaction state.
+    let (statement, in_xact) = unsafe {
+        (
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::IsTransactionState(),
+        )
+    };
+    let hit = CONTEXT_CACHE.with(|c| {
+        c.borrow().as_ref().and_then(|c| {
+            (c.key.observed == observed && c.key.statement == statement).then(|| c.outcome.clone())
+        })
+    });
+    let outcome = match hit {
+        Some(o) => o,
+        None if in_xact => outcome_of(observed),
+        None => return None,
+    };
+    outcome.ok().flatten().map(|c| c.tenant)
 }
 
 /// One WARNING naming the settings that hold a value set outside this transaction.
@@ -649,10 +790,8 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
         return Vec::new();
     };
     let t = Uuid::from_bytes(ctx.tenant);
-    let platform = Uuid::from_bytes(
-        crate::logic::tenants::uuid_bytes(crate::logic::tenants::PLATFORM.id).unwrap_or_default(),
-    );
-    if shared && !ctx.own_only && t != platform {
+    let platform = Uuid::from_bytes(platform_bytes());
+    if shared && !ctx.own_only && t != platform && ctx.platform_visible {
         vec![t, platform]
     } else {
         vec![t]
@@ -669,6 +808,7 @@ fn writable_tenant_ids() -> Vec<Uuid> {
         return every_tenant();
     }
     policy_context()
+        .filter(|c| c.writes)
         .map(|c| Uuid::from_bytes(c.tenant))
         .into_iter()
         .collect()

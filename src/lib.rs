@@ -13,6 +13,11 @@
 //!   (the batched `backfill` procedure is PL/pgSQL in `sql/migrate.sql`).
 //! - [`validate`]: validation set-returning functions, `validate()`, `assert_valid()`.
 //! - [`monitor`]: `health()`, `index_advice()`, `index_coverage()`, `tenant_usage()`, `export_tenant()`.
+//! - [`lifecycle`]: what tenant statuses allow (`tenant_status()`, `set_status_access()`),
+//!   offboarding (`tenant_deletion_plan()`, the `delete_tenant` procedure in
+//!   `sql/lifecycle.sql`) and moving a tenant (`import_tenant()`).
+//! - [`activity`]: per-tenant statements, rows and time (`tenant_activity()`), collected
+//!   by executor hooks in shared memory when the library is preloaded.
 //! - [`keys`]: tenant-scoped unique keys and reference guards (`tenant_keys_plan()`,
 //!   `apply_tenant_keys()`); the key computation the Citus path shares.
 //! - [`catalog`]: catalog look-ups shared by the functions above.
@@ -20,6 +25,7 @@
 
 use pgrx::prelude::*;
 
+pub mod activity;
 pub mod boundary;
 pub mod catalog;
 pub mod citus;
@@ -28,6 +34,7 @@ pub mod context;
 pub mod errors;
 pub mod guc;
 pub mod keys;
+pub mod lifecycle;
 pub mod logic;
 pub mod migrate;
 pub mod monitor;
@@ -43,6 +50,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     classify::init();
     context::init();
+    activity::init();
 }
 
 // Objects that are not Rust functions: grants, configuration tables, helpers.
@@ -55,6 +63,11 @@ extension_sql_file!(
     requires = [migrate::backfill_plan, classify::preview_classification]
 );
 extension_sql_file!("../sql/keys.sql", name = "tenant_keys");
+extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle_procedures",
+    requires = [lifecycle::tenant_deletion_plan]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// This module is required by `cargo pgrx test` invocations.

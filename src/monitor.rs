@@ -307,8 +307,10 @@ impl Iterator for ExportRows {
     }
 }
 
-/// A tenant's own rows of every table with a tenant column, as (table, row jsonb),
-/// streamed; usable in `COPY (SELECT * FROM vital_tenancy.export_tenant(…)) TO STDOUT`.
+/// A tenant's registry row, then its own rows of every table with a tenant column, as
+/// (table, row jsonb), streamed; usable in
+/// `COPY (SELECT * FROM vital_tenancy.export_tenant(…)) TO STDOUT`, and loaded back
+/// elsewhere by `import_tenant()`.
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn export_tenant(
@@ -339,14 +341,23 @@ fn export_tenant(
                 format!("tenant {tenant} does not exist in {tenants}"),
             );
         }
-        let parts: Vec<String> = tenanted(c, &schemas)
+        // The registry row first (import_tenant() creates the tenant from it), unless
+        // the export is limited to schemas the registry is not in.
+        let registry_part: Option<String> = crate::catalog::value(
+            c,
+            "SELECT pg_catalog.format('SELECT %L::text, pg_catalog.to_jsonb(x) FROM %s x WHERE x.id = $1', $1::text, $1::text)
+               FROM pg_catalog.pg_class t JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+              WHERE t.oid = $1::pg_catalog.regclass AND ($2::text[] IS NULL OR n.nspname = ANY ($2))",
+            &[tenants.as_str().into(), schemas.clone().into()],
+        );
+        let parts: Vec<String> = registry_part
             .into_iter()
-            .map(|(table, qcol, _)| {
+            .chain(tenanted(c, &schemas).into_iter().map(|(table, qcol, _)| {
                 format!(
                     "SELECT {lit}::text, pg_catalog.to_jsonb(x) FROM {table} x WHERE x.{qcol} = $1",
                     lit = crate::logic::ident::quote_literal(&table)
                 )
-            })
+            }))
             .collect();
         if parts.is_empty() {
             return None;
@@ -395,33 +406,57 @@ fn health() -> JsonB {
                     'extension_version', (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'vital_tenancy'),
                     'status', 'healthy')",
         );
-        // Tenants: each of the three must exist and own data in some tenant table.
+        // Tenants: every tenant of the registry with its status and what it allows;
+        // the three of the migration must exist and own data in some tenant table, and
+        // no tenant may have a status the extension does not know (it gives no access).
         let dist = one(
             "SELECT COALESCE(pg_catalog.jsonb_object_agg(tenant_id::text, rows), '{}')
                FROM (SELECT tenant_id, sum(row_count) AS rows FROM vital_tenancy.tenant_distribution()
                       WHERE tenant_id IS NOT NULL GROUP BY 1) d",
         );
-        let present = one(&format!(
-            "SELECT COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('id', id, 'name', name::text)), '[]')
-               FROM {} WHERE id = ANY (ARRAY[{}]::uuid[])",
-            crate::catalog::require_tenants_table(c),
-            ALL.iter().map(|t| format!("'{}'", t.id)).collect::<Vec<_>>().join(", ")
-        ));
+        let registry: Vec<Value> = crate::lifecycle::status_rows()
+            .into_iter()
+            .map(|r| {
+                json!({"id": r.id.to_string(), "slug": r.slug, "name": r.name, "status": r.status,
+                       "access": r.access.as_str(), "known_status": r.known})
+            })
+            .collect();
+        let registry = Value::Array(registry);
         let mut tenants = Vec::new();
         let mut healthy = true;
+        let mut problems = Vec::new();
         for t in ALL.iter() {
             let _ = uuid_bytes(t.id);
-            let name = present
+            if !registry
                 .as_array()
-                .and_then(|a| a.iter().find(|x| x["id"] == json!(t.id)))
-                .map(|x| x["name"].clone());
-            let rows = dist.get(t.id).and_then(Value::as_i64).unwrap_or(0);
-            let ok = name.is_some() && rows > 0;
-            healthy &= ok;
-            tenants.push(json!({"id": t.id, "slug": t.slug, "name": name, "exists": name.is_some(), "rows": rows}));
+                .is_some_and(|a| a.iter().any(|x| x["id"] == json!(t.id)))
+            {
+                healthy = false;
+                problems.push(format!(
+                    "tenant {} ({}) is missing from the registry",
+                    t.id, t.slug
+                ));
+            } else if dist.get(t.id).and_then(Value::as_i64).unwrap_or(0) == 0 {
+                healthy = false;
+                problems.push(format!("tenant {} ({}) owns no rows", t.id, t.slug));
+            }
         }
-        let tenants =
-            json!({"status": if healthy { "healthy" } else { "degraded" }, "tenants": tenants});
+        for x in registry.as_array().into_iter().flatten() {
+            let id = x["id"].as_str().unwrap_or_default().to_string();
+            let rows = dist.get(&id).and_then(Value::as_i64).unwrap_or(0);
+            if x["known_status"] != json!(true) {
+                healthy = false;
+                problems.push(format!(
+                    "tenant {id} has status {}, which vital_tenancy does not know: it gets no access (set_status_access())",
+                    x["status"]
+                ));
+            }
+            let mut entry = x.clone();
+            entry["exists"] = json!(true);
+            entry["rows"] = json!(rows);
+            tenants.push(entry);
+        }
+        let tenants = json!({"status": if healthy { "healthy" } else { "degraded" }, "tenants": tenants, "problems": problems});
         let integrity = one(
             "SELECT pg_catalog.jsonb_build_object(
                       'orphaned_references', (SELECT COALESCE(sum(orphan_count), 0) FROM vital_tenancy.orphaned_references()),
@@ -462,13 +497,41 @@ fn health() -> JsonB {
         let last = one(
             "SELECT COALESCE((SELECT pg_catalog.to_jsonb(r) FROM vital_tenancy.migration_runs r ORDER BY run_id DESC LIMIT 1), 'null')",
         );
-        let all_ok = healthy && bad == 0 && rls_ok;
+        // On a Citus coordinator with distributed tables: every shard placement must
+        // hold the boundary (citus_boundary_status(); absent from a 0.1.0 schema).
+        let distributed = crate::catalog::value::<bool>(
+            c,
+            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+                AND pg_catalog.to_regprocedure('vital_tenancy.citus_boundary_status()') IS NOT NULL",
+            &[],
+        )
+        .unwrap_or(false)
+            && crate::catalog::value::<bool>(c, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition)", &[])
+                .unwrap_or(false);
+        let citus = if distributed {
+            one(
+                "SELECT pg_catalog.jsonb_build_object('placements', count(*),
+                        'problems', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                            'table', table_name, 'placement', placement, 'problem', problem)) FILTER (WHERE problem IS NOT NULL), '[]'))
+                   FROM vital_tenancy.citus_boundary_status()",
+            )
+        } else {
+            Value::Null
+        };
+        let citus_ok =
+            citus.is_null() || citus["problems"].as_array().is_some_and(|a| a.is_empty());
+        let mut citus = citus;
+        if !citus.is_null() {
+            citus["status"] = json!(if citus_ok { "healthy" } else { "degraded" });
+        }
+        let all_ok = healthy && bad == 0 && rls_ok && citus_ok;
         json!({
             "status": if all_ok { "healthy" } else { "degraded" },
             "database": database,
             "tenants": tenants,
             "referential_integrity": integrity,
             "rls": rls,
+            "citus": citus,
             "last_migration": last,
         })
     });

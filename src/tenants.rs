@@ -100,7 +100,19 @@ fn ensure_tenants(
         let checks = load_checks(client, relid);
         let mut out = Vec::with_capacity(ALL.len());
         for spec in ALL.iter() {
-            out.push(ensure_one(client, &table, &columns, &checks, &plan, spec));
+            let new = NewTenant {
+                id: uuid_of(spec),
+                name: spec.name.into(),
+                slug: spec.slug.into(),
+            };
+            out.push(ensure_one(
+                client,
+                &table,
+                &columns,
+                &checks,
+                &new,
+                plan.row_for(spec),
+            ));
         }
         remember_tenants_table(client, &table);
         out
@@ -362,15 +374,120 @@ fn load_checks(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<Check> {
     out
 }
 
+/// Onboarding: create a tenant in the application's tenants table with `extra`'s
+/// column values (the table's NOT NULL columns without default, e.g. VITAL's `type`,
+/// must be given; its CHECK constraints are evaluated first so that the error names
+/// the column). Everything else (policies, defaults, classification rules, health,
+/// usage) takes the new tenant from the registry. Returns its id; a tenant with this
+/// slug (and name, and id if given) already present is returned as it is.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn add_tenant(
+    name: Option<&str>,
+    slug: Option<&str>,
+    extra: default!(Option<crate::catalog::JsonArg>, "'{}'"),
+    id: default!(Option<Uuid>, "NULL"),
+) -> Uuid {
+    let (Some(name), Some(slug)) = (name, slug) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "name and slug must not be NULL",
+        )
+    };
+    for (arg, v) in [("name", name), ("slug", slug)] {
+        if v.trim().is_empty() {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{arg} must not be empty"),
+            );
+        }
+    }
+    let Some(crate::catalog::JsonArg(extra)) = extra else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "extra must not be NULL; pass '{}' for no extra column values",
+        )
+    };
+    let plan = match ExtraPlan::single(&extra) {
+        Ok(p) => p,
+        Err(e) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            e.to_string(),
+        ),
+    };
+    Spi::connect_mut(|client| {
+        let text = crate::catalog::require_tenants_table(client);
+        let table = match parse_qualified(&text) {
+            Ok(t) => t,
+            Err(e) => raise(PgSqlErrorCode::ERRCODE_INVALID_NAME, e.to_string()),
+        };
+        let relid: pg_sys::Oid = crate::catalog::value(
+            client,
+            "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
+            &[text.as_str().into()],
+        )
+        .unwrap_or(pg_sys::InvalidOid);
+        let columns = load_columns(client, relid);
+        check_columns(&table, &columns, &plan);
+        let checks = load_checks(client, relid);
+        // Without an id, a tenant of this slug is the one asked for (a second call).
+        let by_slug: Option<Uuid> = client
+            .select(
+                &format!("SELECT id FROM {} WHERE slug::text = $1", table.quoted()),
+                Some(1),
+                &[slug.into()],
+            )
+            .and_then(first_value)
+            .or_raise("looking up a tenant by slug");
+        let id = match (id, by_slug) {
+            (Some(id), _) => id,
+            (None, Some(existing)) => existing,
+            (None, None) => {
+                crate::catalog::value::<Uuid>(client, "SELECT pg_catalog.gen_random_uuid()", &[])
+                    .unwrap_or_else(|| {
+                        raise(
+                            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                            "gen_random_uuid() returned NULL",
+                        )
+                    })
+            }
+        };
+        let new = NewTenant {
+            id,
+            name: name.into(),
+            slug: slug.into(),
+        };
+        let row = plan.row_for_new(&id.to_string(), name, slug);
+        let (id, _, _, action, detail) = ensure_one(client, &table, &columns, &checks, &new, row);
+        if action != "created" && action != "already present" {
+            raise_full(
+                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                format!("tenant {id} already exists in {table} with another {}", action.trim_end_matches(" differs")),
+                detail,
+                Some("add_tenant never changes an existing tenant; update the row yourself or pick another id.".into()),
+            );
+        }
+        id
+    })
+}
+
+/// A tenant to create: its id, name and slug.
+struct NewTenant {
+    id: Uuid,
+    name: String,
+    slug: String,
+}
+
+/// Create one tenant with the values of `row` unless a row with its id exists.
 fn ensure_one(
     client: &mut SpiClient<'_>,
     table: &QualifiedName,
     columns: &[Column],
     checks: &[Check],
-    plan: &ExtraPlan,
-    spec: &TenantSpec,
+    spec: &NewTenant,
+    row: Map<String, Value>,
 ) -> (Uuid, String, String, String, Option<String>) {
-    let id = uuid_of(spec);
+    let id = spec.id;
     let existing = client
         .select(
             &format!(
@@ -417,7 +534,7 @@ fn ensure_one(
         .select(
             &format!("SELECT id FROM {} WHERE slug::text = $1", table.quoted()),
             Some(1),
-            &[spec.slug.into()],
+            &[spec.slug.as_str().into()],
         )
         .and_then(first_value)
         .or_raise("looking up a tenant by slug");
@@ -436,10 +553,9 @@ fn ensure_one(
         );
     }
 
-    let row = plan.row_for(spec);
-    check_required(table, columns, &row, spec);
+    check_required(table, columns, &row, &spec.slug);
     let row_json = JsonB(Value::Object(row.clone()));
-    check_constraints(client, table, checks, &row_json, spec);
+    check_constraints(client, table, checks, &row_json, &spec.slug);
 
     let cols: Vec<String> = row.keys().map(|k| quote_ident(k)).collect();
     let select: Vec<String> = cols.iter().map(|c| format!("r.{c}")).collect();
@@ -457,8 +573,8 @@ fn ensure_one(
         .or_raise("inserting a tenant");
     (
         id,
-        spec.name.into(),
-        spec.slug.into(),
+        spec.name.clone(),
+        spec.slug.clone(),
         "created".into(),
         None,
     )
@@ -466,24 +582,19 @@ fn ensure_one(
 
 /// A NOT NULL column without default that `extra` leaves empty would fail the insert
 /// with a message that does not say how to fix it: say it here.
-fn check_required(
-    table: &QualifiedName,
-    columns: &[Column],
-    row: &Map<String, Value>,
-    spec: &TenantSpec,
-) {
+fn check_required(table: &QualifiedName, columns: &[Column], row: &Map<String, Value>, slug: &str) {
     for col in columns.iter().filter(|c| c.not_null && !c.has_default) {
         if row.get(&col.name).is_none_or(Value::is_null) {
             raise_full(
                 PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
                 format!(
                     "cannot create tenant \"{}\" in {table}: column \"{}\" is NOT NULL and has no default",
-                    spec.slug, col.name
+                    slug, col.name
                 ),
                 None,
                 Some(format!(
-                    "Pass a value in extra, for every tenant ('{{\"{0}\": ...}}') or for this one ('{{\"{1}\": {{\"{0}\": ...}}}}').",
-                    col.name, spec.slug
+                    "Pass a value in extra: '{{\"{0}\": ...}}' (ensure_tenants() also takes it for one tenant: '{{\"{1}\": {{\"{0}\": ...}}}}').",
+                    col.name, slug
                 )),
             );
         }
@@ -497,7 +608,7 @@ fn check_constraints(
     table: &QualifiedName,
     checks: &[Check],
     row: &JsonB,
-    spec: &TenantSpec,
+    slug: &str,
 ) {
     for check in checks {
         // The expression comes from the catalog (pg_get_expr), never from user input.
@@ -518,7 +629,7 @@ fn check_constraints(
                 PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
                 format!(
                     "cannot create tenant \"{}\" in {table}: column {} violates check constraint \"{}\"",
-                    spec.slug, check.columns, check.name
+                    slug, check.columns, check.name
                 ),
                 Some(format!("The constraint is CHECK ({}).", check.expr)),
                 Some("Pass a valid value in extra, for every tenant or keyed by slug.".into()),

@@ -343,10 +343,114 @@ fn citus_shape_holds_the_boundary_with_permissive_policies_only() {
     assert_eq!(back, 2);
 }
 
+const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
+const DH: &str = "11111111-1111-1111-1111-111111111111";
+const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
+
+/// The three ways a request chooses its tenant, each run inside the request's
+/// transaction.
+fn context_paths(tenant: &str) -> [String; 3] {
+    [
+        format!("SET LOCAL vital.tenant_id = '{tenant}'"),
+        format!("SELECT vital_tenancy.set_tenant('{tenant}')"),
+        format!(
+            "SELECT set_config('request.jwt.claims', '{{\"tenant_id\":\"{tenant}\"}}', true), vital_tenancy.pre_request()"
+        ),
+    ]
+}
+
+/// Per tenant table: (table, rows visible, rows of `other`, rows of Platform) in one
+/// transaction after `setup` (none: no context at all).
+fn reads(
+    c: &mut postgres::Client,
+    tables: &[(String, String)],
+    setup: Option<&str>,
+    other: &str,
+) -> Vec<(String, i64, i64, i64)> {
+    let mut tx = c.transaction().unwrap();
+    if let Some(setup) = setup {
+        tx.batch_execute(setup).unwrap();
+    }
+    let out = tables
+        .iter()
+        .map(|(t, col)| {
+            let r = tx
+                .query_one(
+                    &format!(
+                        "SELECT count(*), count(*) FILTER (WHERE {col} = '{other}'), count(*) FILTER (WHERE {col} = '{PLATFORM}') FROM {t}"
+                    ),
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("{t} after {setup:?}: {e}"));
+            (t.clone(), r.get(0), r.get(1), r.get(2))
+        })
+        .collect();
+    tx.rollback().unwrap();
+    out
+}
+
+/// Writes into another tenant and into Platform: nothing changes, an INSERT is
+/// refused (42501). Returns (rows updated, rows deleted, insert SQLSTATE).
+fn foreign_writes(
+    c: &mut postgres::Client,
+    setup: &str,
+    other: &str,
+) -> Vec<(String, u64, u64, String)> {
+    [other, PLATFORM]
+        .iter()
+        .map(|target| {
+            let mut tx = c.transaction().unwrap();
+            tx.batch_execute(setup).unwrap();
+            let updated = tx
+                .execute(&format!("UPDATE public.prompts SET description = 'x' WHERE tenant_id = '{target}'"), &[])
+                .unwrap();
+            let deleted = tx
+                .execute(&format!("DELETE FROM public.agent_tool_assignments WHERE tenant_id = '{target}'"), &[])
+                .unwrap();
+            let inserted = vital_tenancy_e2e::sqlstate(tx.execute(
+                &format!(
+                    "INSERT INTO public.prompts (name, display_name, description, tenant_id) VALUES ('vt-citus-probe', 'p', 'p', '{target}')"
+                ),
+                &[],
+            ));
+            tx.rollback().unwrap();
+            (target.to_string(), updated, deleted, inserted)
+        })
+        .collect()
+}
+
+/// What a LOGIN application role reads and writes, for both tenants and every context
+/// path, plus a context-less request.
+fn tenant_view(
+    c: &mut postgres::Client,
+    tables: &[(String, String)],
+) -> Vec<(String, Vec<(String, i64, i64, i64)>)> {
+    let mut out = vec![("no context".to_string(), reads(c, tables, None, PHARMA))];
+    for (tenant, other) in [(PHARMA, DH), (DH, PHARMA)] {
+        for setup in context_paths(tenant) {
+            let r = reads(c, tables, Some(&setup), other);
+            out.push((setup, r));
+        }
+    }
+    out
+}
+
+fn application_role(c: &mut postgres::Client, role: &str) {
+    c.batch_execute(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF; END $$;
+         GRANT vital_tenancy_context, authenticated TO {role};"
+    ))
+    .unwrap();
+}
+
 /// On a real 3-node Citus cluster (scripts/citus-cluster), when citus.so is installed:
-/// the shipped 008 distributes the migrated fixture, every shard placement holds the
-/// boundary, and the three context paths reach the workers. Reports itself skipped,
-/// by name, where Citus is absent (CI).
+/// the shipped scripts migrate the real fixture and 008 distributes it; every tenant
+/// table is distributed by its tenant column (or is a reference table) with shards on
+/// both workers; every shard placement holds the boundary; through each of the three
+/// context paths a LOGIN application role reads exactly what it reads on one node,
+/// nothing of the other tenant, and cannot write into it or into Platform; a
+/// context-less request reads nothing; all of it again after a shard move. Reports
+/// itself skipped, by name, where Citus is absent.
 #[test]
 fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     let lib = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_config")
@@ -372,24 +476,15 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    for port in ["54350", "54351", "54352"] {
-        let _ = std::process::Command::new(std::env::var("VT_PSQL").unwrap_or("psql".into()))
-            .args([
-                "-X",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                "DROP DATABASE IF EXISTS vt_citus_e2e WITH (FORCE)",
-            ])
-            .output();
-    }
-    let conn = run(&["scripts/citus-cluster", "start", "vt_citus_e2e"]);
+    // The same fixture and shipped scripts on one node, for what each tenant reads.
+    let single = FixtureDb::new("citus_single");
+    let mut sc = single.dba();
+    sc.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
+    let (ok, _, err) = migrate(&single.name, &[]);
+    assert!(ok, "single-node migration failed:\n{err}");
+    application_role(&mut sc, "vt_citus_e2e_app");
+
+    let conn = run(&["scripts/citus-cluster", "start", "vt_citus_e2e", "--fresh"]);
     let fixture = std::env::var("VT_FIXTURE").unwrap();
     run(&[&format!("{fixture}/load.sh"), &conn]);
     let mut c = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
@@ -401,41 +496,147 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
         "--report",
         "/tmp/vt-citus-e2e-report.md",
     ]);
-    let r = c
-        .query_one(
-            "SELECT count(*), count(problem) FROM vital_tenancy.citus_boundary_status()",
+
+    // Every tenant table is distributed by its tenant column, with shards on both
+    // workers; the registry and the shared catalogues are reference tables.
+    let tables: Vec<(String, String)> = c
+        .query(
+            "SELECT tbl::text, quote_ident(tenant_column) FROM vital_tenancy.rls_tables ORDER BY 1",
             &[],
         )
-        .unwrap();
-    assert!(r.get::<_, i64>(0) > 200, "placements checked");
-    assert_eq!(r.get::<_, i64>(1), 0);
-    c.batch_execute(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_citus_e2e_app') THEN CREATE ROLE vt_citus_e2e_app LOGIN; END IF; END $$;
-         GRANT vital_tenancy_context, authenticated TO vt_citus_e2e_app;",
-    )
-    .unwrap();
-    let app_conn = conn.replace("user=postgres", "user=vt_citus_e2e_app");
-    let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
-    let none: i64 = app
-        .query_one("SELECT count(*) FROM public.prompts", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(tables.len() >= 10, "{tables:?}");
+    let layout: Vec<(String, String, String, i64)> = c
+        .query(
+            "SELECT r.tbl::text, p.partmethod::text, COALESCE(quote_ident(column_to_column_name(p.logicalrelid, p.partkey)), ''),
+                    (SELECT count(DISTINCT pl.groupid) FROM pg_dist_shard s JOIN pg_dist_placement pl USING (shardid)
+                      WHERE s.logicalrelid = r.tbl AND pl.groupid <> 0)
+               FROM vital_tenancy.rls_tables r LEFT JOIN pg_dist_partition p ON p.logicalrelid = r.tbl ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    for ((t, col), (_, method, key, groups)) in tables.iter().zip(&layout) {
+        match method.as_str() {
+            "h" => {
+                assert_eq!(key, col, "{t} distributed by its tenant column");
+                assert_eq!(*groups, 2, "{t}: shards on both workers");
+            }
+            "n" => assert!(*groups >= 2, "{t}: a reference table on every worker"),
+            other => panic!("{t} is not distributed ({other:?})"),
+        }
+    }
+    let registry: String = c
+        .query_one(
+            "SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = vital_tenancy.tenants_table()",
+            &[],
+        )
         .unwrap()
         .get(0);
-    assert_eq!(none, 0, "no context, no rows on any shard");
-    for setup in [
-        "SET LOCAL vital.tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda'",
-        "SELECT vital_tenancy.set_tenant('f7aa6fd4-0af9-4706-8b31-034f1f7accda')",
-        "SELECT set_config('request.jwt.claims', '{\"tenant_id\":\"f7aa6fd4-0af9-4706-8b31-034f1f7accda\"}', true), vital_tenancy.pre_request()",
-    ] {
-        let mut tx = app.transaction().unwrap();
-        tx.batch_execute(setup).unwrap();
-        let r = tx
+    assert_eq!(registry, "n", "the tenants table is a reference table");
+
+    let placements = |c: &mut postgres::Client| -> (i64, i64) {
+        let r = c
             .query_one(
-                "SELECT count(*) FILTER (WHERE tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda'),
-                        count(*) FILTER (WHERE tenant_id = '11111111-1111-1111-1111-111111111111') FROM public.prompts",
+                "SELECT count(*), count(problem) FROM vital_tenancy.citus_boundary_status()",
                 &[],
             )
             .unwrap();
-        assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (45, 0), "{setup}");
-        tx.rollback().unwrap();
+        (r.get(0), r.get(1))
+    };
+    let (checked, problems) = placements(&mut c);
+    assert!(checked > 200, "placements checked: {checked}");
+    assert_eq!(problems, 0);
+
+    application_role(&mut c, "vt_citus_e2e_app");
+    let app_conn = conn.replace("user=postgres", "user=vt_citus_e2e_app");
+    let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
+    let mut single_app = single.connect_as("vt_citus_e2e_app");
+
+    let expected = tenant_view(&mut single_app, &tables);
+    for (setup, rows) in &expected {
+        for (t, _, other, platform) in rows {
+            assert_eq!(*other, 0, "one node, {setup}: {t} shows the other tenant");
+            if setup == "no context" {
+                assert_eq!(*platform, 0, "one node, no context: {t}");
+            }
+        }
     }
+    assert!(
+        expected[1].1.iter().any(|(_, n, _, _)| *n > 0),
+        "the tenant reads something on one node"
+    );
+    let writes_expected: Vec<_> = [(PHARMA, DH), (DH, PHARMA)]
+        .iter()
+        .flat_map(|(t, o)| {
+            context_paths(t)
+                .into_iter()
+                .flat_map(|s| foreign_writes(&mut single_app, &s, o))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (target, updated, deleted, inserted) in &writes_expected {
+        assert_eq!(
+            (*updated, *deleted, inserted.as_str()),
+            (0, 0, "42501"),
+            "one node, into {target}"
+        );
+    }
+
+    let check_cluster = |app: &mut postgres::Client, when: &str| {
+        assert_eq!(
+            tenant_view(app, &tables),
+            expected,
+            "{when}: the cluster reads what one node reads"
+        );
+        let writes: Vec<_> = [(PHARMA, DH), (DH, PHARMA)]
+            .iter()
+            .flat_map(|(t, o)| {
+                context_paths(t)
+                    .into_iter()
+                    .flat_map(|s| foreign_writes(app, &s, o))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            writes, writes_expected,
+            "{when}: writes into another tenant or Platform"
+        );
+    };
+    check_cluster(&mut app, "after 008");
+
+    // Move one shard of prompts to the other worker: the moved placement is created
+    // again by Citus, from the table's policies.
+    let (shard, from, to): (i64, i32, i32) = {
+        let r = c
+            .query_one(
+                "SELECT s.shardid, n.nodeport, (SELECT nodeport FROM pg_dist_node WHERE nodeport <> n.nodeport AND groupid <> 0 AND isactive LIMIT 1)
+                   FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
+                  WHERE s.shardid = get_shard_id_for_distribution_column('public.prompts', $1::text::uuid)",
+                &[&PHARMA],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    c.batch_execute(&format!(
+        "SELECT citus_move_shard_placement({shard}, '127.0.0.1', {from}, '127.0.0.1', {to}, shard_transfer_mode => 'block_writes')"
+    ))
+    .unwrap();
+    let moved: i32 = c
+        .query_one(
+            "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) WHERE p.shardid = $1",
+            &[&shard],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, to);
+    let (_, problems) = placements(&mut c);
+    assert_eq!(problems, 0, "after the move");
+    let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
+    check_cluster(&mut app, "after citus_move_shard_placement");
 }

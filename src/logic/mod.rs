@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod context;
 pub mod ident;
+pub mod lifecycle;
 pub mod migrate;
 pub mod rls;
 pub mod tenants;

@@ -95,11 +95,11 @@ impl fmt::Display for ExtraError {
             ),
             ExtraError::Reserved { column, tenant: None } => write!(
                 f,
-                "extra may not set column \"{column}\": ensure_tenants sets id, name and slug itself"
+                "extra may not set column \"{column}\": id, name and slug come from their own arguments"
             ),
             ExtraError::Reserved { column, tenant: Some(t) } => write!(
                 f,
-                "extra key \"{t}\" may not set column \"{column}\": ensure_tenants sets id, name and slug itself"
+                "extra key \"{t}\" may not set column \"{column}\": id, name and slug come from their own arguments"
             ),
         }
     }
@@ -152,6 +152,33 @@ impl ExtraPlan {
         Ok(ExtraPlan { shared, per_tenant })
     }
 
+    /// The plan for one new tenant (`add_tenant`): `extra` is that tenant's column
+    /// values only (no per-tenant keys).
+    pub fn single(extra: &Value) -> Result<Self, ExtraError> {
+        let Value::Object(obj) = extra else {
+            return Self::parse(extra);
+        };
+        if let Some(col) = obj.keys().find(|c| RESERVED_COLUMNS.contains(&c.as_str())) {
+            return Err(ExtraError::Reserved {
+                column: col.clone(),
+                tenant: None,
+            });
+        }
+        Ok(ExtraPlan {
+            shared: obj.clone(),
+            per_tenant: Vec::new(),
+        })
+    }
+
+    /// The row of a new tenant: id, name and slug plus the shared column values.
+    pub fn row_for_new(&self, id: &str, name: &str, slug: &str) -> Map<String, Value> {
+        let mut row = self.shared.clone();
+        row.insert("id".into(), Value::String(id.into()));
+        row.insert("name".into(), Value::String(name.into()));
+        row.insert("slug".into(), Value::String(slug.into()));
+        row
+    }
+
     /// Every column name `extra` mentions, for checking against the catalog.
     pub fn columns(&self) -> Vec<String> {
         let mut cols: Vec<String> = self.shared.keys().cloned().collect();
@@ -183,6 +210,24 @@ impl ExtraPlan {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_new_tenant_takes_flat_values_and_never_id_name_or_slug() {
+        let p = ExtraPlan::single(&json!({"type": "client", "pharmaceuticals": {"x": 1}})).unwrap();
+        let row = p.row_for_new("u", "N", "s");
+        assert_eq!(row["type"], json!("client"));
+        // A key that is another tenant's slug is just a column name here.
+        assert_eq!(row["pharmaceuticals"], json!({"x": 1}));
+        assert_eq!(row["slug"], json!("s"));
+        assert!(matches!(
+            ExtraPlan::single(&json!({"slug": "x"})),
+            Err(ExtraError::Reserved { .. })
+        ));
+        assert!(matches!(
+            ExtraPlan::single(&json!([1])),
+            Err(ExtraError::NotAnObject("an array"))
+        ));
+    }
 
     #[test]
     fn ids_are_valid_uuids_and_distinct() {
