@@ -415,7 +415,10 @@ fn citus_safe_policies(
                     &format!("DROP POLICY {} ON {table}", quote_ident(&p.name)),
                     "setting a policy aside",
                 );
-                out.push((p.name.clone(), "set aside: it has a sub-select Citus refuses; the original is in vital_tenancy.originals".into()));
+                out.push((p.name.clone(), format!(
+                    "set aside: it has a sub-select Citus refuses; the original is in vital_tenancy.originals; until the application replaces it, tenant requests get no {} on this table through it",
+                    p.cmd.sql()
+                )));
                 continue;
             }
             if policy_problems(p, attnum, &s, &col).is_empty() {
@@ -467,9 +470,21 @@ fn citus_safe_policies(
                 "dropping a policy",
             );
         }
-        let remaining_theirs = policies_of(c, oid)
-            .iter()
-            .any(|p| p.permissive && !own.contains(&p.name.as_str()));
+        // The extension grants tenant-wide access only where the application never had
+        // a policy of its own. Where its policies were set aside (sub-selects), the
+        // table stays closed to tenant requests for those commands rather than opening
+        // to every row of the tenant: setting a policy aside never widens access.
+        let set_aside_before: bool = crate::catalog::value(
+            c,
+            "SELECT EXISTS (SELECT 1 FROM vital_tenancy.originals WHERE tbl = $1 AND kind = 'policy')",
+            &[oid.into()],
+        )
+        .unwrap_or(false);
+        let remaining_theirs = set_aside_before
+            || theirs.iter().any(|p| p.permissive)
+            || policies_of(c, oid)
+                .iter()
+                .any(|p| p.permissive && !own.contains(&p.name.as_str()));
         let mine = match &kind {
             Managed::Tenant { shared, .. } => {
                 citus_policies(&table, &col, *shared, !remaining_theirs)

@@ -381,7 +381,7 @@ fn reads(
                     ),
                     &[],
                 )
-                .unwrap_or_else(|e| panic!("{t} after {setup:?}: {e}"));
+                .unwrap_or_else(|e| panic!("{t} after {setup:?}: {:?}", e.as_db_error()));
             (t.clone(), r.get(0), r.get(1), r.get(2))
         })
         .collect();
@@ -554,6 +554,19 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     assert_eq!(problems, 0);
 
     application_role(&mut c, "vt_citus_e2e_app");
+    // The tables the application role may read at all (the fixture grants nothing on
+    // the organisation tables).
+    let tables: Vec<(String, String)> = c
+        .query(
+            "SELECT tbl::text, quote_ident(tenant_column) FROM vital_tenancy.rls_tables
+              WHERE has_table_privilege('vt_citus_e2e_app', tbl, 'SELECT') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(tables.len() >= 8, "{tables:?}");
     let app_conn = conn.replace("user=postgres", "user=vt_citus_e2e_app");
     let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
     let mut single_app = single.connect_as("vt_citus_e2e_app");
