@@ -6,16 +6,18 @@
 //! Collected by executor hooks, as pg_stat_statements collects per query: only when
 //! the library is in `shared_preload_libraries` (shared memory is sized at server
 //! start). Per top-level statement, never per row: at ExecutorStart a timer for the
-//! whole statement (PostgreSQL's `totaltime` instrumentation); at ExecutorEnd the
-//! statement's tenant (the context the policies resolved, from the per-statement
-//! cache; resolved once more if the statement read none), `es_processed` and the
-//! elapsed time go into the tenant's slot under one LWLock. Nested statements
-//! (functions, the extension's own queries) count in their top-level statement.
+//! whole statement (PostgreSQL's `totaltime` instrumentation); while it runs, the
+//! tenant the context resolves to (where the policies, `current_tenant_id()` or
+//! `pre_request()` resolve it) is noted; at ExecutorEnd that tenant, `es_processed`
+//! and the elapsed time go into the tenant's slot under one LWLock. The hooks never
+//! query or raise; a statement that never resolved a context (no tenant table read)
+//! counts without a tenant. Nested statements (functions, the extension's own
+//! queries) count in their top-level statement.
 
 use crate::errors::raise_full;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 /// Tenants tracked at once; statements of further tenants are counted in `dropped`
 /// until a reset.
@@ -54,8 +56,41 @@ static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 thread_local! {
     /// Executor nesting depth (inside ExecutorRun/ExecutorFinish).
     static NESTING: Cell<u32> = const { Cell::new(0) };
-    /// Set while the collector itself resolves a tenant (its queries are not counted).
-    static COLLECTING: Cell<bool> = const { Cell::new(false) };
+    /// Numbering of top-level statements in this backend.
+    static SEQ: Cell<u64> = const { Cell::new(0) };
+    /// The top-level statement now running (its number; 0 outside one).
+    static CURRENT: Cell<u64> = const { Cell::new(0) };
+    /// Open top-level statements: (query descriptor address, number, tenant the
+    /// context resolved to while it ran). A cursor's statement stays open across
+    /// other statements until it is closed.
+    static OPEN: RefCell<Vec<(usize, u64, Option<[u8; 16]>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Called where the tenant context is resolved (the policies, current_tenant_id(),
+/// pre_request()): the statement running now ran for this tenant. No query, no
+/// ERROR: the hooks never look anything up themselves.
+pub(crate) fn note_tenant(tenant: Option<[u8; 16]>) {
+    let current = CURRENT.with(|c| c.get());
+    if current == 0 || tenant.is_none() {
+        return;
+    }
+    OPEN.with(|o| {
+        if let Ok(mut o) = o.try_borrow_mut() {
+            if let Some(e) = o.iter_mut().find(|e| e.1 == current) {
+                e.2 = tenant;
+            }
+        }
+    });
+}
+
+/// At the end of a transaction no statement of it is open any more.
+pub(crate) fn end_of_transaction() {
+    CURRENT.with(|c| c.set(0));
+    OPEN.with(|o| {
+        if let Ok(mut o) = o.try_borrow_mut() {
+            o.clear();
+        }
+    });
 }
 
 /// Install the hooks: only from shared_preload_libraries (called from `_PG_init`).
@@ -120,9 +155,17 @@ unsafe extern "C-unwind" fn shmem_startup() {
 
 fn collecting() -> bool {
     // SAFETY: reads of backend globals.
-    unsafe {
-        !SHARED.is_null() && pg_sys::ParallelWorkerNumber < 0 && !COLLECTING.with(|c| c.get())
-    }
+    unsafe { !SHARED.is_null() && pg_sys::ParallelWorkerNumber < 0 }
+}
+
+/// The number of an open top-level statement.
+fn number_of(query: *mut pg_sys::QueryDesc) -> Option<u64> {
+    OPEN.with(|o| {
+        o.borrow()
+            .iter()
+            .find(|e| e.0 == query as usize)
+            .map(|e| e.1)
+    })
 }
 
 #[pg_guard]
@@ -143,15 +186,30 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
                     pg_sys::InstrAlloc(1, pg_sys::InstrumentOption::INSTRUMENT_TIMER as i32, false);
                 pg_sys::MemoryContextSwitchTo(old);
             }
+            let n = SEQ.with(|s| {
+                s.set(s.get() + 1);
+                s.get()
+            });
+            OPEN.with(|o| o.borrow_mut().push((query as usize, n, None)));
         }
     }
 }
 
-/// Run `f` one executor level deeper; the level is restored on error too.
-fn nested(f: impl FnOnce()) {
+/// Run `f` one executor level deeper, as statement `query` when it is a top-level
+/// one; the level and the current statement are restored on error too.
+fn nested(query: *mut pg_sys::QueryDesc, f: impl FnOnce()) {
+    let outer = CURRENT.with(|c| c.get());
+    if NESTING.with(|n| n.get()) == 0 {
+        if let Some(n) = number_of(query) {
+            CURRENT.with(|c| c.set(n));
+        }
+    }
     NESTING.with(|n| n.set(n.get() + 1));
     PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
-        .finally(|| NESTING.with(|n| n.set(n.get().saturating_sub(1))))
+        .finally(|| {
+            NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+            CURRENT.with(|c| c.set(outer));
+        })
         .execute();
 }
 
@@ -163,7 +221,7 @@ unsafe extern "C-unwind" fn executor_run(
     execute_once: bool,
 ) {
     // SAFETY: the ExecutorRun_hook protocol.
-    nested(|| unsafe {
+    nested(query, || unsafe {
         match PREV_RUN {
             Some(prev) => prev(query, direction, count, execute_once),
             None => pg_sys::standard_ExecutorRun(query, direction, count, execute_once),
@@ -174,7 +232,7 @@ unsafe extern "C-unwind" fn executor_run(
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_finish(query: *mut pg_sys::QueryDesc) {
     // SAFETY: the ExecutorFinish_hook protocol.
-    nested(|| unsafe {
+    nested(query, || unsafe {
         match PREV_FINISH {
             Some(prev) => prev(query),
             None => pg_sys::standard_ExecutorFinish(query),
@@ -187,22 +245,25 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     // SAFETY: the ExecutorEnd_hook protocol; the query descriptor is valid until the
     // standard ExecutorEnd below frees its memory.
     unsafe {
-        if collecting() && NESTING.with(|n| n.get()) == 0 && !(*query).totaltime.is_null() {
-            pg_sys::InstrEndLoop((*query).totaltime);
-            let seconds = (*(*query).totaltime).total;
-            let processed = (*(*query).estate).es_processed;
-            let write = matches!(
-                (*query).operation,
-                pg_sys::CmdType::CMD_INSERT
-                    | pg_sys::CmdType::CMD_UPDATE
-                    | pg_sys::CmdType::CMD_DELETE
-            ) || ((*query).operation == pg_sys::CmdType::CMD_SELECT
-                && (*(*query).plannedstmt).hasModifyingCTE);
-            COLLECTING.with(|c| c.set(true));
-            let tenant = PgTryBuilder::new(crate::context::activity_tenant)
-                .finally(|| COLLECTING.with(|c| c.set(false)))
-                .execute();
-            record(tenant.unwrap_or([0; 16]), processed, write, seconds * 1e6);
+        let open = OPEN.with(|o| {
+            let mut o = o.borrow_mut();
+            let i = o.iter().position(|e| e.0 == query as usize)?;
+            Some(o.remove(i))
+        });
+        if let (true, Some((_, _, tenant))) = (collecting(), open) {
+            if !(*query).totaltime.is_null() {
+                pg_sys::InstrEndLoop((*query).totaltime);
+                let seconds = (*(*query).totaltime).total;
+                let processed = (*(*query).estate).es_processed;
+                let write = matches!(
+                    (*query).operation,
+                    pg_sys::CmdType::CMD_INSERT
+                        | pg_sys::CmdType::CMD_UPDATE
+                        | pg_sys::CmdType::CMD_DELETE
+                ) || ((*query).operation == pg_sys::CmdType::CMD_SELECT
+                    && (*(*query).plannedstmt).hasModifyingCTE);
+                record(tenant.unwrap_or([0; 16]), processed, write, seconds * 1e6);
+            }
         }
         match PREV_END {
             Some(prev) => prev(query),

@@ -117,6 +117,7 @@ unsafe extern "C-unwind" fn xact_callback(
             | XACT_EVENT_PARALLEL_ABORT
     ) {
         clear_cache();
+        crate::activity::end_of_transaction();
     }
 }
 
@@ -573,9 +574,11 @@ fn outcome_of(observed: Observed) -> Outcome {
             .and_then(|c| (c.key == key).then(|| c.outcome.clone()))
     });
     if let Some(o) = hit {
+        crate::activity::note_tenant(o.as_ref().ok().and_then(|c| c.map(|c| c.tenant)));
         return o;
     }
     let o = resolve_outcome(&key.observed);
+    crate::activity::note_tenant(o.as_ref().ok().and_then(|c| c.map(|c| c.tenant)));
     CONTEXT_CACHE.with(|c| {
         *c.borrow_mut() = Some(Cached {
             key,
@@ -583,38 +586,6 @@ fn outcome_of(observed: Observed) -> Outcome {
         })
     });
     o
-}
-
-/// The tenant a finished statement ran for, for the activity collector: the context
-/// the statement's policies resolved (cached for this statement and these settings),
-/// else resolved now; no tenant for a bad or missing context. Never raises for the
-/// context.
-pub(crate) fn activity_tenant() -> Option<[u8; 16]> {
-    let observed = observe();
-    if observed.tenant_setting.value.is_none()
-        && observed.claims.value.is_none()
-        && observed.headers.value.is_none()
-    {
-        return None;
-    }
-    // SAFETY: reads of this backend's statement clock and transaction state.
-    let (statement, in_xact) = unsafe {
-        (
-            pg_sys::GetCurrentStatementStartTimestamp(),
-            pg_sys::IsTransactionState(),
-        )
-    };
-    let hit = CONTEXT_CACHE.with(|c| {
-        c.borrow().as_ref().and_then(|c| {
-            (c.key.observed == observed && c.key.statement == statement).then(|| c.outcome.clone())
-        })
-    });
-    let outcome = match hit {
-        Some(o) => o,
-        None if in_xact => outcome_of(observed),
-        None => return None,
-    };
-    outcome.ok().flatten().map(|c| c.tenant)
 }
 
 /// One WARNING naming the settings that hold a value set outside this transaction.
