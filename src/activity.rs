@@ -53,6 +53,16 @@ static mut PREV_RUN: pg_sys::ExecutorRun_hook_type = None;
 static mut PREV_FINISH: pg_sys::ExecutorFinish_hook_type = None;
 static mut PREV_END: pg_sys::ExecutorEnd_hook_type = None;
 
+/// A top-level statement between ExecutorStart and ExecutorEnd.
+struct Open {
+    /// Its query descriptor's address.
+    query: usize,
+    /// Its number in this backend.
+    number: u64,
+    /// The tenant the context resolved to while it ran.
+    tenant: Option<[u8; 16]>,
+}
+
 thread_local! {
     /// Executor nesting depth (inside ExecutorRun/ExecutorFinish).
     static NESTING: Cell<u32> = const { Cell::new(0) };
@@ -60,10 +70,9 @@ thread_local! {
     static SEQ: Cell<u64> = const { Cell::new(0) };
     /// The top-level statement now running (its number; 0 outside one).
     static CURRENT: Cell<u64> = const { Cell::new(0) };
-    /// Open top-level statements: (query descriptor address, number, tenant the
-    /// context resolved to while it ran). A cursor's statement stays open across
-    /// other statements until it is closed.
-    static OPEN: RefCell<Vec<(usize, u64, Option<[u8; 16]>)>> = const { RefCell::new(Vec::new()) };
+    /// Open top-level statements. A cursor's statement stays open across other
+    /// statements until it is closed.
+    static OPEN: RefCell<Vec<Open>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Called where the tenant context is resolved (the policies, current_tenant_id(),
@@ -76,8 +85,8 @@ pub(crate) fn note_tenant(tenant: Option<[u8; 16]>) {
     }
     OPEN.with(|o| {
         if let Ok(mut o) = o.try_borrow_mut() {
-            if let Some(e) = o.iter_mut().find(|e| e.1 == current) {
-                e.2 = tenant;
+            if let Some(e) = o.iter_mut().find(|e| e.number == current) {
+                e.tenant = tenant;
             }
         }
     });
@@ -163,8 +172,8 @@ fn number_of(query: *mut pg_sys::QueryDesc) -> Option<u64> {
     OPEN.with(|o| {
         o.borrow()
             .iter()
-            .find(|e| e.0 == query as usize)
-            .map(|e| e.1)
+            .find(|e| e.query == query as usize)
+            .map(|e| e.number)
     })
 }
 
@@ -190,7 +199,13 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
                 s.set(s.get() + 1);
                 s.get()
             });
-            OPEN.with(|o| o.borrow_mut().push((query as usize, n, None)));
+            OPEN.with(|o| {
+                o.borrow_mut().push(Open {
+                    query: query as usize,
+                    number: n,
+                    tenant: None,
+                })
+            });
         }
     }
 }
@@ -247,10 +262,10 @@ unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
     unsafe {
         let open = OPEN.with(|o| {
             let mut o = o.borrow_mut();
-            let i = o.iter().position(|e| e.0 == query as usize)?;
+            let i = o.iter().position(|e| e.query == query as usize)?;
             Some(o.remove(i))
         });
-        if let (true, Some((_, _, tenant))) = (collecting(), open) {
+        if let (true, Some(Open { tenant, .. })) = (collecting(), open) {
             if !(*query).totaltime.is_null() {
                 pg_sys::InstrEndLoop((*query).totaltime);
                 let seconds = (*(*query).totaltime).total;

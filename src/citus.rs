@@ -363,6 +363,42 @@ fn citus_readiness(
                 ));
             }
         }
+        // Once distributed: every shard placement whose policies do not hold the
+        // boundary, or differ from its table's, is a blocker too; putting the table's
+        // policies in the Citus shape again re-creates them on every shard.
+        let distributed = one::<bool>(
+            c,
+            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+                AND pg_catalog.to_regprocedure('vital_tenancy.policy_fingerprint(regclass)') IS NOT NULL",
+            &[],
+        )
+        .unwrap_or(false)
+            && one::<bool>(c, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition)", &[])
+                .unwrap_or(false);
+        if distributed {
+            for (table, placement, problem) in boundary_status(c) {
+                let Some(problem) = problem else { continue };
+                // Only the tables of the schemas asked about.
+                let Some(role) = all
+                    .iter()
+                    .find(|t| t.name == table)
+                    .map(|t| t.role.as_str().to_string())
+                else {
+                    continue;
+                };
+                let ddl: Option<String> = one(
+                    c,
+                    "SELECT pg_catalog.format('SELECT * FROM vital_tenancy.citus_safe_policies(%L)', $1::text)",
+                    &[table.as_str().into()],
+                );
+                out.push((
+                    table,
+                    role,
+                    Some(format!("{placement}: {problem}")),
+                    ddl,
+                ));
+            }
+        }
         out
     });
     TableIterator::new(rows)
@@ -685,7 +721,12 @@ fn citus_boundary_status() -> TableIterator<
         name!(problem, Option<String>),
     ),
 > {
-    let rows = Spi::connect_mut(|c| {
+    TableIterator::new(Spi::connect(|c| boundary_status(c)))
+}
+
+/// (table, placement, problem) for `citus_boundary_status()` and `citus_readiness()`.
+fn boundary_status(c: &SpiClient<'_>) -> Vec<(String, String, Option<String>)> {
+    {
         let tables: Vec<(String, String)> = c
             .select(
                 "SELECT tbl::pg_catalog.text, tenant_column::text FROM vital_tenancy.rls_tables
@@ -804,6 +845,5 @@ fn citus_boundary_status() -> TableIterator<
             }
         }
         out
-    });
-    TableIterator::new(rows)
+    }
 }

@@ -359,14 +359,16 @@ fn context_paths(tenant: &str) -> [String; 3] {
     ]
 }
 
-/// Per tenant table: (table, rows visible, rows of `other`, rows of Platform) in one
-/// transaction after `setup` (none: no context at all).
+/// Per tenant table: (table, rows visible, rows of `other`, rows of Platform).
+type TableReads = Vec<(String, i64, i64, i64)>;
+
+/// [`TableReads`] in one transaction after `setup` (none: no context at all).
 fn reads(
     c: &mut postgres::Client,
     tables: &[(String, String)],
     setup: Option<&str>,
     other: &str,
-) -> Vec<(String, i64, i64, i64)> {
+) -> TableReads {
     let mut tx = c.transaction().unwrap();
     if let Some(setup) = setup {
         tx.batch_execute(setup).unwrap();
@@ -421,10 +423,7 @@ fn foreign_writes(
 
 /// What a LOGIN application role reads and writes, for both tenants and every context
 /// path, plus a context-less request.
-fn tenant_view(
-    c: &mut postgres::Client,
-    tables: &[(String, String)],
-) -> Vec<(String, Vec<(String, i64, i64, i64)>)> {
+fn tenant_view(c: &mut postgres::Client, tables: &[(String, String)]) -> Vec<(String, TableReads)> {
     let mut out = vec![("no context".to_string(), reads(c, tables, None, PHARMA))];
     for (tenant, other) in [(PHARMA, DH), (DH, PHARMA)] {
         for setup in context_paths(tenant) {
@@ -485,6 +484,34 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     application_role(&mut sc, "vt_citus_e2e_app");
 
     let conn = run(&["scripts/citus-cluster", "start", "vt_citus_e2e", "--fresh"]);
+    // Roles are cluster-wide and outlive the database: undo what an earlier run did.
+    for port in ["54350", "54351", "54352"] {
+        let mut n = postgres::Client::connect(
+            &conn.replace("port=54350", &format!("port={port}")),
+            postgres::NoTls,
+        )
+        .unwrap();
+        n.batch_execute(
+            "SET citus.enable_alter_role_propagation = off;
+             DO $$ BEGIN
+               IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+                 ALTER ROLE authenticated NOLOGIN;
+               END IF;
+             END $$;",
+        )
+        .unwrap();
+        if port == "54350" {
+            n.batch_execute(
+                "DO $$ BEGIN
+                   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated')
+                      AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vital_tenancy_context') THEN
+                     REVOKE vital_tenancy_context FROM authenticated;
+                   END IF;
+                 END $$;",
+            )
+            .unwrap();
+        }
+    }
     let fixture = std::env::var("VT_FIXTURE").unwrap();
     run(&[&format!("{fixture}/load.sh"), &conn]);
     let mut c = postgres::Client::connect(&conn, postgres::NoTls).unwrap();
@@ -652,4 +679,30 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     assert_eq!(problems, 0, "after the move");
     let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
     check_cluster(&mut app, "after citus_move_shard_placement");
+
+    // PostgREST's NOLOGIN roles: Citus opens its worker connections as the current
+    // role, so after SET ROLE authenticated every distributed query fails to log in.
+    let mut tx = app.transaction().unwrap();
+    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
+    let m = vital_tenancy_e2e::message(tx.query_one("SELECT count(*) FROM public.prompts", &[]));
+    assert!(m.contains("not permitted to log in"), "{m}");
+    drop(tx);
+    // The way documented in docs/citus.md: LOGIN on the workers only (role propagation
+    // off: ALTER ROLE run on a worker otherwise reaches every node, the coordinator
+    // too), the role trusted to carry the context there (its session on a worker is
+    // the role itself), the coordinator still refusing it.
+    for port in ["54351", "54352"] {
+        let mut w = postgres::Client::connect(&conn.replace("port=54350", &format!("port={port}")), postgres::NoTls)
+            .unwrap();
+        w.batch_execute("SET citus.enable_alter_role_propagation = off; ALTER ROLE authenticated LOGIN")
+            .unwrap();
+    }
+    c.batch_execute("GRANT vital_tenancy_context TO authenticated").unwrap();
+    let refused = postgres::Client::connect(&conn.replace("user=postgres", "user=authenticated"), postgres::NoTls);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("not permitted to log in")),
+        "the coordinator still refuses a login as authenticated"
+    );
+    let as_authenticated: Vec<(String, TableReads)> = tenant_view_as(&mut app, &tables, "SET LOCAL ROLE authenticated; ");
+    assert_eq!(as_authenticated, expected, "after SET ROLE authenticated: what one node reads");
 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Benchmark: what the per-tenant activity collector (tenant_activity(), executor hooks
+# in shared memory) costs. The same database on two clusters, one without and one with
+# shared_preload_libraries = 'vital_tenancy'; the real fixture migrated by the shipped
+# scripts, prompts scaled up x20 (its columns, indexes, uuid keys and tenant mix), read
+# by an application role through the policies: per transaction SET LOCAL of one of the
+# two tenants, an indexed read of one page of its prompts, a count by domain. pgbench,
+# 2 clients, alternating runs; prints the median TPS and latency of each and the ratio.
+#
+#   bash benches/activity.sh [seconds per run] [runs]      (default 20 s, 5 runs)
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+SECONDS_PER_RUN="${1:-20}"
+RUNS="${2:-5}"
+PGBENCH="${VT_PG_BIN}/pgbench"
+
+vt_install_deps
+vt_install_extension --release
+
+build() { # cluster port options
+  VT_PG_OPTS="$3" vt_cluster_start "$1" "$2"
+  vt_fresh_fixture_db vt_bench_activity >/dev/null
+  vt_psql -d vt_bench_activity -c "CREATE EXTENSION vital_tenancy" >/dev/null
+  PG_BIN="${VT_PG_BIN}" bash "${VT_ROOT}/scripts/migrate" \
+    "host=${VT_HOST} port=${VT_PORT} user=postgres dbname=vt_bench_activity" \
+    --no-backup --report "${VT_WORK}/bench-activity-report.md" >/dev/null 2>&1 || { echo "migration failed on $1" >&2; exit 1; }
+  vt_psql -d vt_bench_activity >/dev/null <<'SQL'
+-- x20: copies of every prompt with new ids and names, same tenant and columns.
+INSERT INTO public.prompts
+SELECT (jsonb_populate_record(NULL::public.prompts,
+          to_jsonb(p) || jsonb_build_object('id', gen_random_uuid(), 'name', p.name || '-' || g))).*
+  FROM public.prompts p, generate_series(1, 19) g;
+VACUUM ANALYZE public.prompts;
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_bench_activity_app') THEN CREATE ROLE vt_bench_activity_app LOGIN; END IF; END $$;
+GRANT vital_tenancy_context, authenticated TO vt_bench_activity_app;
+SQL
+}
+
+log "cluster without the collector"
+build bench-plain "${VT_BENCH_PORT:-54331}" ""
+PLAIN=("${VT_HOST}" "${VT_PORT}")
+log "cluster with vital_tenancy preloaded"
+build bench-preload "$(( ${VT_BENCH_PORT:-54331} + 10 ))" "-c shared_preload_libraries=vital_tenancy"
+PRELOAD=("${VT_HOST}" "${VT_PORT}")
+
+SCRIPT="${VT_WORK}/bench-activity.sql"
+cat > "${SCRIPT}" <<'SQL'
+\set t random(0, 1)
+BEGIN;
+SELECT set_config('vital.tenant_id', CASE :t WHEN 0 THEN '11111111-1111-1111-1111-111111111111' ELSE 'f7aa6fd4-0af9-4706-8b31-034f1f7accda' END, true);
+SELECT id, name FROM public.prompts ORDER BY tenant_id, id LIMIT 20;
+SELECT count(*) FROM public.prompts WHERE domain = 'general';
+COMMIT;
+SQL
+
+run() { # host port -> "tps latency_ms"
+  "${PGBENCH}" -n -h "$1" -p "$2" -U vt_bench_activity_app -c 2 -j 2 -T "${SECONDS_PER_RUN}" -f "${SCRIPT}" vt_bench_activity 2>/dev/null \
+    | awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} END {print tps, lat}'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+: > "${VT_WORK}/bench-activity-plain.txt"; : > "${VT_WORK}/bench-activity-preload.txt"
+for i in $(seq 1 "${RUNS}"); do
+  run "${PLAIN[@]}" >> "${VT_WORK}/bench-activity-plain.txt"
+  run "${PRELOAD[@]}" >> "${VT_WORK}/bench-activity-preload.txt"
+done
+# The collector saw the load, per tenant.
+PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -c \
+  "SELECT tenant_id, statements, rows_read, round(total_time_ms::numeric, 1) AS ms FROM vital_tenancy.tenant_activity()"
+
+tp=$(awk '{print $1}' "${VT_WORK}/bench-activity-plain.txt" | median)
+tc=$(awk '{print $1}' "${VT_WORK}/bench-activity-preload.txt" | median)
+lp=$(awk '{print $2}' "${VT_WORK}/bench-activity-plain.txt" | median)
+lc=$(awk '{print $2}' "${VT_WORK}/bench-activity-preload.txt" | median)
+rows=$(PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -tAc "SELECT count(*) FROM public.prompts")
+echo "prompts rows: ${rows}; ${RUNS} runs of ${SECONDS_PER_RUN} s, 2 clients"
+echo "without collector: ${tp} tps, ${lp} ms"
+echo "with collector:    ${tc} tps, ${lc} ms"
+awk -v a="$tp" -v b="$tc" 'BEGIN {printf "throughput with/without: %.3f\n", b / a}'
+vt_cluster_stop bench-plain
+vt_cluster_stop bench-preload
