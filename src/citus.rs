@@ -391,12 +391,7 @@ fn citus_readiness(
                     "SELECT pg_catalog.format('SELECT * FROM vital_tenancy.citus_safe_policies(%L)', $1::text)",
                     &[table.as_str().into()],
                 );
-                out.push((
-                    table,
-                    role,
-                    Some(format!("{placement}: {problem}")),
-                    ddl,
-                ));
+                out.push((table, role, Some(format!("{placement}: {problem}")), ddl));
             }
         }
         out

@@ -421,13 +421,24 @@ fn foreign_writes(
         .collect()
 }
 
-/// What a LOGIN application role reads and writes, for both tenants and every context
-/// path, plus a context-less request.
+/// What a LOGIN application role reads, for both tenants and every context path, plus
+/// a context-less request.
 fn tenant_view(c: &mut postgres::Client, tables: &[(String, String)]) -> Vec<(String, TableReads)> {
-    let mut out = vec![("no context".to_string(), reads(c, tables, None, PHARMA))];
+    tenant_view_as(c, tables, "")
+}
+
+/// [`tenant_view`] with `prefix` run first in each transaction (e.g. a SET ROLE);
+/// labelled without it.
+fn tenant_view_as(
+    c: &mut postgres::Client,
+    tables: &[(String, String)],
+    prefix: &str,
+) -> Vec<(String, TableReads)> {
+    let none = (!prefix.is_empty()).then_some(prefix);
+    let mut out = vec![("no context".to_string(), reads(c, tables, none, PHARMA))];
     for (tenant, other) in [(PHARMA, DH), (DH, PHARMA)] {
         for setup in context_paths(tenant) {
-            let r = reads(c, tables, Some(&setup), other);
+            let r = reads(c, tables, Some(&format!("{prefix}{setup}")), other);
             out.push((setup, r));
         }
     }
@@ -692,17 +703,34 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     // too), the role trusted to carry the context there (its session on a worker is
     // the role itself), the coordinator still refusing it.
     for port in ["54351", "54352"] {
-        let mut w = postgres::Client::connect(&conn.replace("port=54350", &format!("port={port}")), postgres::NoTls)
-            .unwrap();
-        w.batch_execute("SET citus.enable_alter_role_propagation = off; ALTER ROLE authenticated LOGIN")
-            .unwrap();
+        let mut w = postgres::Client::connect(
+            &conn.replace("port=54350", &format!("port={port}")),
+            postgres::NoTls,
+        )
+        .unwrap();
+        w.batch_execute(
+            "SET citus.enable_alter_role_propagation = off; ALTER ROLE authenticated LOGIN",
+        )
+        .unwrap();
     }
-    c.batch_execute("GRANT vital_tenancy_context TO authenticated").unwrap();
-    let refused = postgres::Client::connect(&conn.replace("user=postgres", "user=authenticated"), postgres::NoTls);
-    assert!(
-        refused.is_err_and(|e| e.to_string().contains("not permitted to log in")),
-        "the coordinator still refuses a login as authenticated"
+    c.batch_execute("GRANT vital_tenancy_context TO authenticated")
+        .unwrap();
+    let refused = postgres::Client::connect(
+        &conn.replace("user=postgres", "user=authenticated"),
+        postgres::NoTls,
     );
-    let as_authenticated: Vec<(String, TableReads)> = tenant_view_as(&mut app, &tables, "SET LOCAL ROLE authenticated; ");
-    assert_eq!(as_authenticated, expected, "after SET ROLE authenticated: what one node reads");
+    let refusal = refused
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
+        .unwrap_or_default();
+    assert!(
+        refusal.contains("not permitted to log in"),
+        "the coordinator still refuses a login as authenticated: {refusal:?}"
+    );
+    let as_authenticated: Vec<(String, TableReads)> =
+        tenant_view_as(&mut app, &tables, "SET LOCAL ROLE authenticated; ");
+    assert_eq!(
+        as_authenticated, expected,
+        "after SET ROLE authenticated: what one node reads"
+    );
 }
