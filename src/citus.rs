@@ -716,7 +716,7 @@ fn citus_boundary_status() -> TableIterator<
         name!(problem, Option<String>),
     ),
 > {
-    TableIterator::new(Spi::connect(|c| boundary_status(c)))
+    TableIterator::new(Spi::connect(boundary_status))
 }
 
 /// (table, placement, problem) for `citus_boundary_status()` and `citus_readiness()`.
