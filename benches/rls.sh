@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: a tenant's read under enable_tenant_rls versus the same read with RLS
 # off and an explicit `tenant_id = ANY (ARRAY[tenant, platform])` predicate, versus a
-# policy that calls a per-row function. 1M rows, 100 tenants, a small Platform share.
+# policy that calls a per-row function, versus the Citus policy shape on this single node
+# (citus_safe_policies: permissive only, boundary inline). 1M rows, 100 tenants, a small
+# Platform share.
 #
 #   bash benches/rls.sh [runs]      (default 7; prints medians and ratios)
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -39,9 +41,16 @@ CREATE FUNCTION can_read(t uuid) RETURNS boolean LANGUAGE plpgsql STABLE
 ALTER TABLE items_fn ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 CREATE POLICY per_row ON items_fn USING (can_read(tenant_id));
 SELECT count(*) FROM vital_tenancy.enable_tenant_rls('items');
+-- Same data in the Citus shape (permissive policies only, the boundary inline, no
+-- sub-select), on this single node: still index-friendly?
+CREATE TABLE items_citus AS SELECT * FROM items;
+CREATE INDEX items_citus_tenant_idx ON items_citus (tenant_id);
+SELECT count(*) FROM vital_tenancy.enable_tenant_rls('items_citus');
+SELECT count(*) FROM vital_tenancy.citus_safe_policies('items_citus');
+VACUUM ANALYZE items_citus;
 VACUUM ANALYZE items; VACUUM ANALYZE items_plain; VACUUM ANALYZE items_fn;
 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_bench_app') THEN CREATE ROLE vt_bench_app; END IF; END $$;
-GRANT SELECT ON items, items_plain, items_fn TO vt_bench_app;
+GRANT SELECT ON items, items_plain, items_fn, items_citus TO vt_bench_app;
 GRANT EXECUTE ON FUNCTION can_read(uuid) TO vt_bench_app;
 SQL
 
@@ -51,15 +60,16 @@ declare -A QUERIES=(
   [a_rls]="SELECT count(*), sum(length(payload)) FROM items"
   [b_explicit]="SELECT count(*), sum(length(payload)) FROM items_plain WHERE tenant_id = ANY (ARRAY[${TENANT}::uuid, vital_tenancy.platform_tenant_id()])"
   [c_per_row_fn]="SELECT count(*), sum(length(payload)) FROM items_fn"
+  [d_citus_shape]="SELECT count(*), sum(length(payload)) FROM items_citus"
 )
 # All three must return the same rows.
 result() { vt_psql -d vt_bench_rls -tA -c "${PREFIX}" -c "$1" -c 'COMMIT' | grep '|'; }
-results=$(for k in a_rls b_explicit c_per_row_fn; do result "${QUERIES[$k]}"; done | sort -u | wc -l)
-[ "$results" = 1 ] || { echo "the three reads disagree" >&2; exit 1; }
+results=$(for k in a_rls b_explicit c_per_row_fn d_citus_shape; do result "${QUERIES[$k]}"; done | sort -u | wc -l)
+[ "$results" = 1 ] || { echo "the four reads disagree" >&2; exit 1; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A MED
-for key in a_rls b_explicit c_per_row_fn; do
+for key in a_rls b_explicit c_per_row_fn d_citus_shape; do
   times=()
   for _ in $(seq "$RUNS"); do
     t=$(vt_psql -d vt_bench_rls -tA -c "${PREFIX}" -c '\timing on' -c "${QUERIES[$key]}" -c 'COMMIT' \
@@ -72,10 +82,13 @@ done
 rows=$(result "${QUERIES[a_rls]}")
 echo
 echo "rows the tenant reads (count|bytes): ${rows} of 1,000,000; runs: ${RUNS}"
-vt_psql -d vt_bench_rls -tA -c "${PREFIX}" -c "EXPLAIN (COSTS OFF) ${QUERIES[a_rls]}" -c 'COMMIT' | grep -E "Index|Bitmap|Seq|Filter" | sed 's/^/    /'
+for key in a_rls d_citus_shape; do
+  echo "  ${key}:"
+  vt_psql -d vt_bench_rls -tA -c "${PREFIX}" -c "EXPLAIN (COSTS OFF) ${QUERIES[$key]}" -c 'COMMIT' | grep -E "Index|Bitmap|Seq|Filter" | sed 's/^/    /'
+done
 echo
 echo "| variant | median (ms) | relative to explicit predicate |"
 echo "|---|---:|---:|"
-for key in a_rls b_explicit c_per_row_fn; do
+for key in a_rls b_explicit c_per_row_fn d_citus_shape; do
   awk -v k="$key" -v t="${MED[$key]}" -v r="${MED[b_explicit]}" 'BEGIN { printf "| %s | %.1f | %.2fx |\n", k, t, t / r }'
 done

@@ -292,10 +292,13 @@ fn health_advice_usage_and_export_on_a_clean_migration() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    // The registry row comes with the tenant's rows (import_tenant() creates the tenant
+    // from it).
     let dist: Vec<(String, i64)> = c
         .query(
             "SELECT table_name, row_count FROM vital_tenancy.tenant_distribution()
-              WHERE tenant_id = vital_tenancy.digital_health_tenant_id() ORDER BY 1",
+              WHERE tenant_id = vital_tenancy.digital_health_tenant_id()
+             UNION ALL SELECT 'public.tenants', 1 ORDER BY 1",
             &[],
         )
         .unwrap()
@@ -310,8 +313,12 @@ fn health_advice_usage_and_export_on_a_clean_migration() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    assert_eq!(out.lines().count(), 45);
-    assert!(out.lines().all(|l| l.starts_with("public.prompts\t{")));
+    assert_eq!(out.lines().count(), 46);
+    assert!(out.lines().next().unwrap().starts_with("public.tenants\t{"));
+    assert!(out
+        .lines()
+        .skip(1)
+        .all(|l| l.starts_with("public.prompts\t{")));
 }
 
 #[test]
