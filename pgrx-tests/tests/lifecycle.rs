@@ -346,6 +346,22 @@ fn a_fourth_tenant_onboards_without_code_changes() {
         assert_eq!(n, 0, "{other} reads nothing of Acme");
         tx.rollback().unwrap();
     }
+    // A classification rule may target it: set_rules checks its tenants against the
+    // registry, and the classifier then assigns the new tenant.
+    c.batch_execute(&format!(
+        r#"SELECT vital_tenancy.set_rules('agent', '{{"rules": [{{"name": "acme", "tenant": "{acme}", "knowledge_domains_any": ["acme_care"]}}], "default_tenant": "{DH}"}}')"#
+    ))
+    .unwrap();
+    let classified: String = c
+        .query_one(
+            "SELECT vital_tenancy.classify_agent_tenant(3, ARRAY['acme_care'])::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(classified, acme);
+    c.batch_execute("SELECT vital_tenancy.reset_rules('agent')")
+        .unwrap();
     // Health and usage name it.
     let h: serde_json::Value = c
         .query_one("SELECT vital_tenancy.health()::text", &[])
