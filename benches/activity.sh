@@ -3,9 +3,9 @@
 # in shared memory) costs. The same database on two clusters, one without and one with
 # shared_preload_libraries = 'vital_tenancy'; the real fixture migrated by the shipped
 # scripts, prompts scaled up x20 (its columns, indexes, uuid keys and tenant mix), read
-# by an application role through the policies: per transaction SET LOCAL of one of the
-# two tenants, an indexed read of one page of its prompts, a count by domain. pgbench,
-# 2 clients, alternating runs; prints the median TPS and latency of each and the ratio.
+# by an application role through the policies, per transaction the context of one of the
+# two tenants and either real reads ("page") or one indexed row ("point"). pgbench, 2
+# clients, alternating runs; prints the median TPS and latency of each and the ratio.
 #
 #   bash benches/activity.sh [seconds per run] [runs]      (default 20 s, 5 runs)
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
@@ -42,8 +42,10 @@ log "cluster with vital_tenancy preloaded"
 build bench-preload "$(( ${VT_BENCH_PORT:-54331} + 10 ))" "-c shared_preload_libraries=vital_tenancy"
 PRELOAD=("${VT_HOST}" "${VT_PORT}")
 
-SCRIPT="${VT_WORK}/bench-activity.sql"
-cat > "${SCRIPT}" <<'SQL'
+# Two workloads: "page" (a page of 20 prompts and a count by domain: real reads) and
+# "point" (one indexed row of the tenant: the statement is cheap, so a per-statement
+# cost shows).
+cat > "${VT_WORK}/bench-activity-page.sql" <<'SQL'
 \set t random(0, 1)
 BEGIN;
 SELECT set_config('vital.tenant_id', CASE :t WHEN 0 THEN '11111111-1111-1111-1111-111111111111' ELSE 'f7aa6fd4-0af9-4706-8b31-034f1f7accda' END, true);
@@ -51,30 +53,37 @@ SELECT id, name FROM public.prompts ORDER BY tenant_id, id LIMIT 20;
 SELECT count(*) FROM public.prompts WHERE domain = 'general';
 COMMIT;
 SQL
+cat > "${VT_WORK}/bench-activity-point.sql" <<'SQL'
+\set t random(0, 1)
+BEGIN;
+SELECT set_config('vital.tenant_id', CASE :t WHEN 0 THEN '11111111-1111-1111-1111-111111111111' ELSE 'f7aa6fd4-0af9-4706-8b31-034f1f7accda' END, true);
+SELECT id FROM public.prompts WHERE tenant_id = (CASE :t WHEN 0 THEN '11111111-1111-1111-1111-111111111111' ELSE 'f7aa6fd4-0af9-4706-8b31-034f1f7accda' END)::uuid LIMIT 1;
+COMMIT;
+SQL
 
-run() { # host port -> "tps latency_ms"
-  "${PGBENCH}" -n -h "$1" -p "$2" -U vt_bench_activity_app -c 2 -j 2 -T "${SECONDS_PER_RUN}" -f "${SCRIPT}" vt_bench_activity 2>/dev/null \
+run() { # host port workload -> "tps latency_ms"
+  "${PGBENCH}" -n -h "$1" -p "$2" -U vt_bench_activity_app -c 2 -j 2 -T "${SECONDS_PER_RUN}" -f "${VT_WORK}/bench-activity-$3.sql" vt_bench_activity 2>/dev/null \
     | awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} END {print tps, lat}'
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-: > "${VT_WORK}/bench-activity-plain.txt"; : > "${VT_WORK}/bench-activity-preload.txt"
-for i in $(seq 1 "${RUNS}"); do
-  run "${PLAIN[@]}" >> "${VT_WORK}/bench-activity-plain.txt"
-  run "${PRELOAD[@]}" >> "${VT_WORK}/bench-activity-preload.txt"
+rows=$(PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -tAc "SELECT count(*) FROM public.prompts")
+echo "prompts rows: ${rows}; ${RUNS} alternating runs of ${SECONDS_PER_RUN} s per cluster and workload, 2 clients"
+for w in page point; do
+  : > "${VT_WORK}/bench-activity-plain.txt"; : > "${VT_WORK}/bench-activity-preload.txt"
+  for i in $(seq 1 "${RUNS}"); do
+    run "${PLAIN[@]}" "$w" >> "${VT_WORK}/bench-activity-plain.txt"
+    run "${PRELOAD[@]}" "$w" >> "${VT_WORK}/bench-activity-preload.txt"
+  done
+  tp=$(awk '{print $1}' "${VT_WORK}/bench-activity-plain.txt" | median)
+  tc=$(awk '{print $1}' "${VT_WORK}/bench-activity-preload.txt" | median)
+  lp=$(awk '{print $2}' "${VT_WORK}/bench-activity-plain.txt" | median)
+  lc=$(awk '{print $2}' "${VT_WORK}/bench-activity-preload.txt" | median)
+  echo "${w}: without collector ${tp} tps, ${lp} ms; with collector ${tc} tps, ${lc} ms"
+  awk -v w="$w" -v a="$tp" -v b="$tc" 'BEGIN {printf "%s: throughput with/without: %.3f\n", w, b / a}'
 done
 # The collector saw the load, per tenant.
 PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -c \
   "SELECT tenant_id, statements, rows_read, round(total_time_ms::numeric, 1) AS ms FROM vital_tenancy.tenant_activity()"
-
-tp=$(awk '{print $1}' "${VT_WORK}/bench-activity-plain.txt" | median)
-tc=$(awk '{print $1}' "${VT_WORK}/bench-activity-preload.txt" | median)
-lp=$(awk '{print $2}' "${VT_WORK}/bench-activity-plain.txt" | median)
-lc=$(awk '{print $2}' "${VT_WORK}/bench-activity-preload.txt" | median)
-rows=$(PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -tAc "SELECT count(*) FROM public.prompts")
-echo "prompts rows: ${rows}; ${RUNS} runs of ${SECONDS_PER_RUN} s, 2 clients"
-echo "without collector: ${tp} tps, ${lp} ms"
-echo "with collector:    ${tc} tps, ${lc} ms"
-awk -v a="$tp" -v b="$tc" 'BEGIN {printf "throughput with/without: %.3f\n", b / a}'
 vt_cluster_stop bench-plain
 vt_cluster_stop bench-preload

@@ -33,6 +33,9 @@ struct Table {
     name: String,
     relname: String,
     role: Role,
+    /// The tenant column as the rest of the extension defines it (rls_tables'
+    /// tenant_column, else `tenant_id`), when the table has it as uuid.
+    tenant_column: String,
     tenant_attnum: Option<i16>,
 }
 
@@ -44,8 +47,19 @@ struct Blocker {
     ddl: Option<String>,
     index: Option<(String, String)>,
     apply: Option<Vec<String>>,
-    /// Foreign keys to drop before the primary-key swap, re-added after.
-    kind: u8,
+    kind: BlockerKind,
+}
+
+/// What prepare_for_citus() does with a blocker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockerKind {
+    /// A foreign key rewritten with tenant_id: dropped before the key swap, re-added
+    /// (NOT VALID, then VALIDATE) after.
+    ForeignKeyRewrite,
+    /// A primary key or unique constraint swapped to its unique index with tenant_id.
+    KeySwap,
+    /// Reported with the DDL or the decision it needs; not applied.
+    ForTheDba,
 }
 
 use crate::catalog::value as one;
@@ -55,23 +69,38 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
     if let Some(list) = schemas {
         crate::catalog::check_schemas(c, list);
     }
-    let rows: Vec<(pg_sys::Oid, String, String, Option<i16>)> = c
+    // The schemas by default: those holding a tenant table (catalog::tenant_tables, the
+    // extension's one definition of a tenant table and its column).
+    let default_schemas: Vec<String> = {
+        let mut v: Vec<String> = crate::catalog::tenant_tables(c, &None)
+            .into_iter()
+            .filter_map(|t| {
+                one::<String>(
+                    c,
+                    "SELECT n.nspname::text FROM pg_catalog.pg_class k JOIN pg_catalog.pg_namespace n ON n.oid = k.relnamespace
+                      WHERE k.oid = $1::pg_catalog.regclass",
+                    &[t.table.as_str().into()],
+                )
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let schemas_sql: Vec<String> = schemas.clone().unwrap_or(default_schemas);
+    let rows: Vec<(pg_sys::Oid, String, String, String, Option<i16>)> = c
         .select(
-            "SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relname::text,
-                    (SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-                                                         AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype)
+            "SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text, c.relname::text, COALESCE(r.tenant_column, 'tenant_id')::text,
+                    (SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
+                                                         AND NOT a.attisdropped AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype)
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               LEFT JOIN vital_tenancy.rls_tables r ON r.tbl = c.oid
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-                AND n.nspname = ANY (COALESCE($1::text[],
-                      ARRAY(SELECT DISTINCT n2.nspname::text FROM pg_catalog.pg_attribute a2
-                              JOIN pg_catalog.pg_class c2 ON c2.oid = a2.attrelid
-                              JOIN pg_catalog.pg_namespace n2 ON n2.oid = c2.relnamespace
-                             WHERE a2.attname = 'tenant_id' AND c2.relkind IN ('r', 'p')
-                               AND n2.nspname NOT IN ('vital_tenancy', 'pg_catalog', 'information_schema'))))
+                AND n.nspname = ANY ($1::text[])
                 AND n.nspname NOT IN ('vital_tenancy', 'pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
               ORDER BY 2",
             None,
-            &[schemas.clone().into()],
+            &[schemas_sql.into()],
         )
         .or_raise("listing tables")
         .map(|r| {
@@ -79,12 +108,13 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
                 r.get::<pg_sys::Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
                 r.get::<String>(2).ok().flatten().unwrap_or_default(),
                 r.get::<String>(3).ok().flatten().unwrap_or_default(),
-                r.get::<i16>(4).ok().flatten(),
+                r.get::<String>(4).ok().flatten().unwrap_or_default(),
+                r.get::<i16>(5).ok().flatten(),
             )
         })
         .collect();
     rows.into_iter()
-        .map(|(oid, name, relname, tenant_attnum)| {
+        .map(|(oid, name, relname, tenant_column, tenant_attnum)| {
             let role = if name == tenants {
                 Role::Reference
             } else if tenant_attnum.is_none() {
@@ -95,7 +125,10 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
                 // whole table to Platform.
                 let platform_only: bool = one(
                     c,
-                    &format!("SELECT NOT EXISTS (SELECT 1 FROM {name} WHERE tenant_id IS DISTINCT FROM vital_tenancy.platform_tenant_id())"),
+                    &format!(
+                        "SELECT NOT EXISTS (SELECT 1 FROM {name} WHERE {} IS DISTINCT FROM vital_tenancy.platform_tenant_id())",
+                        quote_ident(&tenant_column)
+                    ),
                     &[],
                 )
                 .unwrap_or(false);
@@ -112,13 +145,31 @@ fn tables(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Table> {
                     Role::Distributed
                 }
             };
-            Table { oid, name, relname, role, tenant_attnum }
+            Table {
+                oid,
+                name,
+                relname,
+                role,
+                tenant_column,
+                tenant_attnum,
+            }
         })
         .collect()
 }
 
 /// (name, parent table, child columns, parent columns, definition) of a foreign key.
-type ForeignKey = (String, pg_sys::Oid, Vec<i16>, Vec<i16>, String);
+/// A foreign key of a table: name, parent, key columns, parent columns, options.
+struct ForeignKey {
+    name: String,
+    parent: pg_sys::Oid,
+    key: Vec<i16>,
+    parent_key: Vec<i16>,
+    options: crate::logic::fk::FkOptions,
+}
+
+fn letter(s: Option<String>) -> char {
+    s.and_then(|s| s.chars().next()).unwrap_or('a')
+}
 
 fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
     let mut out = Vec::new();
@@ -127,7 +178,9 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
         let tatt = t.tenant_attnum.unwrap_or(0);
         // Primary key and unique constraints without tenant_id (the computation the
         // keys step shares).
-        for k in crate::keys::key_changes(c, t.oid, &t.name, &t.relname, "tenant_id", tatt, true) {
+        for k in
+            crate::keys::key_changes(c, t.oid, &t.name, &t.relname, &t.tenant_column, tatt, true)
+        {
             out.push(Blocker {
                 table: t.name.clone(),
                 what: format!(
@@ -143,7 +196,7 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                 ddl: Some(format!("{};\n{}", k.index_ddl, k.swap_ddl)),
                 index: Some((k.index, k.index_ddl)),
                 apply: Some(vec![k.swap_ddl]),
-                kind: 2,
+                kind: BlockerKind::KeySwap,
             });
         }
         // Unique indexes that back no constraint.
@@ -165,29 +218,48 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                 ddl: Some(format!("-- recreate {ix} with tenant_id as its first column, then: DROP INDEX CONCURRENTLY {ix}")),
                 index: None,
                 apply: None,
-                kind: 9,
+                kind: BlockerKind::ForTheDba,
             });
         }
         // Foreign keys to other distributed tables without tenant_id; to local tables.
         let fks: Vec<ForeignKey> = c
             .select(
-                "SELECT conname::text, confrelid, conkey, confkey, pg_catalog.pg_get_constraintdef(oid)
+                "SELECT conname::text, confrelid, conkey, confkey, confupdtype::text, confdeltype::text,
+                        confmatchtype::text, condeferrable, condeferred,
+                        ARRAY(SELECT pg_catalog.quote_ident(a.attname) FROM unnest(confdelsetcols) WITH ORDINALITY k(n, i)
+                                JOIN pg_catalog.pg_attribute a ON a.attrelid = conrelid AND a.attnum = k.n ORDER BY k.i)
                    FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f' ORDER BY conname",
                 None,
                 &[t.oid.into()],
             )
             .or_raise("reading foreign keys")
-            .map(|r| {
-                (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<pg_sys::Oid>(2).ok().flatten().unwrap_or(pg_sys::InvalidOid),
-                    r.get::<Vec<i16>>(3).ok().flatten().unwrap_or_default(),
-                    r.get::<Vec<i16>>(4).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(5).ok().flatten().unwrap_or_default(),
-                )
+            .map(|r| ForeignKey {
+                name: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                parent: r
+                    .get::<pg_sys::Oid>(2)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(pg_sys::InvalidOid),
+                key: r.get::<Vec<i16>>(3).ok().flatten().unwrap_or_default(),
+                parent_key: r.get::<Vec<i16>>(4).ok().flatten().unwrap_or_default(),
+                options: crate::logic::fk::FkOptions {
+                    on_update: letter(r.get::<String>(5).ok().flatten()),
+                    on_delete: letter(r.get::<String>(6).ok().flatten()),
+                    match_type: letter(r.get::<String>(7).ok().flatten()),
+                    deferrable: r.get::<bool>(8).ok().flatten().unwrap_or(false),
+                    deferred: r.get::<bool>(9).ok().flatten().unwrap_or(false),
+                    delete_set_columns: r.get::<Vec<String>>(10).ok().flatten().unwrap_or_default(),
+                },
             })
             .collect();
-        for (con, parent, key, pkey, def) in fks {
+        for ForeignKey {
+            name: con,
+            parent,
+            key,
+            parent_key: pkey,
+            options,
+        } in fks
+        {
             // A parent outside the application's schemas (auth.users, say) stays local.
             let prole = role_of(parent).unwrap_or(Role::Local);
             let pt = all.iter().find(|x| x.oid == parent);
@@ -210,24 +282,23 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     };
-                    // SET NULL must not null tenant_id too (PostgreSQL 15 column list).
-                    let on_delete = if def.contains("ON DELETE CASCADE") {
-                        " ON DELETE CASCADE".to_string()
-                    } else if def.contains("ON DELETE SET NULL") {
-                        format!(" ON DELETE SET NULL ({})", q(&child_cols))
-                    } else {
-                        String::new()
-                    };
+                    // Every option of the key kept (from pg_constraint's columns); a SET
+                    // NULL / SET DEFAULT on delete limited to the key's own columns so
+                    // that tenant_id is never nulled.
+                    let quoted: Vec<String> = child_cols.iter().map(|x| quote_ident(x)).collect();
+                    let clauses = options.clauses(&quoted);
                     let drop = format!(
                         "ALTER TABLE {} DROP CONSTRAINT {}",
                         t.name,
                         quote_ident(&con)
                     );
                     let add = format!(
-                        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY (\"tenant_id\", {}) REFERENCES {pname} (\"tenant_id\", {}){on_delete} NOT VALID",
+                        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}, {}) REFERENCES {pname} ({}, {}){clauses} NOT VALID",
                         t.name,
                         quote_ident(&con),
+                        quote_ident(&t.tenant_column),
                         q(&child_cols),
+                        quote_ident(&pt.map(|x| x.tenant_column.clone()).unwrap_or_else(|| "tenant_id".into())),
                         q(&parent_cols)
                     );
                     let validate = format!(
@@ -237,11 +308,14 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                     );
                     out.push(Blocker {
                         table: t.name.clone(),
-                        what: format!("foreign key {con} to distributed table {pname} does not include tenant_id"),
+                        what: match options.caveat() {
+                            None => format!("foreign key {con} to distributed table {pname} does not include tenant_id"),
+                            Some(c) => format!("foreign key {con} to distributed table {pname} does not include tenant_id ({c})"),
+                        },
                         ddl: Some(format!("{drop};\n{add};\n{validate}")),
                         index: None,
                         apply: Some(vec![drop, add, validate]),
-                        kind: 1,
+                        kind: BlockerKind::ForeignKeyRewrite,
                     });
                 }
                 Role::Local => out.push(Blocker {
@@ -253,7 +327,7 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                     ),
                     index: None,
                     apply: None,
-                    kind: 9,
+                    kind: BlockerKind::ForTheDba,
                 }),
                 _ => {}
             }
@@ -271,7 +345,7 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                 ddl: Some("-- SET citus.enable_unsafe_triggers = on (ALTER DATABASE ... SET) after checking the trigger only touches the same tenant's rows".into()),
                 index: None,
                 apply: None,
-                kind: 9,
+                kind: BlockerKind::ForTheDba,
             });
         }
         // Sequence defaults on non-bigint columns (shard-wide sequences need bigint).
@@ -298,7 +372,7 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                 )),
                 index: None,
                 apply: None,
-                kind: 9,
+                kind: BlockerKind::ForTheDba,
             });
         }
     }
@@ -321,7 +395,7 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
                     )),
                     index: None,
                     apply: None,
-                    kind: 9,
+                    kind: BlockerKind::ForTheDba,
                 });
             }
         }
@@ -469,19 +543,25 @@ fn prepare_for_citus(
             .or_raise("running a DDL step");
         };
         // 1. drop the foreign keys to rewrite, 2. swap keys, 3. re-add and validate.
-        for b in bl.iter().filter(|b| b.kind == 1) {
+        for b in bl
+            .iter()
+            .filter(|b| b.kind == BlockerKind::ForeignKeyRewrite)
+        {
             if let Some(steps) = &b.apply {
                 run(c, &b.table, "drop foreign key", &steps[0]);
                 out.push(("drop foreign key".into(), b.what.clone(), None));
             }
         }
-        for b in bl.iter().filter(|b| b.kind == 2) {
+        for b in bl.iter().filter(|b| b.kind == BlockerKind::KeySwap) {
             if let Some(steps) = &b.apply {
                 run(c, &b.table, "attach key USING INDEX", &steps[0]);
                 out.push(("attach key using index".into(), b.what.clone(), None));
             }
         }
-        for b in bl.iter().filter(|b| b.kind == 1) {
+        for b in bl
+            .iter()
+            .filter(|b| b.kind == BlockerKind::ForeignKeyRewrite)
+        {
             if let Some(steps) = &b.apply {
                 run(
                     c,
@@ -493,7 +573,7 @@ fn prepare_for_citus(
                 out.push(("foreign key with tenant_id".into(), b.what.clone(), None));
             }
         }
-        for b in bl.iter().filter(|b| b.kind == 9) {
+        for b in bl.iter().filter(|b| b.kind == BlockerKind::ForTheDba) {
             out.push((
                 "left for the DBA".into(),
                 format!("{}: {}", b.table, b.what),
@@ -536,7 +616,7 @@ fn distribute_all() -> TableIterator<'static, (name!(table_name, String), name!(
         let all = tables(c, &None);
         let open: Vec<String> = blockers(c, &all)
             .into_iter()
-            .filter(|b| b.kind != 9)
+            .filter(|b| b.kind != BlockerKind::ForTheDba)
             .map(|b| format!("{}: {}", b.table, b.what))
             .collect();
         if !open.is_empty() {
@@ -653,14 +733,21 @@ fn distribute_all() -> TableIterator<'static, (name!(table_name, String), name!(
                 anchor.clone().unwrap_or_default()
             };
             c.update(
-                "SELECT create_distributed_table($1::regclass, 'tenant_id', colocate_with => $2)",
+                "SELECT create_distributed_table($1::regclass, $3, colocate_with => $2)",
                 None,
-                &[t.name.as_str().into(), colocate.as_str().into()],
+                &[
+                    t.name.as_str().into(),
+                    colocate.as_str().into(),
+                    t.tenant_column.as_str().into(),
+                ],
             )
             .or_raise("distributing a table");
             out.push((
                 t.name.clone(),
-                format!("create_distributed_table by tenant_id, colocate_with {colocate}"),
+                format!(
+                    "create_distributed_table by {}, colocate_with {colocate}",
+                    t.tenant_column
+                ),
             ));
         }
         // Citus gives some tables a new relation (a reference table's original becomes

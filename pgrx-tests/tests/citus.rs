@@ -72,6 +72,14 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
     assert_eq!(sqlstate(e), "55000");
     assert!(msg.contains("citus"), "{msg}");
 
+    // A foreign key with every option PostgreSQL has: the rewrite must keep them all.
+    c.batch_execute(
+        "ALTER TABLE public.knowledge_base DROP CONSTRAINT knowledge_base_source_id_fkey;
+         ALTER TABLE public.knowledge_base ADD CONSTRAINT knowledge_base_source_id_fkey FOREIGN KEY (source_id)
+           REFERENCES public.knowledge_sources (id) ON UPDATE CASCADE ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED;",
+    )
+    .unwrap();
+
     // prepare_for_citus: first the CONCURRENTLY index builds (\gexec), then the rest.
     let before = checksums(&mut c, &[]);
     let ddl: Vec<String> = c
@@ -109,6 +117,18 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
         checksums(&mut c, &[]),
         before,
         "prepare_for_citus changed data"
+    );
+
+    let kept: String = c
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'knowledge_base_source_id_fkey'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        kept,
+        "FOREIGN KEY (tenant_id, source_id) REFERENCES knowledge_sources(tenant_id, id) ON UPDATE CASCADE ON DELETE SET NULL (source_id) DEFERRABLE INITIALLY DEFERRED"
     );
 
     // What is left: the triggers (the application's and 007's five reference guards) and

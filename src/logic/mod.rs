@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod context;
+pub mod fk;
 pub mod ident;
 pub mod lifecycle;
 pub mod migrate;
