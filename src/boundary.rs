@@ -155,6 +155,106 @@ fn has_conjunct(tree: &str, attnum: i16, funcs: &[pg_sys::Oid], uuid_eq: pg_sys:
     }
 }
 
+/// The node under casts that do not change what is compared.
+///
+/// # Safety
+/// `n` is a valid expression node.
+unsafe fn strip_casts(mut n: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    // SAFETY: each cast node's `arg` is a valid expression node.
+    unsafe {
+        loop {
+            if pgrx::is_a(n, pg_sys::NodeTag::T_RelabelType) {
+                n = (*(n as *mut pg_sys::RelabelType)).arg as *mut pg_sys::Node;
+            } else if pgrx::is_a(n, pg_sys::NodeTag::T_CoerceViaIO) {
+                n = (*(n as *mut pg_sys::CoerceViaIO)).arg as *mut pg_sys::Node;
+            } else if pgrx::is_a(n, pg_sys::NodeTag::T_ArrayCoerceExpr) {
+                n = (*(n as *mut pg_sys::ArrayCoerceExpr)).arg as *mut pg_sys::Node;
+            } else {
+                return n;
+            }
+        }
+    }
+}
+
+/// Whether an expression is computed once per scan rather than per row: a constant, a
+/// parameter, an uncorrelated sub-select, or a call of a non-volatile function whose
+/// arguments read no column.
+///
+/// # Safety
+/// `n` is a valid expression node.
+unsafe fn once_per_scan(n: *mut pg_sys::Node) -> bool {
+    // SAFETY: walking a node tree by its tags.
+    unsafe {
+        let n = strip_casts(n);
+        if pgrx::is_a(n, pg_sys::NodeTag::T_Const) || pgrx::is_a(n, pg_sys::NodeTag::T_Param) {
+            return true;
+        }
+        if pgrx::is_a(n, pg_sys::NodeTag::T_SubLink) {
+            let l = n as *mut pg_sys::SubLink;
+            return matches!(
+                (*l).subLinkType,
+                pg_sys::SubLinkType::EXPR_SUBLINK | pg_sys::SubLinkType::ARRAY_SUBLINK
+            ) && (*l).testexpr.is_null();
+        }
+        if pgrx::is_a(n, pg_sys::NodeTag::T_FuncExpr) {
+            let f = n as *mut pg_sys::FuncExpr;
+            return pg_sys::func_volatile((*f).funcid)
+                != pg_sys::PROVOLATILE_VOLATILE as std::ffi::c_char
+                && !pg_sys::contain_var_clause((*f).args as *mut pg_sys::Node);
+        }
+        false
+    }
+}
+
+/// Whether a policy expression (a `pg_node_tree`) lets an index on the tenant column
+/// serve it: a top-level conjunct `col = ANY (x)` or `col = x` with `x` computed once
+/// per scan (the restrictive shape's sub-select, the Citus shape's function call).
+/// Read from the expression tree, never from deparsed text.
+pub(crate) fn index_friendly(tree: &str, attnum: i16) -> bool {
+    if tree.trim().is_empty() {
+        return false;
+    }
+    let Some(root) = node(tree) else { return false };
+    let is_column = |n: *mut pg_sys::Node| {
+        // SAFETY: a valid node; a Var is read only after its tag is checked.
+        unsafe {
+            let n = strip_casts(n);
+            pgrx::is_a(n, pg_sys::NodeTag::T_Var) && {
+                let v = n as *mut pg_sys::Var;
+                (*v).varlevelsup == 0 && (*v).varattno == attnum
+            }
+        }
+    };
+    // SAFETY: walking a node tree PostgreSQL just built, by its node tags.
+    unsafe {
+        let mut conjuncts = vec![root];
+        if pgrx::is_a(root, pg_sys::NodeTag::T_BoolExpr)
+            && (*(root as *mut pg_sys::BoolExpr)).boolop == pg_sys::BoolExprType::AND_EXPR
+        {
+            conjuncts = PgList::<pg_sys::Node>::from_pg((*(root as *mut pg_sys::BoolExpr)).args)
+                .iter_ptr()
+                .collect();
+        }
+        conjuncts.into_iter().any(|n| {
+            let args = if pgrx::is_a(n, pg_sys::NodeTag::T_ScalarArrayOpExpr) {
+                let s = n as *mut pg_sys::ScalarArrayOpExpr;
+                if !(*s).useOr {
+                    return false;
+                }
+                PgList::<pg_sys::Node>::from_pg((*s).args)
+            } else if pgrx::is_a(n, pg_sys::NodeTag::T_OpExpr) {
+                PgList::<pg_sys::Node>::from_pg((*(n as *mut pg_sys::OpExpr)).args)
+            } else {
+                return false;
+            };
+            let (Some(l), Some(r)) = (args.get_ptr(0), args.get_ptr(1)) else {
+                return false;
+            };
+            is_column(l) && once_per_scan(r)
+        })
+    }
+}
+
 /// Problems of one policy, read as PERMISSIVE (as Citus recreates it on a shard).
 fn policy_problems(p: &Policy, attnum: i16, s: &Sides, column: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -524,4 +624,70 @@ fn citus_safe_policies(
         out
     });
     TableIterator::new(out)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// rls_status().index_usable_policy for one table, from the policies' trees.
+    fn usable(table: &str) -> bool {
+        Spi::get_one::<bool>(&format!(
+            "SELECT index_usable_policy FROM vital_tenancy.rls_status() WHERE table_name = '{table}'"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn index_friendly_shapes_are_read_from_the_expression_trees() {
+        Spi::run(
+            "CREATE TABLE public.vt_if (id int, tenant_id uuid, org uuid);
+             CREATE INDEX ON public.vt_if (tenant_id);
+             ALTER TABLE public.vt_if ENABLE ROW LEVEL SECURITY;
+             CREATE FUNCTION public.vt_if_can_read(t uuid) RETURNS boolean LANGUAGE sql STABLE AS 'SELECT true';
+             CREATE FUNCTION public.vt_if_random_ids() RETURNS uuid[] LANGUAGE sql VOLATILE AS 'SELECT ARRAY[]::uuid[]';",
+        )
+        .unwrap();
+        let case = |policies: &str| -> bool {
+            Spi::run("DO $$ DECLARE p record; BEGIN FOR p IN SELECT polname FROM pg_policy WHERE polrelid = 'public.vt_if'::regclass LOOP EXECUTE format('DROP POLICY %I ON public.vt_if', p.polname); END LOOP; END $$")
+                .unwrap();
+            Spi::run(policies).unwrap();
+            usable("public.vt_if")
+        };
+        // The restrictive shape: a sub-select, AND-ed.
+        assert!(case(
+            "CREATE POLICY a ON public.vt_if AS RESTRICTIVE USING (tenant_id = ANY ((SELECT vital_tenancy.visible_tenant_ids(true))::uuid[]));
+             CREATE POLICY b ON public.vt_if USING (true)"
+        ));
+        // The Citus shape: the stable function inline, in every permissive policy.
+        assert!(case(
+            "CREATE POLICY a ON public.vt_if USING (id > 0 AND tenant_id = ANY (vital_tenancy.visible_tenant_ids(true)));
+             CREATE POLICY b ON public.vt_if FOR SELECT USING (tenant_id = ANY (vital_tenancy.writable_tenant_ids()))"
+        ));
+        // One permissive policy without the conjunct: the OR cannot use the index.
+        assert!(!case(
+            "CREATE POLICY a ON public.vt_if USING (tenant_id = ANY (vital_tenancy.visible_tenant_ids(true)));
+             CREATE POLICY b ON public.vt_if USING (id > 0)"
+        ));
+        // A per-row function, a volatile one, another column, an OR.
+        assert!(!case(
+            "CREATE POLICY a ON public.vt_if USING (public.vt_if_can_read(tenant_id))"
+        ));
+        assert!(!case(
+            "CREATE POLICY a ON public.vt_if USING (tenant_id = ANY (public.vt_if_random_ids()))"
+        ));
+        assert!(!case("CREATE POLICY a ON public.vt_if USING (org = ANY (vital_tenancy.visible_tenant_ids(true)))"));
+        assert!(!case(
+            "CREATE POLICY a ON public.vt_if USING (tenant_id = ANY (vital_tenancy.visible_tenant_ids(true)) OR id > 0)"
+        ));
+        // An equality with a once-per-scan sub-select, and a policy only for writes.
+        assert!(case(
+            "CREATE POLICY a ON public.vt_if USING (tenant_id = (SELECT vital_tenancy.current_tenant_id()))"
+        ));
+        assert!(!case(
+            "CREATE POLICY a ON public.vt_if FOR INSERT WITH CHECK (tenant_id = ANY (vital_tenancy.writable_tenant_ids()))"
+        ));
+    }
 }

@@ -8,9 +8,7 @@
 
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::{display_ident, quote_ident};
-use crate::logic::rls::{
-    citus_policies, is_index_friendly, policies, CITUS_POLICY_NAMES, POLICY_NAMES,
-};
+use crate::logic::rls::{citus_policies, policies, CITUS_POLICY_NAMES, POLICY_NAMES};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -519,9 +517,13 @@ fn rls_status() -> TableIterator<
                         (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid),
                         EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                                  WHERE i.indrelid = c.oid AND i.indisvalid AND i.indkey[0] = a.attnum),
-                        ARRAY(SELECT COALESCE(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '')
+                        ARRAY(SELECT COALESCE(p.polqual::pg_catalog.text, '')
                                 FROM pg_catalog.pg_policy p
-                               WHERE p.polrelid = c.oid AND p.polcmd IN ('r', '*'))
+                               WHERE p.polrelid = c.oid AND p.polcmd IN ('r', '*') AND NOT p.polpermissive),
+                        ARRAY(SELECT COALESCE(p.polqual::pg_catalog.text, '')
+                                FROM pg_catalog.pg_policy p
+                               WHERE p.polrelid = c.oid AND p.polcmd IN ('r', '*') AND p.polpermissive),
+                        a.attnum
                    FROM pg_catalog.pg_class c
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -543,16 +545,23 @@ fn rls_status() -> TableIterator<
             let forced: bool = r.get(4).or_raise("relforcerowsecurity").unwrap_or(false);
             let n: i64 = r.get(5).or_raise("policies").unwrap_or(0);
             let index: bool = r.get(6).or_raise("index").unwrap_or(false);
-            let quals: Vec<String> = r.get(7).or_raise("policy expressions").unwrap_or_default();
-            // Usable: an index on the column, and every read policy that mentions the
-            // column compares it with a once-per-statement sub-select.
-            let mentioning: Vec<&String> = quals
-                .iter()
-                .filter(|q| q.contains(column.as_str()))
-                .collect();
+            let restrictive: Vec<String> = r
+                .get(7)
+                .or_raise("restrictive policy expressions")
+                .unwrap_or_default();
+            let permissive: Vec<String> = r
+                .get(8)
+                .or_raise("permissive policy expressions")
+                .unwrap_or_default();
+            let attnum: i16 = r.get(9).or_raise("attnum").unwrap_or(0);
+            // Usable: an index on the column, and the read policies narrow the column
+            // with a once-per-scan value: a restrictive policy does (it is AND-ed), or
+            // every permissive one does (they are OR-ed). Read from the expression
+            // trees (boundary::index_friendly).
+            let friendly = |q: &String| crate::boundary::index_friendly(q, attnum);
             let usable = index
-                && !mentioning.is_empty()
-                && mentioning.iter().all(|q| is_index_friendly(q, &column));
+                && (restrictive.iter().any(friendly)
+                    || (!permissive.is_empty() && permissive.iter().all(friendly)));
             out.push((name, column, enabled, forced, n, index, usable));
         }
         out

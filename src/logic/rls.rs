@@ -127,18 +127,6 @@ pub fn registry_policies(table: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Whether a deparsed policy expression (`pg_get_expr(polqual)`) compares the tenant
-/// column with a once-per-statement sub-select, the shape an index can serve.
-pub fn is_index_friendly(expr: &str, column: &str) -> bool {
-    let e: String = expr.split_whitespace().collect::<Vec<_>>().join(" ");
-    let quoted = super::ident::quote_ident(column);
-    [column, quoted.as_str()].iter().any(|c| {
-        e.contains(&format!("{c} = ANY (( SELECT"))
-            || e.contains(&format!("{c} = ANY ((SELECT"))
-            || e.contains(&format!("{c} = ( SELECT"))
-    })
-}
-
 /// Names of the extension's policies in the Citus shape (`citus_policies`), besides
 /// `vt_tenant_select` … `vt_tenant_delete` and `vt_platform_admin`, which both shapes use.
 pub const CITUS_POLICY_NAMES: [&str; 4] = [
@@ -378,25 +366,6 @@ mod tests {
                 "{sql}"
             );
         }
-    }
-
-    #[test]
-    fn recognises_index_friendly_shapes() {
-        // What pg_get_expr() gives back for the generated policy.
-        let deparsed = "(tenant_id = ANY (( SELECT vital_tenancy.visible_tenant_ids(true) AS visible_tenant_ids)::uuid[]))";
-        assert!(is_index_friendly(deparsed, "tenant_id"));
-        assert!(!is_index_friendly(
-            "vital_tenancy.can_read(tenant_id)",
-            "tenant_id"
-        ));
-        assert!(!is_index_friendly(
-            "(tenant_id = ANY (vital_tenancy.visible_tenant_ids(true)))",
-            "tenant_id"
-        ));
-        assert!(is_index_friendly(
-            "(org = ( SELECT current_org() AS current_org))",
-            "org"
-        ));
     }
 
     #[test]
