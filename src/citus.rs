@@ -171,204 +171,261 @@ fn letter(s: Option<String>) -> char {
     s.and_then(|s| s.chars().next()).unwrap_or('a')
 }
 
-fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
+/// Primary keys and unique constraints without the tenant column (the computation the
+/// keys step shares).
+fn key_blockers(c: &SpiClient<'_>, t: &Table) -> Vec<Blocker> {
+    let mut out = Vec::new();
+    let tatt = t.tenant_attnum.unwrap_or(0);
+    // Primary key and unique constraints without tenant_id (the computation the
+    // keys step shares).
+    for k in crate::keys::key_changes(c, t.oid, &t.name, &t.relname, &t.tenant_column, tatt, true) {
+        out.push(Blocker {
+            table: t.name.clone(),
+            what: format!(
+                "{} {} ({}) does not include tenant_id",
+                if k.primary {
+                    "primary key"
+                } else {
+                    "unique constraint"
+                },
+                k.con,
+                k.columns.join(", ")
+            ),
+            ddl: Some(format!("{};\n{}", k.index_ddl, k.swap_ddl)),
+            index: Some((k.index, k.index_ddl)),
+            apply: Some(vec![k.swap_ddl]),
+            kind: BlockerKind::KeySwap,
+        });
+    }
+    out
+}
+
+/// Unique indexes that back no constraint and lack the tenant column.
+fn unique_index_blockers(c: &SpiClient<'_>, t: &Table) -> Vec<Blocker> {
+    let mut out = Vec::new();
+    let tatt = t.tenant_attnum.unwrap_or(0);
+    // Unique indexes that back no constraint.
+    let plain: Vec<String> = c
+        .select(
+            "SELECT i.indexrelid::pg_catalog.regclass::text FROM pg_catalog.pg_index i
+              WHERE i.indrelid = $1 AND i.indisunique AND NOT ($2 = ANY (i.indkey::int2[]))
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)",
+            None,
+            &[t.oid.into(), tatt.into()],
+        )
+        .or_raise("reading unique indexes")
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect();
+    for ix in plain {
+        out.push(Blocker {
+            table: t.name.clone(),
+            what: format!("unique index {ix} does not include tenant_id"),
+            ddl: Some(format!("-- recreate {ix} with tenant_id as its first column, then: DROP INDEX CONCURRENTLY {ix}")),
+            index: None,
+            apply: None,
+            kind: BlockerKind::ForTheDba,
+        });
+    }
+    out
+}
+
+/// Foreign keys to distributed tables without the tenant column; to local tables.
+fn foreign_key_blockers(c: &SpiClient<'_>, t: &Table, all: &[Table]) -> Vec<Blocker> {
+    let mut out = Vec::new();
+    let tatt = t.tenant_attnum.unwrap_or(0);
+    let role_of = |oid: pg_sys::Oid| all.iter().find(|t| t.oid == oid).map(|t| t.role.clone());
+    // Foreign keys to other distributed tables without tenant_id; to local tables.
+    let fks: Vec<ForeignKey> = c
+        .select(
+            "SELECT conname::text, confrelid, conkey, confkey, confupdtype::text, confdeltype::text,
+                    confmatchtype::text, condeferrable, condeferred,
+                    ARRAY(SELECT pg_catalog.quote_ident(a.attname) FROM unnest(confdelsetcols) WITH ORDINALITY k(n, i)
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = conrelid AND a.attnum = k.n ORDER BY k.i)
+               FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f' ORDER BY conname",
+            None,
+            &[t.oid.into()],
+        )
+        .or_raise("reading foreign keys")
+        .map(|r| ForeignKey {
+            name: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            parent: r
+                .get::<pg_sys::Oid>(2)
+                .ok()
+                .flatten()
+                .unwrap_or(pg_sys::InvalidOid),
+            key: r.get::<Vec<i16>>(3).ok().flatten().unwrap_or_default(),
+            parent_key: r.get::<Vec<i16>>(4).ok().flatten().unwrap_or_default(),
+            options: crate::logic::fk::FkOptions {
+                on_update: letter(r.get::<String>(5).ok().flatten()),
+                on_delete: letter(r.get::<String>(6).ok().flatten()),
+                match_type: letter(r.get::<String>(7).ok().flatten()),
+                deferrable: r.get::<bool>(8).ok().flatten().unwrap_or(false),
+                deferred: r.get::<bool>(9).ok().flatten().unwrap_or(false),
+                delete_set_columns: r.get::<Vec<String>>(10).ok().flatten().unwrap_or_default(),
+            },
+        })
+        .collect();
+    for ForeignKey {
+        name: con,
+        parent,
+        key,
+        parent_key: pkey,
+        options,
+    } in fks
+    {
+        // A parent outside the application's schemas (auth.users, say) stays local.
+        let prole = role_of(parent).unwrap_or(Role::Local);
+        let pt = all.iter().find(|x| x.oid == parent);
+        let parent_name = pt.map(|x| x.name.clone()).unwrap_or_else(|| {
+            one::<String>(
+                c,
+                "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+                &[parent.into()],
+            )
+            .unwrap_or_default()
+        });
+        match prole {
+            Role::Distributed if !key.contains(&tatt) => {
+                let pname = pt.map(|x| x.name.clone()).unwrap_or_default();
+                let child_cols = crate::keys::column_names(c, t.oid, &key);
+                let parent_cols = crate::keys::column_names(c, parent, &pkey);
+                let q = |v: &[String]| {
+                    v.iter()
+                        .map(|x| quote_ident(x))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                // Every option of the key kept (from pg_constraint's columns); a SET
+                // NULL / SET DEFAULT on delete limited to the key's own columns so
+                // that tenant_id is never nulled.
+                let quoted: Vec<String> = child_cols.iter().map(|x| quote_ident(x)).collect();
+                let clauses = options.clauses(&quoted);
+                let drop = format!(
+                    "ALTER TABLE {} DROP CONSTRAINT {}",
+                    t.name,
+                    quote_ident(&con)
+                );
+                let add = format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}, {}) REFERENCES {pname} ({}, {}){clauses} NOT VALID",
+                    t.name,
+                    quote_ident(&con),
+                    quote_ident(&t.tenant_column),
+                    q(&child_cols),
+                    quote_ident(&pt.map(|x| x.tenant_column.clone()).unwrap_or_else(|| "tenant_id".into())),
+                    q(&parent_cols)
+                );
+                let validate = format!(
+                    "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+                    t.name,
+                    quote_ident(&con)
+                );
+                out.push(Blocker {
+                    table: t.name.clone(),
+                    what: match options.caveat() {
+                        None => format!("foreign key {con} to distributed table {pname} does not include tenant_id"),
+                        Some(c) => format!("foreign key {con} to distributed table {pname} does not include tenant_id ({c})"),
+                    },
+                    ddl: Some(format!("{drop};\n{add};\n{validate}")),
+                    index: None,
+                    apply: Some(vec![drop, add, validate]),
+                    kind: BlockerKind::ForeignKeyRewrite,
+                });
+            }
+            Role::Local => out.push(Blocker {
+                table: t.name.clone(),
+                what: format!("foreign key {con} to local table {parent_name}"),
+                ddl: Some(
+                    "-- make the referenced table a reference table, or drop the foreign key"
+                        .into(),
+                ),
+                index: None,
+                apply: None,
+                kind: BlockerKind::ForTheDba,
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Triggers, which Citus runs on distributed tables only when told to.
+fn trigger_blockers(c: &SpiClient<'_>, t: &Table) -> Vec<Blocker> {
+    let mut out = Vec::new();
+    // Triggers Citus refuses on distributed tables unless told otherwise.
+    let triggers: Vec<String> = c
+        .select("SELECT tgname::text FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY 1", None, &[t.oid.into()])
+        .or_raise("reading triggers")
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect();
+    for tg in triggers {
+        out.push(Blocker {
+            table: t.name.clone(),
+            what: format!("trigger {tg}: Citus runs triggers on distributed tables only with citus.enable_unsafe_triggers"),
+            ddl: Some("-- SET citus.enable_unsafe_triggers = on (ALTER DATABASE ... SET) after checking the trigger only touches the same tenant's rows".into()),
+            index: None,
+            apply: None,
+            kind: BlockerKind::ForTheDba,
+        });
+    }
+    out
+}
+
+/// Sequence defaults on columns that are not bigint.
+fn sequence_blockers(c: &SpiClient<'_>, t: &Table) -> Vec<Blocker> {
+    let mut out = Vec::new();
+    // Sequence defaults on non-bigint columns (shard-wide sequences need bigint).
+    let seqs: Vec<String> = c
+        .select(
+            "SELECT a.attname::text FROM pg_catalog.pg_attrdef d
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+              WHERE d.adrelid = $1
+                    -- a default that depends on a sequence (pg_depend, not the deparsed text)
+                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend dep
+                                  JOIN pg_catalog.pg_class q ON q.oid = dep.refobjid AND q.relkind = 'S'
+                                 WHERE dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND dep.objid = d.oid
+                                   AND dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass)
+                AND a.atttypid <> 'pg_catalog.int8'::pg_catalog.regtype ORDER BY 1",
+            None,
+            &[t.oid.into()],
+        )
+        .or_raise("reading defaults")
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect();
+    for col in seqs {
+        out.push(Blocker {
+            table: t.name.clone(),
+            what: format!("column {col} takes a sequence default but is not bigint"),
+            ddl: Some(format!(
+                "ALTER TABLE {} ALTER COLUMN {} TYPE bigint",
+                t.name,
+                quote_ident(&col)
+            )),
+            index: None,
+            apply: None,
+            kind: BlockerKind::ForTheDba,
+        });
+    }
+    out
+}
+
+/// A reference table must not point at a distributed table.
+fn reference_table_blockers(c: &SpiClient<'_>, t: &Table, all: &[Table]) -> Vec<Blocker> {
     let mut out = Vec::new();
     let role_of = |oid: pg_sys::Oid| all.iter().find(|t| t.oid == oid).map(|t| t.role.clone());
-    for t in all.iter().filter(|t| t.role == Role::Distributed) {
-        let tatt = t.tenant_attnum.unwrap_or(0);
-        // Primary key and unique constraints without tenant_id (the computation the
-        // keys step shares).
-        for k in
-            crate::keys::key_changes(c, t.oid, &t.name, &t.relname, &t.tenant_column, tatt, true)
-        {
+    let fks: Vec<(String, pg_sys::Oid)> = c
+        .select("SELECT conname::text, confrelid FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f'", None, &[t.oid.into()])
+        .or_raise("reading foreign keys")
+        .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<pg_sys::Oid>(2).ok().flatten().unwrap_or(pg_sys::InvalidOid)))
+        .collect();
+    for (con, parent) in fks {
+        if role_of(parent) == Some(Role::Distributed) {
             out.push(Blocker {
                 table: t.name.clone(),
-                what: format!(
-                    "{} {} ({}) does not include tenant_id",
-                    if k.primary {
-                        "primary key"
-                    } else {
-                        "unique constraint"
-                    },
-                    k.con,
-                    k.columns.join(", ")
-                ),
-                ddl: Some(format!("{};\n{}", k.index_ddl, k.swap_ddl)),
-                index: Some((k.index, k.index_ddl)),
-                apply: Some(vec![k.swap_ddl]),
-                kind: BlockerKind::KeySwap,
-            });
-        }
-        // Unique indexes that back no constraint.
-        let plain: Vec<String> = c
-            .select(
-                "SELECT i.indexrelid::pg_catalog.regclass::text FROM pg_catalog.pg_index i
-                  WHERE i.indrelid = $1 AND i.indisunique AND NOT ($2 = ANY (i.indkey::int2[]))
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)",
-                None,
-                &[t.oid.into(), tatt.into()],
-            )
-            .or_raise("reading unique indexes")
-            .filter_map(|r| r.get::<String>(1).ok().flatten())
-            .collect();
-        for ix in plain {
-            out.push(Blocker {
-                table: t.name.clone(),
-                what: format!("unique index {ix} does not include tenant_id"),
-                ddl: Some(format!("-- recreate {ix} with tenant_id as its first column, then: DROP INDEX CONCURRENTLY {ix}")),
-                index: None,
-                apply: None,
-                kind: BlockerKind::ForTheDba,
-            });
-        }
-        // Foreign keys to other distributed tables without tenant_id; to local tables.
-        let fks: Vec<ForeignKey> = c
-            .select(
-                "SELECT conname::text, confrelid, conkey, confkey, confupdtype::text, confdeltype::text,
-                        confmatchtype::text, condeferrable, condeferred,
-                        ARRAY(SELECT pg_catalog.quote_ident(a.attname) FROM unnest(confdelsetcols) WITH ORDINALITY k(n, i)
-                                JOIN pg_catalog.pg_attribute a ON a.attrelid = conrelid AND a.attnum = k.n ORDER BY k.i)
-                   FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f' ORDER BY conname",
-                None,
-                &[t.oid.into()],
-            )
-            .or_raise("reading foreign keys")
-            .map(|r| ForeignKey {
-                name: r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                parent: r
-                    .get::<pg_sys::Oid>(2)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(pg_sys::InvalidOid),
-                key: r.get::<Vec<i16>>(3).ok().flatten().unwrap_or_default(),
-                parent_key: r.get::<Vec<i16>>(4).ok().flatten().unwrap_or_default(),
-                options: crate::logic::fk::FkOptions {
-                    on_update: letter(r.get::<String>(5).ok().flatten()),
-                    on_delete: letter(r.get::<String>(6).ok().flatten()),
-                    match_type: letter(r.get::<String>(7).ok().flatten()),
-                    deferrable: r.get::<bool>(8).ok().flatten().unwrap_or(false),
-                    deferred: r.get::<bool>(9).ok().flatten().unwrap_or(false),
-                    delete_set_columns: r.get::<Vec<String>>(10).ok().flatten().unwrap_or_default(),
-                },
-            })
-            .collect();
-        for ForeignKey {
-            name: con,
-            parent,
-            key,
-            parent_key: pkey,
-            options,
-        } in fks
-        {
-            // A parent outside the application's schemas (auth.users, say) stays local.
-            let prole = role_of(parent).unwrap_or(Role::Local);
-            let pt = all.iter().find(|x| x.oid == parent);
-            let parent_name = pt.map(|x| x.name.clone()).unwrap_or_else(|| {
-                one::<String>(
-                    c,
-                    "SELECT $1::pg_catalog.regclass::pg_catalog.text",
-                    &[parent.into()],
-                )
-                .unwrap_or_default()
-            });
-            match prole {
-                Role::Distributed if !key.contains(&tatt) => {
-                    let pname = pt.map(|x| x.name.clone()).unwrap_or_default();
-                    let child_cols = crate::keys::column_names(c, t.oid, &key);
-                    let parent_cols = crate::keys::column_names(c, parent, &pkey);
-                    let q = |v: &[String]| {
-                        v.iter()
-                            .map(|x| quote_ident(x))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    // Every option of the key kept (from pg_constraint's columns); a SET
-                    // NULL / SET DEFAULT on delete limited to the key's own columns so
-                    // that tenant_id is never nulled.
-                    let quoted: Vec<String> = child_cols.iter().map(|x| quote_ident(x)).collect();
-                    let clauses = options.clauses(&quoted);
-                    let drop = format!(
-                        "ALTER TABLE {} DROP CONSTRAINT {}",
-                        t.name,
-                        quote_ident(&con)
-                    );
-                    let add = format!(
-                        "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}, {}) REFERENCES {pname} ({}, {}){clauses} NOT VALID",
-                        t.name,
-                        quote_ident(&con),
-                        quote_ident(&t.tenant_column),
-                        q(&child_cols),
-                        quote_ident(&pt.map(|x| x.tenant_column.clone()).unwrap_or_else(|| "tenant_id".into())),
-                        q(&parent_cols)
-                    );
-                    let validate = format!(
-                        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                        t.name,
-                        quote_ident(&con)
-                    );
-                    out.push(Blocker {
-                        table: t.name.clone(),
-                        what: match options.caveat() {
-                            None => format!("foreign key {con} to distributed table {pname} does not include tenant_id"),
-                            Some(c) => format!("foreign key {con} to distributed table {pname} does not include tenant_id ({c})"),
-                        },
-                        ddl: Some(format!("{drop};\n{add};\n{validate}")),
-                        index: None,
-                        apply: Some(vec![drop, add, validate]),
-                        kind: BlockerKind::ForeignKeyRewrite,
-                    });
-                }
-                Role::Local => out.push(Blocker {
-                    table: t.name.clone(),
-                    what: format!("foreign key {con} to local table {parent_name}"),
-                    ddl: Some(
-                        "-- make the referenced table a reference table, or drop the foreign key"
-                            .into(),
-                    ),
-                    index: None,
-                    apply: None,
-                    kind: BlockerKind::ForTheDba,
-                }),
-                _ => {}
-            }
-        }
-        // Triggers Citus refuses on distributed tables unless told otherwise.
-        let triggers: Vec<String> = c
-            .select("SELECT tgname::text FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY 1", None, &[t.oid.into()])
-            .or_raise("reading triggers")
-            .filter_map(|r| r.get::<String>(1).ok().flatten())
-            .collect();
-        for tg in triggers {
-            out.push(Blocker {
-                table: t.name.clone(),
-                what: format!("trigger {tg}: Citus runs triggers on distributed tables only with citus.enable_unsafe_triggers"),
-                ddl: Some("-- SET citus.enable_unsafe_triggers = on (ALTER DATABASE ... SET) after checking the trigger only touches the same tenant's rows".into()),
-                index: None,
-                apply: None,
-                kind: BlockerKind::ForTheDba,
-            });
-        }
-        // Sequence defaults on non-bigint columns (shard-wide sequences need bigint).
-        let seqs: Vec<String> = c
-            .select(
-                "SELECT a.attname::text FROM pg_catalog.pg_attrdef d
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-                  WHERE d.adrelid = $1 AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%'
-                    AND a.atttypid <> 'pg_catalog.int8'::pg_catalog.regtype ORDER BY 1",
-                None,
-                &[t.oid.into()],
-            )
-            .or_raise("reading defaults")
-            .filter_map(|r| r.get::<String>(1).ok().flatten())
-            .collect();
-        for col in seqs {
-            out.push(Blocker {
-                table: t.name.clone(),
-                what: format!("column {col} takes a sequence default but is not bigint"),
+                what: format!("reference table has foreign key {con} to a distributed table"),
                 ddl: Some(format!(
-                    "ALTER TABLE {} ALTER COLUMN {} TYPE bigint",
+                    "ALTER TABLE {} DROP CONSTRAINT {}",
                     t.name,
-                    quote_ident(&col)
+                    quote_ident(&con)
                 )),
                 index: None,
                 apply: None,
@@ -376,29 +433,20 @@ fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
             });
         }
     }
-    // Reference tables must not point at distributed tables.
+    out
+}
+
+fn blockers(c: &SpiClient<'_>, all: &[Table]) -> Vec<Blocker> {
+    let mut out = Vec::new();
+    for t in all.iter().filter(|t| t.role == Role::Distributed) {
+        out.extend(key_blockers(c, t));
+        out.extend(unique_index_blockers(c, t));
+        out.extend(foreign_key_blockers(c, t, all));
+        out.extend(trigger_blockers(c, t));
+        out.extend(sequence_blockers(c, t));
+    }
     for t in all.iter().filter(|t| t.role == Role::Reference) {
-        let fks: Vec<(String, pg_sys::Oid)> = c
-            .select("SELECT conname::text, confrelid FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND contype = 'f'", None, &[t.oid.into()])
-            .or_raise("reading foreign keys")
-            .map(|r| (r.get::<String>(1).ok().flatten().unwrap_or_default(), r.get::<pg_sys::Oid>(2).ok().flatten().unwrap_or(pg_sys::InvalidOid)))
-            .collect();
-        for (con, parent) in fks {
-            if role_of(parent) == Some(Role::Distributed) {
-                out.push(Blocker {
-                    table: t.name.clone(),
-                    what: format!("reference table has foreign key {con} to a distributed table"),
-                    ddl: Some(format!(
-                        "ALTER TABLE {} DROP CONSTRAINT {}",
-                        t.name,
-                        quote_ident(&con)
-                    )),
-                    index: None,
-                    apply: None,
-                    kind: BlockerKind::ForTheDba,
-                });
-            }
-        }
+        out.extend(reference_table_blockers(c, t, all));
     }
     out
 }

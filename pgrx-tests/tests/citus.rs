@@ -206,6 +206,27 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+
+    // A sequence default on a column that is not bigint is reported (found through
+    // pg_depend, not the default's text); a bigint one is not.
+    c.batch_execute(
+        "CREATE TABLE public.vt_seq (n serial, m bigserial, tenant_id uuid REFERENCES public.tenants (id));
+         INSERT INTO public.vt_seq (tenant_id) VALUES (vital_tenancy.pharma_tenant_id());",
+    )
+    .unwrap();
+    let seq: Vec<String> = c
+        .query(
+            "SELECT blocker FROM vital_tenancy.citus_readiness() WHERE table_name = 'public.vt_seq' AND blocker LIKE '%sequence%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        seq,
+        vec!["column n takes a sequence default but is not bigint".to_string()]
+    );
 }
 
 /// The Citus shape on plain PostgreSQL (what CI can run): after citus_safe_policies()
