@@ -69,18 +69,28 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 
 rows=$(PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -tAc "SELECT count(*) FROM public.prompts")
 echo "prompts rows: ${rows}; ${RUNS} alternating runs of ${SECONDS_PER_RUN} s per cluster and workload, 2 clients"
+# Three ways per workload, alternating: the cluster without the library preloaded, the
+# preloaded cluster collecting, and the same preloaded cluster with
+# vital_tenancy.track_activity off for the role (the hooks installed but idle).
+track() { PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -qc "$1" >/dev/null; }
 for w in page point; do
-  : > "${VT_WORK}/bench-activity-plain.txt"; : > "${VT_WORK}/bench-activity-preload.txt"
+  : > "${VT_WORK}/bench-activity-plain.txt"; : > "${VT_WORK}/bench-activity-preload.txt"; : > "${VT_WORK}/bench-activity-off.txt"
   for i in $(seq 1 "${RUNS}"); do
     run "${PLAIN[@]}" "$w" >> "${VT_WORK}/bench-activity-plain.txt"
+    track "ALTER ROLE vt_bench_activity_app RESET vital_tenancy.track_activity"
     run "${PRELOAD[@]}" "$w" >> "${VT_WORK}/bench-activity-preload.txt"
+    track "ALTER ROLE vt_bench_activity_app SET vital_tenancy.track_activity = off"
+    run "${PRELOAD[@]}" "$w" >> "${VT_WORK}/bench-activity-off.txt"
   done
+  track "ALTER ROLE vt_bench_activity_app RESET vital_tenancy.track_activity"
   tp=$(awk '{print $1}' "${VT_WORK}/bench-activity-plain.txt" | median)
   tc=$(awk '{print $1}' "${VT_WORK}/bench-activity-preload.txt" | median)
+  to=$(awk '{print $1}' "${VT_WORK}/bench-activity-off.txt" | median)
   lp=$(awk '{print $2}' "${VT_WORK}/bench-activity-plain.txt" | median)
   lc=$(awk '{print $2}' "${VT_WORK}/bench-activity-preload.txt" | median)
-  echo "${w}: without collector ${tp} tps, ${lp} ms; with collector ${tc} tps, ${lc} ms"
-  awk -v w="$w" -v a="$tp" -v b="$tc" 'BEGIN {printf "%s: throughput with/without: %.3f\n", w, b / a}'
+  lo=$(awk '{print $2}' "${VT_WORK}/bench-activity-off.txt" | median)
+  echo "${w}: not preloaded ${tp} tps, ${lp} ms; collecting ${tc} tps, ${lc} ms; preloaded, track_activity off ${to} tps, ${lo} ms"
+  awk -v w="$w" -v a="$tp" -v b="$tc" -v o="$to" 'BEGIN {printf "%s: throughput collecting/not preloaded %.3f, collecting/off %.3f\n", w, b / a, b / o}'
 done
 # The collector saw the load, per tenant.
 PGHOST="${PRELOAD[0]}" PGPORT="${PRELOAD[1]}" vt_psql -d vt_bench_activity -c \

@@ -5,7 +5,8 @@
 //!
 //! Collected by executor hooks, as pg_stat_statements collects per query: only when
 //! the library is in `shared_preload_libraries` (shared memory is sized at server
-//! start). Per top-level statement, never per row: at ExecutorStart a timer for the
+//! start), and while `vital_tenancy.track_activity` is on (the default; superusers turn
+//! it off per database, role or session without a restart). Per top-level statement, never per row: at ExecutorStart a timer for the
 //! whole statement (PostgreSQL's `totaltime` instrumentation); while it runs, the
 //! tenant the context resolves to (where the policies, `current_tenant_id()` or
 //! `pre_request()` resolve it) is noted; at ExecutorEnd that tenant, `es_processed`
@@ -186,7 +187,11 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
             None => pg_sys::standard_ExecutorStart(query, eflags),
         }
         let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
-        if collecting() && NESTING.with(|n| n.get()) == 0 && !explain_only {
+        if collecting()
+            && crate::guc::TRACK_ACTIVITY.get()
+            && NESTING.with(|n| n.get()) == 0
+            && !explain_only
+        {
             // One timer for the whole statement, in the query's memory (as
             // pg_stat_statements does); never per node or row.
             if (*query).totaltime.is_null() {

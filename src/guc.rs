@@ -23,6 +23,9 @@ pub const CONTEXT_ROLE: &str = "vital_tenancy_context";
 /// `vital_tenancy.session_context`: honour context values that outlive a transaction.
 pub static SESSION_CONTEXT: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `vital_tenancy.track_activity`: collect per-tenant activity (when preloaded).
+pub static TRACK_ACTIVITY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Storage of `vital.tenant_id` (owned by the GUC machinery).
 static mut TENANT_SETTING_VALUE: *mut c_char = std::ptr::null_mut();
 
@@ -33,6 +36,14 @@ pub fn init() {
         c"Honour tenant context values set outside the current transaction.",
         c"Off (the default): vital.tenant_id, request.jwt.claims and request.headers count only when set inside the current transaction (SET LOCAL, set_config(..., true)), so a pooled server connection never hands one client's tenant to the next. Turn on only for a login role with a dedicated connection per tenant (ALTER ROLE ... SET).",
         &SESSION_CONTEXT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"vital_tenancy.track_activity",
+        c"Collect per-tenant statements, rows and time for vital_tenancy.tenant_activity().",
+        c"On by default; takes effect only when vital_tenancy is in shared_preload_libraries. Superusers may turn it off per database, role or session (ALTER DATABASE ... SET) without a restart.",
+        &TRACK_ACTIVITY,
         GucContext::Suset,
         GucFlags::default(),
     );
