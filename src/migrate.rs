@@ -650,6 +650,188 @@ fn compare_counts(
     TableIterator::new(rows)
 }
 
+/// The run's state before a revert: whether there is anything to do (false: already
+/// reverted, with a NOTICE); an ERROR for an unknown or running run.
+fn revertible(c: &SpiClient<'_>, run_id: i64) -> bool {
+    let status: Option<String> = c
+        .select(
+            "SELECT status FROM vital_tenancy.migration_runs WHERE run_id = $1",
+            Some(1),
+            &[run_id.into()],
+        )
+        .and_then(|t| {
+            if t.is_empty() {
+                Ok(None)
+            } else {
+                t.first().get_one()
+            }
+        })
+        .or_raise("reading the run");
+    match status.as_deref() {
+        None => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("migration run {run_id} does not exist"),
+        ),
+        Some("reverted") => {
+            notice(&format!(
+                "migration run {run_id} was already reverted; nothing to do"
+            ));
+            return false;
+        }
+        Some("running") => raise_full(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("migration run {run_id} is still running"),
+            None,
+            Some(
+                "Finish it (CALL the same backfill again) or let it fail before reverting.".into(),
+            ),
+        ),
+        Some(_) => {}
+    }
+    true
+}
+
+/// The run's tables (newest step first): (table, tenant column, whether it still
+/// exists; a table dropped since has a bare OID as its regclass text).
+fn revert_steps(c: &SpiClient<'_>, run_id: i64) -> Vec<(String, String, bool)> {
+    c.select(
+        "SELECT s.tbl::pg_catalog.text, s.tenant_column::text,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_class k WHERE k.oid = s.tbl)
+               FROM vital_tenancy.migration_steps s
+              WHERE s.run_id = $1 ORDER BY s.started_at DESC, s.tbl::pg_catalog.text",
+        None,
+        &[run_id.into()],
+    )
+    .or_raise("reading the run's steps")
+    .map(|r| {
+        (
+            r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            r.get::<String>(2).ok().flatten().unwrap_or_default(),
+            r.get::<bool>(3).ok().flatten().unwrap_or(false),
+        )
+    })
+    .collect()
+}
+
+/// Putting tenants back is not an application write: as in backfill, the tables'
+/// triggers (updated_at stamps, audit) do not fire, when the role may say so. Returns
+/// the session_replication_role to restore, if it was changed.
+fn triggers_off(c: &mut SpiClient<'_>) -> Option<String> {
+    let replica: bool = c
+        .select(
+            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            Some(1),
+            &[],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("checking the role")
+        .unwrap_or(false);
+    let prior_role: Option<String> = c
+        .select(
+            "SELECT pg_catalog.current_setting('session_replication_role')",
+            Some(1),
+            &[],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("reading session_replication_role");
+    if replica {
+        c.update(
+            "SELECT pg_catalog.set_config('session_replication_role', 'replica', true)",
+            None,
+            &[],
+        )
+        .or_raise("setting session_replication_role");
+    }
+    replica.then(|| prior_role.unwrap_or_else(|| "origin".into()))
+}
+
+/// A table dropped since the run: nothing to put back; reported with its journal.
+fn revert_dropped(c: &SpiClient<'_>, run_id: i64, table: &str) -> (String, i64, i64) {
+    let journaled: i64 = c
+        .select(
+            "SELECT COALESCE(sum(cardinality(keys)), 0)::bigint FROM vital_tenancy.migration_journal_batches
+              WHERE run_id = $1 AND tbl::pg_catalog.oid::pg_catalog.text = $2",
+            Some(1),
+            &[run_id.into(), table.into()],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("counting the journal")
+        .unwrap_or(0);
+    notice(&format!(
+        "table with OID {table} was dropped since run {run_id}: its {journaled} journaled rows are gone"
+    ));
+    (format!("(dropped table {table})"), 0, journaled)
+}
+
+/// Put one table's journaled tenant values back: (table, reverted, changed since).
+fn revert_table(
+    c: &mut SpiClient<'_>,
+    run_id: i64,
+    table: String,
+    column: &str,
+) -> (String, i64, i64) {
+    let oid: pg_sys::Oid = c
+        .select(
+            "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
+            Some(1),
+            &[table.as_str().into()],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("resolving a table")
+        .unwrap_or(pg_sys::InvalidOid);
+    let (pk, pk_type) = primary_key(c, oid, &table);
+    let col = quote_ident(column);
+    let needs_null: bool = c
+        .select(
+            "SELECT EXISTS (SELECT 1 FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass
+                           AND old_tenant IS NULL)
+                AND (SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = $2::pg_catalog.regclass AND attname = $3)",
+            Some(1),
+            &[run_id.into(), table.as_str().into(), column.into()],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("checking NOT NULL")
+        .unwrap_or(false);
+    if needs_null {
+        c.update(
+            &format!("ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"),
+            None,
+            &[],
+        )
+        .or_raise("dropping NOT NULL");
+        notice(&format!(
+            "{table}.{column}: NOT NULL dropped to restore the pre-migration NULLs"
+        ));
+    }
+    let reverted: i64 = c
+        .update(
+            &format!(
+                "WITH u AS (UPDATE {table} t SET {col} = j.old_tenant
+                              FROM vital_tenancy.migration_journal j
+                             WHERE j.run_id = $1 AND j.tbl = $2::pg_catalog.regclass
+                               AND t.{pk} = j.key::{pk_type}
+                               AND t.{col} IS NOT DISTINCT FROM j.new_tenant
+                         RETURNING 1)
+                 SELECT count(*) FROM u"
+            ),
+            None,
+            &[run_id.into(), table.as_str().into()],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("reverting a table")
+        .unwrap_or(0);
+    let journaled: i64 = c
+        .select(
+            "SELECT COALESCE(sum(cardinality(keys)), 0)::bigint FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass",
+            Some(1),
+            &[run_id.into(), table.as_str().into()],
+        )
+        .and_then(|t| t.first().get_one())
+        .or_raise("counting the journal")
+        .unwrap_or(0);
+    (table, reverted, journaled - reverted)
+}
+
 /// Put back the tenant values a migration run journaled, exactly: each row whose
 /// tenant is still the one the run wrote gets its old value back; rows changed since
 /// are left alone and counted. Drops NOT NULL first where old values were NULL.
@@ -666,174 +848,24 @@ fn revert_run(
     ),
 > {
     let rows = Spi::connect_mut(|c| {
-        let status: Option<String> = c
-            .select(
-                "SELECT status FROM vital_tenancy.migration_runs WHERE run_id = $1",
-                Some(1),
-                &[run_id.into()],
-            )
-            .and_then(|t| {
-                if t.is_empty() {
-                    Ok(None)
-                } else {
-                    t.first().get_one()
-                }
-            })
-            .or_raise("reading the run");
-        match status.as_deref() {
-            None => raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("migration run {run_id} does not exist"),
-            ),
-            Some("reverted") => {
-                notice(&format!(
-                    "migration run {run_id} was already reverted; nothing to do"
-                ));
-                return Vec::new();
-            }
-            Some("running") => raise_full(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("migration run {run_id} is still running"),
-                None,
-                Some(
-                    "Finish it (CALL the same backfill again) or let it fail before reverting."
-                        .into(),
-                ),
-            ),
-            Some(_) => {}
+        if !revertible(c, run_id) {
+            return Vec::new();
         }
-        // A table dropped since (its regclass is a bare OID now) has nothing to put
-        // back: it is reported with what was journaled for it, the others reverted.
-        let steps: Vec<(String, String, bool)> = c
-            .select(
-                "SELECT s.tbl::pg_catalog.text, s.tenant_column::text,
-                        EXISTS (SELECT 1 FROM pg_catalog.pg_class k WHERE k.oid = s.tbl)
-                   FROM vital_tenancy.migration_steps s
-                  WHERE s.run_id = $1 ORDER BY s.started_at DESC, s.tbl::pg_catalog.text",
-                None,
-                &[run_id.into()],
-            )
-            .or_raise("reading the run's steps")
-            .map(|r| {
-                (
-                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    r.get::<String>(2).ok().flatten().unwrap_or_default(),
-                    r.get::<bool>(3).ok().flatten().unwrap_or(false),
-                )
-            })
-            .collect();
-        // Putting tenants back is not an application write: as in backfill, the
-        // tables' triggers (updated_at stamps, audit) do not fire, when allowed.
-        let replica: bool = c
-            .select(
-                "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
-                Some(1),
-                &[],
-            )
-            .and_then(|t| t.first().get_one())
-            .or_raise("checking the role")
-            .unwrap_or(false);
-        let prior_role: Option<String> = c
-            .select(
-                "SELECT pg_catalog.current_setting('session_replication_role')",
-                Some(1),
-                &[],
-            )
-            .and_then(|t| t.first().get_one())
-            .or_raise("reading session_replication_role");
-        if replica {
-            c.update(
-                "SELECT pg_catalog.set_config('session_replication_role', 'replica', true)",
-                None,
-                &[],
-            )
-            .or_raise("setting session_replication_role");
-        }
+        let steps = revert_steps(c, run_id);
+        let restore = triggers_off(c);
         let mut out = Vec::new();
         for (table, column, exists) in steps {
-            if !exists {
-                let journaled: i64 = c
-                    .select(
-                        "SELECT COALESCE(sum(cardinality(keys)), 0)::bigint FROM vital_tenancy.migration_journal_batches
-                          WHERE run_id = $1 AND tbl::pg_catalog.oid::pg_catalog.text = $2",
-                        Some(1),
-                        &[run_id.into(), table.as_str().into()],
-                    )
-                    .and_then(|t| t.first().get_one())
-                    .or_raise("counting the journal")
-                    .unwrap_or(0);
-                notice(&format!(
-                    "table with OID {table} was dropped since run {run_id}: its {journaled} journaled rows are gone"
-                ));
-                out.push((format!("(dropped table {table})"), 0, journaled));
-                continue;
-            }
-            let oid: pg_sys::Oid = c
-                .select(
-                    "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
-                    Some(1),
-                    &[table.as_str().into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("resolving a table")
-                .unwrap_or(pg_sys::InvalidOid);
-            let (pk, pk_type) = primary_key(c, oid, &table);
-            let col = quote_ident(&column);
-            let needs_null: bool = c
-                .select(
-                    "SELECT EXISTS (SELECT 1 FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass
-                                   AND old_tenant IS NULL)
-                        AND (SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = $2::pg_catalog.regclass AND attname = $3)",
-                    Some(1),
-                    &[run_id.into(), table.as_str().into(), column.as_str().into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("checking NOT NULL")
-                .unwrap_or(false);
-            if needs_null {
-                c.update(
-                    &format!("ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"),
-                    None,
-                    &[],
-                )
-                .or_raise("dropping NOT NULL");
-                notice(&format!(
-                    "{table}.{column}: NOT NULL dropped to restore the pre-migration NULLs"
-                ));
-            }
-            let reverted: i64 = c
-                .update(
-                    &format!(
-                        "WITH u AS (UPDATE {table} t SET {col} = j.old_tenant
-                                      FROM vital_tenancy.migration_journal j
-                                     WHERE j.run_id = $1 AND j.tbl = $2::pg_catalog.regclass
-                                       AND t.{pk} = j.key::{pk_type}
-                                       AND t.{col} IS NOT DISTINCT FROM j.new_tenant
-                                 RETURNING 1)
-                         SELECT count(*) FROM u"
-                    ),
-                    None,
-                    &[run_id.into(), table.as_str().into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("reverting a table")
-                .unwrap_or(0);
-            let journaled: i64 = c
-                .select(
-                    "SELECT COALESCE(sum(cardinality(keys)), 0)::bigint FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass",
-                    Some(1),
-                    &[run_id.into(), table.as_str().into()],
-                )
-                .and_then(|t| t.first().get_one())
-                .or_raise("counting the journal")
-                .unwrap_or(0);
-            out.push((table, reverted, journaled - reverted));
+            out.push(if exists {
+                revert_table(c, run_id, table, &column)
+            } else {
+                revert_dropped(c, run_id, &table)
+            });
         }
-        if replica {
+        if let Some(role) = restore {
             c.update(
                 "SELECT pg_catalog.set_config('session_replication_role', $1, true)",
                 None,
-                &[prior_role.unwrap_or_else(|| "origin".into()).into()],
+                &[role.into()],
             )
             .or_raise("restoring session_replication_role");
         }
