@@ -104,6 +104,7 @@ fn ensure_tenants(
                 id: uuid_of(spec),
                 name: spec.name.into(),
                 slug: spec.slug.into(),
+                keyed_extra: true,
             };
             out.push(ensure_one(
                 client,
@@ -456,6 +457,7 @@ fn add_tenant(
             id,
             name: name.into(),
             slug: slug.into(),
+            keyed_extra: false,
         };
         let row = plan.row_for_new(&id.to_string(), name, slug);
         let (id, _, _, action, detail) = ensure_one(client, &table, &columns, &checks, &new, row);
@@ -476,6 +478,9 @@ struct NewTenant {
     id: Uuid,
     name: String,
     slug: String,
+    /// `extra` may key values by slug (ensure_tenants), or holds this tenant's only
+    /// (add_tenant): what the hints of a refused row say.
+    keyed_extra: bool,
 }
 
 /// Create one tenant with the values of `row` unless a row with its id exists.
@@ -553,9 +558,9 @@ fn ensure_one(
         );
     }
 
-    check_required(table, columns, &row, &spec.slug);
+    check_required(table, columns, &row, spec);
     let row_json = JsonB(Value::Object(row.clone()));
-    check_constraints(client, table, checks, &row_json, &spec.slug);
+    check_constraints(client, table, checks, &row_json, spec);
 
     let cols: Vec<String> = row.keys().map(|k| quote_ident(k)).collect();
     let select: Vec<String> = cols.iter().map(|c| format!("r.{c}")).collect();
@@ -582,7 +587,13 @@ fn ensure_one(
 
 /// A NOT NULL column without default that `extra` leaves empty would fail the insert
 /// with a message that does not say how to fix it: say it here.
-fn check_required(table: &QualifiedName, columns: &[Column], row: &Map<String, Value>, slug: &str) {
+fn check_required(
+    table: &QualifiedName,
+    columns: &[Column],
+    row: &Map<String, Value>,
+    spec: &NewTenant,
+) {
+    let slug = &spec.slug;
     for col in columns.iter().filter(|c| c.not_null && !c.has_default) {
         if row.get(&col.name).is_none_or(Value::is_null) {
             raise_full(
@@ -592,10 +603,14 @@ fn check_required(table: &QualifiedName, columns: &[Column], row: &Map<String, V
                     slug, col.name
                 ),
                 None,
-                Some(format!(
-                    "Pass a value in extra: '{{\"{0}\": ...}}' (ensure_tenants() also takes it for one tenant: '{{\"{1}\": {{\"{0}\": ...}}}}').",
-                    col.name, slug
-                )),
+                Some(if spec.keyed_extra {
+                    format!(
+                        "Pass a value in extra, for every tenant ('{{\"{0}\": ...}}') or for this one ('{{\"{1}\": {{\"{0}\": ...}}}}').",
+                        col.name, slug
+                    )
+                } else {
+                    format!("Pass a value in extra: '{{\"{}\": ...}}'.", col.name)
+                }),
             );
         }
     }
@@ -608,8 +623,9 @@ fn check_constraints(
     table: &QualifiedName,
     checks: &[Check],
     row: &JsonB,
-    slug: &str,
+    spec: &NewTenant,
 ) {
+    let slug = &spec.slug;
     for check in checks {
         // The expression comes from the catalog (pg_get_expr), never from user input.
         let ok: Option<bool> = client
@@ -632,7 +648,11 @@ fn check_constraints(
                     slug, check.columns, check.name
                 ),
                 Some(format!("The constraint is CHECK ({}).", check.expr)),
-                Some("Pass a valid value in extra, for every tenant or keyed by slug.".into()),
+                Some(if spec.keyed_extra {
+                    "Pass a valid value in extra, for every tenant or keyed by slug.".into()
+                } else {
+                    "Pass a valid value in extra.".into()
+                }),
             );
         }
     }

@@ -95,11 +95,11 @@ impl fmt::Display for ExtraError {
             ),
             ExtraError::Reserved { column, tenant: None } => write!(
                 f,
-                "extra may not set column \"{column}\": id, name and slug come from their own arguments"
+                "extra may not set column \"{column}\": id, name and slug are not extra values"
             ),
             ExtraError::Reserved { column, tenant: Some(t) } => write!(
                 f,
-                "extra key \"{t}\" may not set column \"{column}\": id, name and slug come from their own arguments"
+                "extra key \"{t}\" may not set column \"{column}\": id, name and slug are not extra values"
             ),
         }
     }
