@@ -24,6 +24,16 @@ pub(crate) fn value<T: FromDatum + IntoDatum>(
         .or_raise("reading the catalog")
 }
 
+/// Whether the citus extension is installed in this database.
+pub(crate) fn citus_installed(c: &SpiClient<'_>) -> bool {
+    value::<bool>(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
+        &[],
+    )
+    .unwrap_or(false)
+}
+
 /// A table's name as SQL text (regclass output: quoted, and schema-qualified under
 /// the pinned search_path of every function).
 pub(crate) fn table_name(c: &SpiClient<'_>, oid: pg_sys::Oid) -> String {

@@ -488,16 +488,7 @@ fn citus_readiness(
         // Once distributed: every shard placement whose policies do not hold the
         // boundary, or differ from its table's, is a blocker too; putting the table's
         // policies in the Citus shape again re-creates them on every shard.
-        let distributed = one::<bool>(
-            c,
-            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
-                AND pg_catalog.to_regprocedure('vital_tenancy.policy_fingerprint(regclass)') IS NOT NULL",
-            &[],
-        )
-        .unwrap_or(false)
-            && one::<bool>(c, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition)", &[])
-                .unwrap_or(false);
-        if distributed {
+        if has_placements_to_check(c) {
             for (table, placement, problem) in boundary_status(c) {
                 let Some(problem) = problem else { continue };
                 // Only the tables of the schemas asked about.
@@ -647,12 +638,7 @@ fn prepare_for_citus(
 #[search_path(pg_catalog, pg_temp)]
 fn distribute_all() -> TableIterator<'static, (name!(table_name, String), name!(action, String))> {
     let rows = Spi::connect_mut(|c| {
-        let citus: bool = one(
-            c,
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
-            &[],
-        )
-        .unwrap_or(false);
+        let citus = crate::catalog::citus_installed(c);
         if !citus {
             raise_full(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -854,8 +840,25 @@ fn citus_boundary_status() -> TableIterator<
     TableIterator::new(Spi::connect(boundary_status))
 }
 
-/// (table, placement, problem) for `citus_boundary_status()` and `citus_readiness()`.
-fn boundary_status(c: &SpiClient<'_>) -> Vec<(String, String, Option<String>)> {
+/// Whether there are shard placements whose boundary `boundary_status()` can check:
+/// Citus with distributed tables, and the 0.2.0 functions it runs on them (absent from
+/// a 0.1.0 schema that calls this library).
+pub(crate) fn has_placements_to_check(c: &SpiClient<'_>) -> bool {
+    one::<bool>(
+        c,
+        "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
+            AND pg_catalog.to_regprocedure('vital_tenancy.policy_fingerprint(regclass)') IS NOT NULL
+            AND pg_catalog.to_regprocedure('vital_tenancy.boundary_problems(regclass, text)') IS NOT NULL",
+        &[],
+    )
+    .unwrap_or(false)
+        && one::<bool>(c, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition)", &[])
+            .unwrap_or(false)
+}
+
+/// (table, placement, problem) for `citus_boundary_status()`, `citus_readiness()` and
+/// `health()`.
+pub(crate) fn boundary_status(c: &SpiClient<'_>) -> Vec<(String, String, Option<String>)> {
     {
         let tables: Vec<(String, String)> = c
             .select(
@@ -875,12 +878,7 @@ fn boundary_status(c: &SpiClient<'_>) -> Vec<(String, String, Option<String>)> {
                 )
             })
             .collect();
-        let citus: bool = one(
-            c,
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')",
-            &[],
-        )
-        .unwrap_or(false);
+        let citus = crate::catalog::citus_installed(c);
 
         let mut out = Vec::new();
         for (table, column) in tables {

@@ -286,14 +286,17 @@ pub(crate) fn tenant_exists(table: &str, id: [u8; 16]) -> bool {
     })
 }
 
-/// The tenants table's status column, quoted, when it has the configured one
-/// (setting `status_column`, default `status`; an empty value turns statuses off).
-pub(crate) fn status_column_sql(c: &pgrx::spi::SpiClient<'_>, table: &str) -> Option<String> {
+/// The tenants table's status column, quoted, when statuses are honoured and it has
+/// the configured one (setting `status_column`, default `status`; an empty value turns
+/// statuses off). Statuses are honoured from 0.2.0 on: a 0.1.0 schema not yet updated
+/// (no `tenant_statuses` table) keeps 0.1.0's behaviour, every registered tenant works.
+fn status_column_sql(c: &pgrx::spi::SpiClient<'_>, table: &str) -> Option<String> {
     crate::catalog::value::<String>(
         c,
         "SELECT pg_catalog.quote_ident(a.attname)
            FROM pg_catalog.pg_attribute a
-          WHERE a.attrelid = $1::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
+          WHERE pg_catalog.to_regclass('vital_tenancy.tenant_statuses') IS NOT NULL
+            AND a.attrelid = $1::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
             AND a.attname = COALESCE((SELECT value FROM vital_tenancy.settings WHERE name = 'status_column'), 'status')",
         &[table.into()],
     )
@@ -314,19 +317,7 @@ pub(crate) fn tenant_access(table: &str, ids: &[[u8; 16]]) -> Vec<TenantAccess> 
     let relation = registry_relation(table);
     let ids: Vec<Uuid> = ids.iter().map(|b| Uuid::from_bytes(*b)).collect();
     Spi::connect(|c| {
-        // Statuses are honoured from 0.2.0 on: a 0.1.0 schema not yet updated (no
-        // overrides table) keeps 0.1.0's behaviour, every registered tenant works.
-        let honoured = crate::catalog::value::<bool>(
-            c,
-            "SELECT pg_catalog.to_regclass('vital_tenancy.tenant_statuses') IS NOT NULL",
-            &[],
-        )
-        .unwrap_or(false);
-        let column = if honoured {
-            status_column_sql(c, table)
-        } else {
-            None
-        };
+        let column = status_column_sql(c, table);
         let sql = match column {
             Some(col) => format!(
                 "SELECT t.id, t.{col}::pg_catalog.text, o.access FROM {relation} t

@@ -104,14 +104,7 @@ fn tenant_status() -> TableIterator<
 /// On a Citus coordinator, run `sql` on every worker too (the policies of the shards
 /// read the extension's settings there); nothing elsewhere.
 fn on_workers(c: &mut SpiClient<'_>, sql: &str) {
-    let citus: bool = crate::catalog::value(
-        c,
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus')
-                AND pg_catalog.to_regclass('pg_catalog.pg_dist_node') IS NOT NULL",
-        &[],
-    )
-    .unwrap_or(false);
-    if !citus {
+    if !crate::catalog::citus_installed(c) {
         return;
     }
     let failed: Option<String> = crate::catalog::value(

@@ -498,23 +498,18 @@ fn health() -> JsonB {
             "SELECT COALESCE((SELECT pg_catalog.to_jsonb(r) FROM vital_tenancy.migration_runs r ORDER BY run_id DESC LIMIT 1), 'null')",
         );
         // On a Citus coordinator with distributed tables: every shard placement must
-        // hold the boundary (citus_boundary_status(); absent from a 0.1.0 schema).
-        let distributed = crate::catalog::value::<bool>(
-            c,
-            "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
-                AND pg_catalog.to_regprocedure('vital_tenancy.citus_boundary_status()') IS NOT NULL",
-            &[],
-        )
-        .unwrap_or(false)
-            && crate::catalog::value::<bool>(c, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition)", &[])
-                .unwrap_or(false);
-        let citus = if distributed {
-            one(
-                "SELECT pg_catalog.jsonb_build_object('placements', count(*),
-                        'problems', COALESCE(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                            'table', table_name, 'placement', placement, 'problem', problem)) FILTER (WHERE problem IS NOT NULL), '[]'))
-                   FROM vital_tenancy.citus_boundary_status()",
-            )
+        // hold the boundary (what citus_boundary_status() reports).
+        let citus = if crate::citus::has_placements_to_check(c) {
+            let placements = crate::citus::boundary_status(c);
+            let problems: Vec<Value> = placements
+                .iter()
+                .filter_map(|(table, placement, problem)| {
+                    problem
+                        .as_ref()
+                        .map(|p| json!({"table": table, "placement": placement, "problem": p}))
+                })
+                .collect();
+            json!({"placements": placements.len(), "problems": problems})
         } else {
             Value::Null
         };

@@ -52,6 +52,26 @@ struct Column {
     generated: bool,
 }
 
+/// `extra` read into a plan by `parse`: 22004 when NULL, 22023 when refused.
+fn extra_plan(
+    extra: Option<crate::catalog::JsonArg>,
+    parse: fn(&Value) -> Result<ExtraPlan, crate::logic::tenants::ExtraError>,
+) -> ExtraPlan {
+    let Some(crate::catalog::JsonArg(extra)) = extra else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "extra must not be NULL; pass '{}' for no extra column values",
+        )
+    };
+    match parse(&extra) {
+        Ok(p) => p,
+        Err(e) => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            e.to_string(),
+        ),
+    }
+}
+
 /// Make sure the three tenants exist in the application's tenants table, creating the
 /// table if needed. Never changes an existing row. Returns what it did per tenant.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -79,19 +99,7 @@ fn ensure_tenants(
         Ok(t) => t,
         Err(e) => raise(PgSqlErrorCode::ERRCODE_INVALID_NAME, e.to_string()),
     };
-    let Some(crate::catalog::JsonArg(extra)) = extra else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "extra must not be NULL; pass '{}' for no extra column values",
-        )
-    };
-    let plan = match ExtraPlan::parse(&extra) {
-        Ok(p) => p,
-        Err(e) => raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            e.to_string(),
-        ),
-    };
+    let plan = extra_plan(extra, ExtraPlan::parse);
 
     let rows = Spi::connect_mut(|client| {
         let relid = resolve_or_create(client, &table);
@@ -403,19 +411,7 @@ fn add_tenant(
             );
         }
     }
-    let Some(crate::catalog::JsonArg(extra)) = extra else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "extra must not be NULL; pass '{}' for no extra column values",
-        )
-    };
-    let plan = match ExtraPlan::single(&extra) {
-        Ok(p) => p,
-        Err(e) => raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            e.to_string(),
-        ),
-    };
+    let plan = extra_plan(extra, ExtraPlan::single);
     Spi::connect_mut(|client| {
         let text = crate::catalog::require_tenants_table(client);
         let table = match parse_qualified(&text) {

@@ -561,6 +561,11 @@ fn a_tenant_exported_deleted_and_imported_elsewhere_comes_back_row_for_row() {
             "22023",
             "Platform",
         ),
+        (
+            format!("SELECT * FROM vital_tenancy.import_tenant(NULL, '{DH}')"),
+            "22004",
+            "source",
+        ),
     ] {
         let m = message(b.batch_execute(&sql).map(|_| ()));
         assert_eq!(
@@ -571,6 +576,22 @@ fn a_tenant_exported_deleted_and_imported_elsewhere_comes_back_row_for_row() {
         assert!(m.contains(needle), "{sql}: {m}");
     }
     assert_eq!(tenant_sums(&mut b, DH), dh_a);
+
+    // Tenant tables whose foreign keys form a cycle: no children-first order exists,
+    // so the plan (and the deletion) is refused, naming them.
+    b.batch_execute(
+        "CREATE TABLE public.lc_a (id int PRIMARY KEY, b_id int, tenant_id uuid NOT NULL);
+         CREATE TABLE public.lc_b (id int PRIMARY KEY, a_id int REFERENCES public.lc_a (id), tenant_id uuid NOT NULL);
+         ALTER TABLE public.lc_a ADD FOREIGN KEY (b_id) REFERENCES public.lc_b (id);",
+    )
+    .unwrap();
+    let sql = format!("SELECT * FROM vital_tenancy.tenant_deletion_plan('{DH}')");
+    let m = message(b.query(&sql, &[]));
+    assert_eq!(sqlstate(b.query(&sql, &[])), "0A000", "{m}");
+    assert!(
+        m.contains("public.lc_a") && m.contains("public.lc_b"),
+        "{m}"
+    );
 }
 
 /// A cluster that preloads pg_cron and vital_tenancy (scripts/lib.sh's
