@@ -47,7 +47,13 @@ vt_install_deps() {
 # Build and install the extension into the server's directories.
 vt_install_extension() {
   log "cargo pgrx install ($*)"
-  (cd "${VT_ROOT}" && cargo pgrx install --pg-config "${VT_PG_CONFIG}" "$@")
+  (cd "${VT_ROOT}" && cargo pgrx install --pg-config "${VT_PG_CONFIG}" "$@") && vt_install_version_controls
+}
+
+# The per-version control files (sql/vital_tenancy--<version>.control), which cargo pgrx
+# install does not copy: ALTER EXTENSION UPDATE from 0.1.0 needs them.
+vt_install_version_controls() {
+  install -m 644 "${VT_ROOT}"/sql/vital_tenancy--*.control "$(${VT_PG_CONFIG} --sharedir)/extension/"
 }
 
 # Start (or reuse) a private cluster: vt_cluster_start NAME PORT.

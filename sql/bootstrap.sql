@@ -1,53 +1,73 @@
 -- vital_tenancy bootstrap: runs before any generated function.
--- Everything here lands in schema vital_tenancy (the control file pins it).
+-- Everything lands in schema vital_tenancy, which this script creates as a member of
+-- the extension: DROP EXTENSION drops it. The extension's own schema (CREATE EXTENSION
+-- ... SCHEMA, by default the first of search_path) holds nothing. Where that schema is
+-- an existing schema named vital_tenancy (a dump of a 0.1.0 database restored:
+-- CREATE EXTENSION ... WITH SCHEMA vital_tenancy), the objects go into it as in 0.1.0
+-- and DROP EXTENSION leaves it, empty.
+DO $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'vital_tenancy') THEN
+    IF (SELECT e.extnamespace FROM pg_catalog.pg_extension e WHERE e.extname = 'vital_tenancy')
+       IS DISTINCT FROM 'vital_tenancy'::regnamespace THEN
+      RAISE EXCEPTION USING ERRCODE = '42P06',
+        MESSAGE = 'schema "vital_tenancy" already exists',
+        HINT = 'If it is empty (DROP EXTENSION of 0.1.0 leaves it), DROP SCHEMA vital_tenancy and create the extension again.';
+    END IF;
+  ELSE
+    CREATE SCHEMA vital_tenancy;
+  END IF;
+END $$;
+-- Unqualified names in the generated part of this script are the extension's.
+SET LOCAL search_path = vital_tenancy, pg_catalog;
 
 -- Generated RLS policies call functions of this schema as ordinary roles.
-GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+GRANT USAGE ON SCHEMA vital_tenancy TO PUBLIC;
 
 -- Extension settings, e.g. which table is the application's tenants table
 -- (recorded by ensure_tenants). Kept by pg_dump.
-CREATE TABLE @extschema@.settings (
+CREATE TABLE vital_tenancy.settings (
     name       text PRIMARY KEY,
     value      text NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE @extschema@.settings IS
+COMMENT ON TABLE vital_tenancy.settings IS
     'vital_tenancy settings (name -> value); tenants_table is recorded by ensure_tenants()';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.settings', '');
-GRANT SELECT ON @extschema@.settings TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.settings', '');
+GRANT SELECT ON vital_tenancy.settings TO PUBLIC;
 
 -- Which user belongs to which tenant: the default membership table that tenant
 -- context checks an x-tenant-id header against. Kept by pg_dump. Not readable by
 -- PUBLIC: memberships are looked up by the extension, not by applications.
-CREATE TABLE @extschema@.tenant_members (
+CREATE TABLE vital_tenancy.tenant_members (
     user_id    uuid NOT NULL,
     tenant_id  uuid NOT NULL,
     role       text NOT NULL DEFAULT 'member',
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, tenant_id)
 );
-CREATE INDEX tenant_members_tenant_idx ON @extschema@.tenant_members (tenant_id);
-COMMENT ON TABLE @extschema@.tenant_members IS
+CREATE INDEX tenant_members_tenant_idx ON vital_tenancy.tenant_members (tenant_id);
+COMMENT ON TABLE vital_tenancy.tenant_members IS
     'Tenant memberships (user_id, tenant_id, role): who may select a tenant with the x-tenant-id header';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_members', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_members', '');
 
 -- Classification rules per kind (prompt, knowledge, agent); no row = built-in rules.
 -- Written with set_rules()/reset_rules(); kept by pg_dump; readable by every role
 -- because the classifiers read it (once per backend per change) as the caller.
-CREATE TABLE @extschema@.classification_rules (
+CREATE TABLE vital_tenancy.classification_rules (
     kind       text PRIMARY KEY CHECK (kind IN ('prompt', 'knowledge', 'agent')),
     rules      jsonb NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     updated_by name NOT NULL DEFAULT CURRENT_USER
 );
-COMMENT ON TABLE @extschema@.classification_rules IS
+COMMENT ON TABLE vital_tenancy.classification_rules IS
     'Tenant classification rules per kind, replacing the built-in ones; use set_rules()/reset_rules()';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.classification_rules', '');
-GRANT SELECT ON @extschema@.classification_rules TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.classification_rules', '');
+GRANT SELECT ON vital_tenancy.classification_rules TO PUBLIC;
 
 -- Tables under tenant RLS, with what enable_tenant_rls() found there before, so that
 -- disable_tenant_rls() can undo exactly what it did. Kept by pg_dump.
-CREATE TABLE @extschema@.rls_tables (
+CREATE TABLE vital_tenancy.rls_tables (
     tbl             regclass PRIMARY KEY,
     tenant_column   name NOT NULL,
     shared          boolean NOT NULL,
@@ -58,13 +78,13 @@ CREATE TABLE @extschema@.rls_tables (
     enabled_at      timestamptz NOT NULL DEFAULT now(),
     policy_shape    text NOT NULL DEFAULT 'restrictive' CHECK (policy_shape IN ('restrictive', 'citus'))
 );
-COMMENT ON TABLE @extschema@.rls_tables IS
+COMMENT ON TABLE vital_tenancy.rls_tables IS
     'Tables under vital_tenancy tenant RLS and their state before enable_tenant_rls()';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.rls_tables', '');
-COMMENT ON COLUMN @extschema@.rls_tables.policy_shape IS
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.rls_tables', '');
+COMMENT ON COLUMN vital_tenancy.rls_tables.policy_shape IS
     'restrictive: the boundary as RESTRICTIVE policies with a per-statement sub-select; citus: every policy PERMISSIVE with the boundary folded in, no sub-select (citus_safe_policies())';
 
-CREATE TABLE @extschema@.originals (
+CREATE TABLE vital_tenancy.originals (
     tbl         regclass NOT NULL,
     kind        text NOT NULL CHECK (kind IN ('policy', 'foreign key', 'trigger')),
     name        name NOT NULL,
@@ -74,24 +94,24 @@ CREATE TABLE @extschema@.originals (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tbl, kind, name)
 );
-COMMENT ON TABLE @extschema@.originals IS
+COMMENT ON TABLE vital_tenancy.originals IS
     'The application''s objects as they were before the extension changed them for Citus: policies the tenant boundary was folded into or that were set aside (citus_safe_policies()), foreign keys and triggers migration 008 set aside; each with its original definition and why';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.originals', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.originals', '');
 
 -- What a tenant's registry status allows, where the DBA overrides the built-in
 -- meaning (active: read-write; suspended, archived: read-only; pending, deleted:
 -- none) or names a status of their own. Read by the policy functions once per
 -- statement; only overrides are stored, so pg_dump keeps exactly the DBA's rows.
-CREATE TABLE @extschema@.tenant_statuses (
+CREATE TABLE vital_tenancy.tenant_statuses (
     status text PRIMARY KEY,
     access text NOT NULL CHECK (access IN ('read-write', 'read-only', 'none'))
 );
-COMMENT ON TABLE @extschema@.tenant_statuses IS
+COMMENT ON TABLE vital_tenancy.tenant_statuses IS
     'Overrides of what a tenant status allows (read-write, read-only, none); statuses not listed keep their built-in meaning, unknown ones give none (set_status_access())';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_statuses', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_statuses', '');
 
 -- The journal of delete_tenant: one row per committed batch.
-CREATE TABLE @extschema@.tenant_deletions (
+CREATE TABLE vital_tenancy.tenant_deletions (
     id         bigserial PRIMARY KEY,
     tenant     uuid NOT NULL,
     table_name text NOT NULL,
@@ -99,11 +119,11 @@ CREATE TABLE @extschema@.tenant_deletions (
     rows       bigint NOT NULL,
     done_at    timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX ON @extschema@.tenant_deletions (tenant, table_name);
-COMMENT ON TABLE @extschema@.tenant_deletions IS
+CREATE INDEX ON vital_tenancy.tenant_deletions (tenant, table_name);
+COMMENT ON TABLE vital_tenancy.tenant_deletions IS
     'Journal of delete_tenant(): every committed batch (tenant, table, batch number, rows deleted)';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_deletions', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_deletions_id_seq', '');
 
 -- The platform-admin role: its members read and write every tenant's rows through
 -- their own policy. Roles are cluster-wide, so it outlives DROP EXTENSION.
@@ -139,20 +159,20 @@ END $$;
 
 -- Migration bookkeeping. All kept by pg_dump.
 -- A named migration run (e.g. 'vital-multi-tenant', migrations 003 and 004).
-CREATE TABLE @extschema@.migration_runs (
+CREATE TABLE vital_tenancy.migration_runs (
     run_id      bigserial PRIMARY KEY,
     name        text NOT NULL,
     status      text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'completed', 'failed', 'reverted')),
     started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz
 );
-CREATE INDEX migration_runs_name_idx ON @extschema@.migration_runs (name, run_id);
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_runs', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_runs_run_id_seq', '');
+CREATE INDEX migration_runs_name_idx ON vital_tenancy.migration_runs (name, run_id);
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_runs_run_id_seq', '');
 
 -- One backfill of one table within a run: its checkpoint, so a crash resumes.
-CREATE TABLE @extschema@.migration_steps (
-    run_id        bigint NOT NULL REFERENCES @extschema@.migration_runs ON DELETE CASCADE,
+CREATE TABLE vital_tenancy.migration_steps (
+    run_id        bigint NOT NULL REFERENCES vital_tenancy.migration_runs ON DELETE CASCADE,
     tbl           regclass NOT NULL,
     tenant_column name NOT NULL,
     classifier    text NOT NULL,
@@ -179,14 +199,14 @@ CREATE TABLE @extschema@.migration_steps (
     column_added_at timestamptz,
     PRIMARY KEY (run_id, tbl, tenant_column)
 );
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_steps', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_steps', '');
 
 -- The journal: what revert_run() puts back. A batch writes one row per distinct
 -- (old tenant, new tenant) pair it made, holding the keys of those rows as an array
 -- (a handful of rows per batch of thousands); read through the view
 -- migration_journal, one row per changed row. The key arrays are compressed with
 -- lz4 where the server has it (several times faster to write than pglz).
-CREATE TABLE @extschema@.migration_journal_batches (
+CREATE TABLE vital_tenancy.migration_journal_batches (
     batch_id    bigserial PRIMARY KEY,
     run_id      bigint NOT NULL,
     tbl         regclass NOT NULL,
@@ -197,22 +217,22 @@ CREATE TABLE @extschema@.migration_journal_batches (
 );
 DO $lz4$
 BEGIN
-    ALTER TABLE @extschema@.migration_journal_batches ALTER COLUMN keys SET COMPRESSION lz4;
+    ALTER TABLE vital_tenancy.migration_journal_batches ALTER COLUMN keys SET COMPRESSION lz4;
 EXCEPTION WHEN feature_not_supported THEN
     NULL; -- a server built without lz4 keeps the default (pglz)
 END
 $lz4$;
-CREATE INDEX migration_journal_batches_run_idx ON @extschema@.migration_journal_batches (run_id, tbl);
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_journal_batches', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_journal_batches_batch_id_seq', '');
-CREATE VIEW @extschema@.migration_journal AS
+CREATE INDEX migration_journal_batches_run_idx ON vital_tenancy.migration_journal_batches (run_id, tbl);
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_journal_batches', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_journal_batches_batch_id_seq', '');
+CREATE VIEW vital_tenancy.migration_journal AS
 SELECT b.run_id, b.tbl, k.key, b.old_tenant, b.new_tenant, b.changed_at
-  FROM @extschema@.migration_journal_batches b, unnest(b.keys) AS k(key);
-COMMENT ON VIEW @extschema@.migration_journal IS
+  FROM vital_tenancy.migration_journal_batches b, unnest(b.keys) AS k(key);
+COMMENT ON VIEW vital_tenancy.migration_journal IS
     'One row per row a backfill changed: run, table, key, old and new tenant (what revert_run puts back)';
 
 -- The plan's migration_metrics (Phase 8.1).
-CREATE TABLE @extschema@.migration_metrics (
+CREATE TABLE vital_tenancy.migration_metrics (
     id                bigserial PRIMARY KEY,
     migration_name    text NOT NULL,
     phase             text NOT NULL,
@@ -222,11 +242,11 @@ CREATE TABLE @extschema@.migration_metrics (
     error_message     text,
     created_at        timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_metrics', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_metrics_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_metrics_id_seq', '');
 
 -- Every DDL step the toolkit ran (or retried).
-CREATE TABLE @extschema@.migration_log (
+CREATE TABLE vital_tenancy.migration_log (
     id       bigserial PRIMARY KEY,
     at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     tbl      text,
@@ -234,26 +254,26 @@ CREATE TABLE @extschema@.migration_log (
     detail   text,
     attempts integer NOT NULL DEFAULT 1
 );
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_log', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.migration_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_log', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_log_id_seq', '');
 
 -- Row counts per table under a label (000 takes 'pre_migration', 005 'post_migration').
-CREATE TABLE @extschema@.count_snapshots (
+CREATE TABLE vital_tenancy.count_snapshots (
     label      text NOT NULL,
     table_name text NOT NULL,
     row_count  bigint NOT NULL,
     taken_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (label, table_name)
 );
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.count_snapshots', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.count_snapshots', '');
 
 -- References without a foreign key, declared for the reference checks
 -- (e.g. messages.agent_id, text holding an agent's id or name). Kept by pg_dump.
-CREATE TABLE @extschema@.declared_references (
+CREATE TABLE vital_tenancy.declared_references (
     child          regclass NOT NULL,
     child_column   name NOT NULL,
     parent         regclass NOT NULL,
     parent_columns name[] NOT NULL,
     PRIMARY KEY (child, child_column)
 );
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.declared_references', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.declared_references', '');

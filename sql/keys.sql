@@ -5,7 +5,7 @@
 -- the extension's owner (SECURITY DEFINER), so a tenant's invisible rows count, and the
 -- error is the same whether the parent does not exist or belongs to another tenant:
 -- success vs failure tells nothing about other tenants.
-CREATE FUNCTION @extschema@.tenant_reference_check() RETURNS trigger
+CREATE FUNCTION vital_tenancy.tenant_reference_check() RETURNS trigger
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$

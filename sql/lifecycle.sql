@@ -11,7 +11,7 @@
 -- plan's errors). A row of another tenant that still references one of this
 -- tenant's rows stops the deletion at that table with the foreign-key error
 -- (nothing of that batch is deleted; cross_tenant_references() lists them).
-CREATE PROCEDURE @extschema@.delete_tenant(
+CREATE PROCEDURE vital_tenancy.delete_tenant(
     tenant uuid,
     dry_run boolean DEFAULT true,
     batch_size integer DEFAULT 5000
@@ -32,7 +32,7 @@ BEGIN
         RAISE EXCEPTION 'dry_run must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF dry_run THEN
-        FOR p IN SELECT * FROM @extschema@.tenant_deletion_plan(tenant) ORDER BY step LOOP
+        FOR p IN SELECT * FROM vital_tenancy.tenant_deletion_plan(tenant) ORDER BY step LOOP
             RAISE NOTICE 'step %: % row(s) of % (%)', p.step, p.rows, p.table_name,
                 CASE WHEN p.batched THEN 'batches of ' || batch_size ELSE 'one statement' END;
             v_total := v_total + p.rows;
@@ -41,9 +41,9 @@ BEGIN
             USING HINT = pg_catalog.format('CALL vital_tenancy.delete_tenant(%L, dry_run => false);', tenant);
         RETURN;
     END IF;
-    FOR p IN SELECT * FROM @extschema@.tenant_deletion_plan(tenant) ORDER BY step LOOP
+    FOR p IN SELECT * FROM vital_tenancy.tenant_deletion_plan(tenant) ORDER BY step LOOP
         CONTINUE WHEN p.rows = 0;
-        v_batch := coalesce((SELECT max(d.batch) FROM @extschema@.tenant_deletions d
+        v_batch := coalesce((SELECT max(d.batch) FROM vital_tenancy.tenant_deletions d
                               WHERE d.tenant = delete_tenant.tenant AND d.table_name = p.table_name), 0);
         LOOP
             IF p.batched THEN
@@ -58,7 +58,7 @@ BEGIN
             GET DIAGNOSTICS n = ROW_COUNT;
             EXIT WHEN n = 0;
             v_batch := v_batch + 1;
-            INSERT INTO @extschema@.tenant_deletions (tenant, table_name, batch, rows)
+            INSERT INTO vital_tenancy.tenant_deletions (tenant, table_name, batch, rows)
             VALUES (delete_tenant.tenant, p.table_name, v_batch, n);
             COMMIT;
             v_total := v_total + n;

@@ -6,7 +6,7 @@
 -- Run one DDL statement under lock_timeout, retrying with backoff when the lock is
 -- not granted in time; log each attempt. Each try is a subtransaction, so a timed-out
 -- try leaves nothing behind.
-CREATE FUNCTION @extschema@.run_ddl(
+CREATE FUNCTION vital_tenancy.run_ddl(
     ddl text, step text, tbl text, lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5
 ) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -32,7 +32,7 @@ BEGIN
             EXECUTE ddl;
             -- The caller's lock_timeout again for the rest of its transaction.
             PERFORM set_config('lock_timeout', caller_timeout, true);
-            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
+            INSERT INTO vital_tenancy.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
             IF attempt > retries THEN
@@ -41,7 +41,7 @@ BEGIN
                           DETAIL = ddl,
                           HINT = 'A long transaction holds a lock on the table (see pg_stat_activity / pg_locks); run again when it has finished.';
             END IF;
-            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts)
+            INSERT INTO vital_tenancy.migration_log (tbl, step, detail, attempts)
             VALUES (tbl, step || ' (lock timeout, retrying)', ddl, attempt);
             PERFORM pg_sleep(least(0.1 * 2 ^ attempt, 5));
         END;
@@ -57,7 +57,7 @@ $$;
 -- key: memory is one bound per batch). When few rows are to do (a catch-up after a
 -- run), the keys are collected from a plain scan and sorted, rather than walking the
 -- whole primary key index past rows that already have a tenant.
-CREATE FUNCTION @extschema@.backfill_batches(
+CREATE FUNCTION vital_tenancy.backfill_batches(
     tbl regclass,
     batch_size integer DEFAULT 5000,
     tenant_column text DEFAULT 'tenant_id',
@@ -88,7 +88,7 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     -- Validates the table, its key and the tenant column; quotes the identifiers.
-    plan := @extschema@.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
+    plan := vital_tenancy.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
     IF only_missing AND NOT (plan -> 'column_exists')::boolean THEN
         RAISE EXCEPTION 'column % of table % does not exist', plan ->> 'tenant_column', plan ->> 'table'
             USING ERRCODE = 'undefined_column';
@@ -150,7 +150,7 @@ $$;
 -- are caught up). The batches then rewrite only the rows that classify elsewhere;
 -- the journal still lists every row the run gave a tenant (old value NULL), so
 -- revert_run puts the table back to no tenant anywhere.
-CREATE PROCEDURE @extschema@.backfill(
+CREATE PROCEDURE vital_tenancy.backfill(
     tbl regclass,
     classifier text,
     batch_size integer DEFAULT 5000,
@@ -221,7 +221,7 @@ BEGIN
                      WHEN catch_up IS NULL THEN 'catch_up' WHEN record_rules IS NULL THEN 'record_rules' ELSE 'fire_triggers' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
+    plan := vital_tenancy.backfill_plan(tbl, classifier, options, tenant_column);
     v_metric := run_name || ':' || (plan ->> 'table');
     -- One CALL at a time creates a run of a given name, and starts (or finds the step to
     -- resume of) a given table: a second CALL waits until the first has recorded its step.
@@ -230,7 +230,7 @@ BEGIN
 
     -- The step to resume, if any: the latest unfinished one for this table.
     SELECT s.*, r.name AS run_name INTO st
-      FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+      FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
      WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
        AND s.phase <> 'done' AND r.status = 'running'
      ORDER BY s.run_id DESC LIMIT 1;
@@ -253,7 +253,7 @@ BEGIN
             -- expression itself.
             v_kind := plan ->> 'classifier';
             IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
-                WITH p AS MATERIALIZED (SELECT * FROM @extschema@.preview_classification(v_kind, tbl)),
+                WITH p AS MATERIALIZED (SELECT * FROM vital_tenancy.preview_classification(v_kind, tbl)),
                      g AS (SELECT p.tenant_id, sum(p.row_count)::bigint AS n FROM p GROUP BY 1)
                 SELECT (SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count) FROM p),
                        (SELECT g.tenant_id FROM g ORDER BY g.n DESC, g.tenant_id::text LIMIT 1),
@@ -273,7 +273,7 @@ BEGIN
             END IF;
             v_add := true;
             IF v_todo = 0 THEN
-                PERFORM * FROM @extschema@.add_tenant_column(tbl, tenant_column);
+                PERFORM * FROM vital_tenancy.add_tenant_column(tbl, tenant_column);
                 RAISE NOTICE 'backfill %: no rows; % added', plan ->> 'table', plan ->> 'tenant_column';
                 RETURN;
             END IF;
@@ -281,10 +281,10 @@ BEGIN
             -- Without a tenant to default to (no row the classifier can place), the
             -- column comes without a default and the batches are the usual ones.
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
-              FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, false) b;
+              FROM vital_tenancy.backfill_batches(tbl, batch_size, tenant_column, false) b;
         ELSE
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
-              FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
+              FROM vital_tenancy.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
             IF v_todo = 0 THEN
                 RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
                 RETURN;
@@ -295,48 +295,48 @@ BEGIN
         END IF;
         -- Done earlier in this (still running) run: another catch-up pass of the same step.
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
            AND r.status = 'running' AND r.name = run_name
          ORDER BY s.run_id DESC LIMIT 1;
     END IF;
     IF FOUND AND st.phase = 'done' THEN
-        UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL, next_batch = 0
+        UPDATE vital_tenancy.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL, next_batch = 0
          WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
     END IF;
 
     IF st.run_id IS NULL THEN
-        SELECT run_id INTO v_run FROM @extschema@.migration_runs
+        SELECT run_id INTO v_run FROM vital_tenancy.migration_runs
          WHERE name = run_name AND status = 'running' ORDER BY run_id DESC LIMIT 1;
         IF v_run IS NULL THEN
-            INSERT INTO @extschema@.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
+            INSERT INTO vital_tenancy.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
         END IF;
         v_kind := plan ->> 'classifier';
         IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') AND NOT v_add THEN
             SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count)
-              INTO v_rules FROM @extschema@.preview_classification(v_kind, tbl) p;
+              INTO v_rules FROM vital_tenancy.preview_classification(v_kind, tbl) p;
         END IF;
         IF v_add THEN
             -- Every existing row gets the majority tenant in the catalog (a short
             -- ACCESS EXCLUSIVE lock, under lock_timeout with retries, until the COMMIT
             -- just below), recorded with the step in the same transaction.
-            PERFORM * FROM @extschema@.add_tenant_column(tbl, tenant_column, default_tenant => v_default);
+            PERFORM * FROM vital_tenancy.add_tenant_column(tbl, tenant_column, default_tenant => v_default);
         END IF;
-        INSERT INTO @extschema@.migration_steps
+        INSERT INTO vital_tenancy.migration_steps
                (run_id, tbl, tenant_column, classifier, options, bounds, batch_size, rows_total, phase_rows, rule_counts,
                 default_tenant, column_added_at)
         VALUES (v_run, tbl, tenant_column, classifier, options, v_bounds, batch_size, v_todo, v_todo, v_rules,
                 v_default, CASE WHEN v_add THEN clock_timestamp() END);
-        INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, duration_ms)
+        INSERT INTO vital_tenancy.migration_metrics (migration_name, phase, records_processed, duration_ms)
         VALUES (v_metric, 'snapshot', v_todo,
                 round(extract(epoch FROM clock_timestamp() - t_phase) * 1000));
         COMMIT;
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         IF v_default IS NOT NULL THEN
             RAISE NOTICE 'backfill %: run %, % added with tenant % for the % existing rows (in the catalog); % of them classify elsewhere and are rewritten',
@@ -373,7 +373,7 @@ BEGIN
     LOOP
         -- This CALL owns the step until its batch commits; a second CALL on the same
         -- table waits here and then finds the step moved on without it.
-        SELECT s.phase, s.next_batch INTO chk FROM @extschema@.migration_steps s
+        SELECT s.phase, s.next_batch INTO chk FROM vital_tenancy.migration_steps s
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column FOR UPDATE;
         IF chk.phase IS DISTINCT FROM st.phase OR chk.next_batch IS DISTINCT FROM st.next_batch THEN
             RAISE EXCEPTION 'backfill %: another CALL is running this backfill (run %)', plan ->> 'table', v_run
@@ -382,15 +382,15 @@ BEGIN
         IF st.phase = 'catch_up' AND st.next_batch = 0 THEN
             -- A catch-up phase starts: batches over the rows without a tenant now.
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
-              FROM @extschema@.backfill_batches(tbl, st.batch_size, tenant_column, true) b;
+              FROM vital_tenancy.backfill_batches(tbl, st.batch_size, tenant_column, true) b;
             -- The rows this pass leaves without a tenant are counted as it goes.
-            UPDATE @extschema@.migration_steps s
+            UPDATE vital_tenancy.migration_steps s
                SET bounds = v_bounds, next_batch = 1, last_key = NULL, phase_rows = coalesce(v_todo, 0),
                    rows_total = s.rows_total + coalesce(v_todo, 0), rows_failed = 0
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             COMMIT;
             SELECT s.*, r.name AS run_name INTO st
-              FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+              FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             v_last := NULL;
             CONTINUE;
@@ -432,7 +432,7 @@ BEGIN
                 SELECT (SELECT count(*) FROM f WHERE f.new IS NOT NULL), (SELECT count(*) FROM f WHERE f.new IS NULL),
                        (SELECT count(*) FROM u), (SELECT count(*) FROM x)
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     '@extschema@');
+                     'vital_tenancy');
         ELSIF overwrite THEN
             -- Rows may already have a tenant: read the old value, then update only
             -- rows still holding it (a concurrent change wins; the journal is exact).
@@ -448,7 +448,7 @@ BEGIN
                 SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL),
                        (SELECT count(*) FROM u), (SELECT count(*) FROM x)
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     '@extschema@');
+                     'vital_tenancy');
         ELSE
             -- Only rows without a tenant: the old value is NULL by construction (and
             -- re-checked if a row changes under us). A row the classifier cannot place
@@ -462,7 +462,7 @@ BEGIN
                            RETURNING 1)
                 SELECT (SELECT count(*) FROM u), NULL::bigint, (SELECT count(*) FROM u), NULL::bigint
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     '@extschema@',
+                     'vital_tenancy',
                      CASE WHEN (plan -> 'may_return_null')::boolean
                           THEN format(' AND (%s) IS NOT NULL', plan ->> 'expression') ELSE '' END);
         END IF;
@@ -505,32 +505,32 @@ BEGIN
         END LOOP;
 
         IF n_batch = 0 THEN
-            INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, records_failed, duration_ms)
+            INSERT INTO vital_tenancy.migration_metrics (migration_name, phase, records_processed, records_failed, duration_ms)
             SELECT v_metric, CASE WHEN st.phase = 'queue' THEN 'backfill' ELSE 'catch_up' END,
                    s.rows_done - v_phase_done, s.rows_failed,
                    round(extract(epoch FROM clock_timestamp() - t_phase) * 1000)
-              FROM @extschema@.migration_steps s
+              FROM vital_tenancy.migration_steps s
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             IF st.phase = 'queue' AND catch_up THEN
-                UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, next_batch = 0
+                UPDATE vital_tenancy.migration_steps s SET phase = 'catch_up', last_key = NULL, next_batch = 0
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
                 COMMIT;
                 SELECT s.*, r.name AS run_name INTO st
-                  FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+                  FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
                 v_last := NULL;
                 v_phase_done := st.rows_done;
                 t_phase := clock_timestamp();
                 CONTINUE;
             END IF;
-            UPDATE @extschema@.migration_steps s
+            UPDATE vital_tenancy.migration_steps s
                SET phase = 'done', finished_at = clock_timestamp(), last_key = NULL
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             COMMIT;
             EXIT;
         END IF;
 
-        UPDATE @extschema@.migration_steps s
+        UPDATE vital_tenancy.migration_steps s
            SET last_key = v_next, rows_done = s.rows_done + n_walked,
                next_batch = s.next_batch + 1,
                rows_changed = s.rows_changed + n_changed, rows_failed = s.rows_failed + n_failed,
@@ -539,7 +539,7 @@ BEGIN
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         v_last := v_next;
 
@@ -554,7 +554,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    SELECT s.* INTO st FROM @extschema@.migration_steps s
+    SELECT s.* INTO st FROM vital_tenancy.migration_steps s
      WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
     RAISE NOTICE 'backfill %: done, % rows walked, % given a tenant (% rewritten), % left unclassified',
         plan ->> 'table', st.rows_done, st.rows_changed, st.rows_rewritten, st.rows_failed;

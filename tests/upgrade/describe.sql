@@ -52,7 +52,14 @@ SELECT line FROM (
   UNION ALL
   SELECT format('member %s', pg_describe_object(m.classid, m.objid, 0)) FROM members m
   UNION ALL
-  SELECT format('schema-acl %s', n.nspacl) FROM pg_namespace n, ext WHERE n.oid = ext.extnamespace
+  -- the schema of the objects (pg_extension.extnamespace is only where CREATE EXTENSION
+  -- was pointed, holds nothing and is not compared: pg_catalog after an update from 0.1.0)
+  SELECT format('schema %s owner=%s acl=%s', n.nspname, pg_get_userbyid(n.nspowner), n.nspacl)
+    FROM pg_namespace n WHERE n.nspname = 'vital_tenancy'
+  UNION ALL
+  -- the privileges pg_dump treats as the extension's own (it dumps only changes to them)
+  SELECT format('init-privs %s %s', pg_describe_object(i.classoid, i.objoid, i.objsubid), i.initprivs)
+    FROM pg_init_privs i JOIN members m ON m.classid = i.classoid AND m.objid = i.objoid
   UNION ALL
   SELECT format('role %s login=%s bypassrls=%s', rolname, rolcanlogin, rolbypassrls)
     FROM pg_roles WHERE rolname LIKE 'vital\_tenancy\_%'

@@ -20,6 +20,32 @@ ok() { echo "ok - $*"; passed=$((passed + 1)); }
 not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
 q() { vt_psql -d "$1" -At -c "$2"; }
 
+# The application's rows: per table outside the extension, a count and an md5 over them.
+appdata="SELECT c.oid::regclass::text || ' ' || (xpath('/row/m/text()', query_to_xml(pg_catalog.format(
+            'SELECT count(*) || '':'' || COALESCE(md5(string_agg(x::text, ''|'' ORDER BY x::text)), ''-'') AS m FROM %s x', c.oid::regclass), false, true, '')))[1]::text
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\_%'
+          ORDER BY 1"
+# DROP EXTENSION vital_tenancy [CASCADE] leaves no schema and no object of the extension,
+# keeps every application row and the roles it created (cluster-wide, documented).
+drop_check() { # db label [CASCADE]
+  local before after left
+  before=$(q "$1" "${appdata}")
+  if q "$1" "DROP EXTENSION vital_tenancy ${3:-}" > /dev/null 2> "${OUT}/drop-$1.err"; then
+    left=$(q "$1" "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'vital_tenancy') || ' ' ||
+                          (SELECT count(*) FROM pg_proc WHERE proname IN ('set_tenant', 'current_tenant_id', 'visible_tenant_ids')) || ' ' ||
+                          (SELECT count(*) FROM pg_roles WHERE rolname IN ('vital_tenancy_context', 'vital_tenancy_service'))")
+    after=$(q "$1" "${appdata}")
+    if [ "${left}" = "0 0 2" ] && [ "${before}" = "${after}" ]; then
+      ok "$2: DROP EXTENSION vital_tenancy ${3:+$3 }leaves no schema and no function; the roles and the rows of $(echo -n "${before}" | grep -c '') application tables stay"
+    else
+      not_ok "$2: after DROP EXTENSION ${3:+$3 }schema, functions, roles left = ${left} (want 0 0 2); application rows equal: $([ "${before}" = "${after}" ] && echo yes || echo no)"
+    fi
+  else
+    not_ok "$2: DROP EXTENSION vital_tenancy ${3:+$3 }failed: $(cat "${OUT}/drop-$1.err")"
+  fi
+}
+
 vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" -c "CREATE DATABASE vt_up_fresh"
 q vt_up_fresh "CREATE EXTENSION vital_tenancy" >/dev/null
 describe() { # db out: fails unless describe.sql ran and printed something
@@ -155,8 +181,12 @@ SQL
     not_ok "${old} -> ${CURRENT}: policies differ from a fresh migration's (- fresh, + updated):"
     cat "${OUT}/policies-diff-${old}.txt"
   fi
+  drop_check "${db}" "${old} -> ${CURRENT}, empty database"
+  drop_check "${mdb}" "${old} -> ${CURRENT}, migrated database" CASCADE
   vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${db} WITH (FORCE)" -c "DROP DATABASE IF EXISTS ${mdb} WITH (FORCE)" >/dev/null
 done
+drop_check vt_up_fresh "fresh ${CURRENT}, empty database"
+drop_check vt_up_migrated_fresh "fresh ${CURRENT}, migrated database" CASCADE
 vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" -c "DROP DATABASE IF EXISTS vt_up_migrated_fresh WITH (FORCE)" >/dev/null
 echo "upgrade: ${passed} passed, ${failed} failed"
 [ "${failed}" -eq 0 ]

@@ -8,6 +8,10 @@ create extension vital_tenancy;
 
 select extname, extversion, extrelocatable, extnamespace::regnamespace
   from pg_extension where extname = 'vital_tenancy';
+-- The objects' schema is created by the install script, as a member of the extension.
+select pg_describe_object(d.classid, d.objid, 0) as member_schema
+  from pg_depend d join pg_extension e on e.oid = d.refobjid and e.extname = 'vital_tenancy'
+ where d.deptype = 'e' and d.classid = 'pg_namespace'::regclass;
 
 -- Every function lives in schema vital_tenancy and has a comment.
 select p.oid::regprocedure as function, p.provolatile, p.proparallel, p.proisstrict,
@@ -46,12 +50,25 @@ explain (costs off) select count(*) from public.agents a where a.id = vital_tena
 -- application's data stay.
 select * from vital_tenancy.ensure_tenants('public.tenants', '{"type": "industry"}') where action = 'created';
 drop extension vital_tenancy;
--- PostgreSQL creates a control-file schema outside the extension, so the (now empty)
--- schema stays; nothing of the extension is left in it and it drops without CASCADE.
-select (select count(*) from pg_class where relnamespace = 'vital_tenancy'::regnamespace) as relations_left,
-       (select count(*) from pg_proc where pronamespace = 'vital_tenancy'::regnamespace) as functions_left;
-drop schema vital_tenancy;
+-- The schema went with it.
+select count(*) as schemas_left from pg_namespace where nspname = 'vital_tenancy';
 select count(*) as tenants from public.tenants;
 select count(*) as agents from public.agents;
 select count(*) as prompts from public.prompts;
+
+-- A schema of that name that is not the extension's (the empty one DROP EXTENSION of
+-- 0.1.0 leaves) stops CREATE EXTENSION with a hint; nothing is created.
+create schema vital_tenancy;
+create extension vital_tenancy;
+select count(*) as extensions from pg_extension where extname = 'vital_tenancy';
+-- Restoring a 0.1.0 database's dump (CREATE SCHEMA vital_tenancy; CREATE EXTENSION
+-- vital_tenancy WITH SCHEMA vital_tenancy) installs into that schema, as 0.1.0 did,
+-- and DROP EXTENSION then leaves it, empty.
+create extension vital_tenancy schema vital_tenancy;
+select extnamespace::regnamespace, vital_tenancy.platform_tenant_id()
+  from pg_extension where extname = 'vital_tenancy';
+drop extension vital_tenancy;
+select (select count(*) from pg_class where relnamespace = 'vital_tenancy'::regnamespace) as relations_left,
+       (select count(*) from pg_proc where pronamespace = 'vital_tenancy'::regnamespace) as functions_left;
+drop schema vital_tenancy;
 rollback;

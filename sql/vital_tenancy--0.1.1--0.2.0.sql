@@ -1,4 +1,5 @@
--- vital_tenancy 0.1.0 -> 0.2.0 (ALTER EXTENSION vital_tenancy UPDATE TO '0.2.0').
+-- vital_tenancy 0.1.1 -> 0.2.0, the second step of ALTER EXTENSION vital_tenancy UPDATE
+-- from 0.1.0 (the first, vital_tenancy--0.1.0--0.1.1.sql, made the schema a member).
 -- The tenant context holds on real request paths: only trusted login roles choose a
 -- tenant, only values set inside the current transaction count, policies never raise
 -- for a bad context, and PostgREST gets a pre-request hook. tests/upgrade checks that
@@ -7,6 +8,9 @@
 -- re-created on every managed table at the end, each statement under lock_timeout with
 -- retries (if a long transaction holds a table, the update fails whole: run it again).
 \echo Use "ALTER EXTENSION vital_tenancy UPDATE TO '0.2.0'" to load this file. \quit
+
+-- The extension's own schema is pg_catalog since 0.1.1; its objects are in vital_tenancy.
+SET LOCAL search_path = vital_tenancy, pg_catalog;
 
 -- The trusted-context role (see bootstrap.sql).
 DO $$
@@ -25,7 +29,7 @@ BEGIN
 END $$;
 
 -- PostgREST's db-pre-request hook.
-CREATE FUNCTION @extschema@.pre_request() RETURNS void
+CREATE FUNCTION vital_tenancy.pre_request() RETURNS void
     SECURITY DEFINER
     SET search_path TO pg_catalog, pg_temp
     STRICT VOLATILE
@@ -34,27 +38,27 @@ CREATE FUNCTION @extschema@.pre_request() RETURNS void
 
 -- They read transaction-local state of the leader (which settings were set in this
 -- transaction), which parallel workers cannot see.
-ALTER FUNCTION @extschema@.current_tenant_id() PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.visible_tenant_ids(boolean) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.writable_tenant_ids() PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.current_tenant_id() PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.visible_tenant_ids(boolean) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.writable_tenant_ids() PARALLEL RESTRICTED;
 
-COMMENT ON FUNCTION @extschema@.current_tenant_id() IS
+COMMENT ON FUNCTION vital_tenancy.current_tenant_id() IS
     'The tenant of the current request: setting vital.tenant_id, else tenant_id in request.jwt.claims, else x-tenant-id in request.headers if the claims'' sub is a member, else NULL. Only values set in the current transaction count (unless vital_tenancy.session_context), and only for a login role that is a member of vital_tenancy_context. A bad context (malformed, unknown tenant, non-member, untrusted session) is an ERROR here. Cached per statement. SECURITY DEFINER, search_path pinned.';
-COMMENT ON FUNCTION @extschema@.pre_request() IS
+COMMENT ON FUNCTION vital_tenancy.pre_request() IS
     'PostgREST db-pre-request hook: resolves and validates the request''s tenant context once, before the query reads any row; a bad context is an ERROR, values left over from outside the transaction one WARNING. SECURITY DEFINER, search_path pinned.';
-COMMENT ON FUNCTION @extschema@.set_tenant(uuid) IS
+COMMENT ON FUNCTION vital_tenancy.set_tenant(uuid) IS
     'Set vital.tenant_id for the rest of the transaction (SET LOCAL semantics) after checking the tenant exists; NULL clears it. Only for login roles that are members of vital_tenancy_context (ERROR 42501 otherwise); warns about leftover session values.';
-COMMENT ON FUNCTION @extschema@.visible_tenant_ids(boolean) IS
+COMMENT ON FUNCTION vital_tenancy.visible_tenant_ids(boolean) IS
     'Tenant ids the current request may read (what the policies compare with): its tenant plus Platform (only its tenant when shared is false); every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
-COMMENT ON FUNCTION @extschema@.writable_tenant_ids() IS
+COMMENT ON FUNCTION vital_tenancy.writable_tenant_ids() IS
     'Tenant ids the current request may write: its own tenant; every tenant for vital_tenancy_admin; none without a valid context. Never raises for a bad context: it counts as none.';
-COMMENT ON FUNCTION @extschema@.rls_coverage(text[]) IS
+COMMENT ON FUNCTION vital_tenancy.rls_coverage(text[]) IS
     'Tables with a tenant column whose RLS is off, not forced, without policies or not index-friendly; and per table every role (superusers aside) that holds privileges on it while bypassing RLS (BYPASSRLS, e.g. service_role), with what to do instead.';
-COMMENT ON FUNCTION @extschema@.health() IS
+COMMENT ON FUNCTION vital_tenancy.health() IS
     'Health document: database, tenants (healthy when all three exist with data), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), last migration run.';
 
 -- Re-create the extension's policies from the new definition.
-CREATE FUNCTION @extschema@.refresh_tenant_policies() RETURNS TABLE (
+CREATE FUNCTION vital_tenancy.refresh_tenant_policies() RETURNS TABLE (
     table_name text,
     action text
 )
@@ -62,36 +66,36 @@ CREATE FUNCTION @extschema@.refresh_tenant_policies() RETURNS TABLE (
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'refresh_tenant_policies_wrapper';
-COMMENT ON FUNCTION @extschema@.refresh_tenant_policies() IS
+COMMENT ON FUNCTION vital_tenancy.refresh_tenant_policies() IS
     'Re-create the extension''s policies (vt_*) on every table enable_tenant_rls() manages, from the current definition; the application''s policies, defaults, indexes and RLS flags are left alone. Run by ALTER EXTENSION UPDATE when the policies change. DBA only.';
-REVOKE EXECUTE ON FUNCTION @extschema@.refresh_tenant_policies() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.refresh_tenant_policies() FROM PUBLIC;
 
 -- The tenants registry: protected by migration 006 (protect_tenants_table()), a
 -- narrow slug lookup for before sign-in, and the list of all tenants for admins only.
-CREATE FUNCTION @extschema@.protect_tenants_table() RETURNS TABLE (
+CREATE FUNCTION vital_tenancy.protect_tenants_table() RETURNS TABLE (
     action text
 )
     STRICT VOLATILE
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'protect_tenants_table_wrapper';
-CREATE FUNCTION @extschema@.tenant_id_by_slug(slug text) RETURNS uuid
+CREATE FUNCTION vital_tenancy.tenant_id_by_slug(slug text) RETURNS uuid
     STRICT STABLE SECURITY DEFINER PARALLEL RESTRICTED
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'tenant_id_by_slug_wrapper';
-COMMENT ON FUNCTION @extschema@.all_tenant_ids() IS
+COMMENT ON FUNCTION vital_tenancy.all_tenant_ids() IS
     'Every tenant id in the tenants table: for platform admins and DBAs (not executable by PUBLIC). SECURITY DEFINER, search_path pinned.';
-COMMENT ON FUNCTION @extschema@.protect_tenants_table() IS
+COMMENT ON FUNCTION vital_tenancy.protect_tenants_table() IS
     'Protect the tenants registry: revoke INSERT/UPDATE/DELETE/TRUNCATE from every role but its owner and vital_tenancy_admin, enable row level security with policies so a request reads its own tenant''s row and Platform''s (every row for admins, none without a context). Idempotent; migration 006 runs it. DBA only.';
-COMMENT ON FUNCTION @extschema@.tenant_id_by_slug(text) IS
+COMMENT ON FUNCTION vital_tenancy.tenant_id_by_slug(text) IS
     'The id of the tenant with this slug, or NULL: the lookup an application needs before sign-in, without opening the registry. SECURITY DEFINER, search_path pinned.';
-REVOKE EXECUTE ON FUNCTION @extschema@.protect_tenants_table() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.all_tenant_ids() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.all_tenant_ids() TO vital_tenancy_admin;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.protect_tenants_table() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.all_tenant_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vital_tenancy.all_tenant_ids() TO vital_tenancy_admin;
 
 -- Tenant-scoped keys and references (migration 007 applies them).
-CREATE FUNCTION @extschema@.tenant_keys_plan() RETURNS TABLE (
+CREATE FUNCTION vital_tenancy.tenant_keys_plan() RETURNS TABLE (
     table_name text,
     change text,
     index_ddl text,
@@ -101,7 +105,7 @@ CREATE FUNCTION @extschema@.tenant_keys_plan() RETURNS TABLE (
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'tenant_keys_plan_wrapper';
-CREATE FUNCTION @extschema@.apply_tenant_keys(lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5) RETURNS TABLE (
+CREATE FUNCTION vital_tenancy.apply_tenant_keys(lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5) RETURNS TABLE (
     table_name text,
     change text
 )
@@ -109,7 +113,7 @@ CREATE FUNCTION @extschema@.apply_tenant_keys(lock_timeout_ms integer DEFAULT 20
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'apply_tenant_keys_wrapper';
-CREATE FUNCTION @extschema@.tenant_reference_check() RETURNS trigger
+CREATE FUNCTION vital_tenancy.tenant_reference_check() RETURNS trigger
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -137,17 +141,17 @@ BEGIN
     RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.tenant_keys_plan() IS
+COMMENT ON FUNCTION vital_tenancy.tenant_keys_plan() IS
     'What the keys step (migration 007) will do on the tables under tenant RLS: each unique key made per tenant (index_ddl to run first with \gexec, then ddl swaps the constraint onto it) and each reference between tenant tables given its tenant guard. Empty once done. Writes nothing.';
-COMMENT ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) IS
+COMMENT ON FUNCTION vital_tenancy.apply_tenant_keys(integer, integer) IS
     'Apply the keys step: swap each unique constraint onto its per-tenant index (ERROR 55000 if an index is missing: run the plan''s index_ddl first) and create each reference guard, under lock_timeout with retries. Idempotent. DBA only.';
-COMMENT ON FUNCTION @extschema@.tenant_reference_check() IS
+COMMENT ON FUNCTION vital_tenancy.tenant_reference_check() IS
     'Trigger guarding a reference between tenant tables: the parent must belong to the row''s tenant or to Platform; the same 23503 whether the parent does not exist or belongs to another tenant. SECURITY DEFINER, search_path pinned.';
-REVOKE EXECUTE ON FUNCTION @extschema@.apply_tenant_keys(integer, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.apply_tenant_keys(integer, integer) FROM PUBLIC;
 
 -- run_ddl refuses a lock_timeout_ms of 0 or NULL and NULL or negative retries (they
 -- waited or retried forever), and gives the caller its lock_timeout back.
-CREATE OR REPLACE FUNCTION @extschema@.run_ddl(
+CREATE OR REPLACE FUNCTION vital_tenancy.run_ddl(
     ddl text, step text, tbl text, lock_timeout_ms integer DEFAULT 2000, retries integer DEFAULT 5
 ) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -173,7 +177,7 @@ BEGIN
             EXECUTE ddl;
             -- The caller's lock_timeout again for the rest of its transaction.
             PERFORM set_config('lock_timeout', caller_timeout, true);
-            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
+            INSERT INTO vital_tenancy.migration_log (tbl, step, detail, attempts) VALUES (tbl, step, ddl, attempt);
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
             IF attempt > retries THEN
@@ -182,7 +186,7 @@ BEGIN
                           DETAIL = ddl,
                           HINT = 'A long transaction holds a lock on the table (see pg_stat_activity / pg_locks); run again when it has finished.';
             END IF;
-            INSERT INTO @extschema@.migration_log (tbl, step, detail, attempts)
+            INSERT INTO vital_tenancy.migration_log (tbl, step, detail, attempts)
             VALUES (tbl, step || ' (lock timeout, retrying)', ddl, attempt);
             PERFORM pg_sleep(least(0.1 * 2 ^ attempt, 5));
         END;
@@ -194,29 +198,29 @@ $$;
 -- table) run in the leader only: in a parallel worker of a transaction that has
 -- written, SPI would try to start a command and fail ("cannot start commands during
 -- a parallel operation"), e.g. in CREATE TABLE ... AS SELECT classify_prompt_tenant(...).
-ALTER FUNCTION @extschema@.classify_prompt_tenant(text, text, uuid, boolean) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.classify_prompt_tenant(jsonb) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.classify_knowledge_tenant(text, text[]) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.classify_knowledge_tenant(jsonb) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.classify_agent_tenant(text, text[]) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.classify_agent_tenant(integer, text[]) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.classify_agent_tenant(jsonb) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.tool_category_name(uuid) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.explain_tenant(text, jsonb) PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.rules() PARALLEL RESTRICTED;
-ALTER FUNCTION @extschema@.all_tenant_ids() PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.classify_prompt_tenant(text, text, uuid, boolean) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.classify_prompt_tenant(jsonb) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.classify_knowledge_tenant(text, text[]) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.classify_knowledge_tenant(jsonb) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.classify_agent_tenant(text, text[]) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.classify_agent_tenant(integer, text[]) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.classify_agent_tenant(jsonb) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.tool_category_name(uuid) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.explain_tenant(text, jsonb) PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.rules() PARALLEL RESTRICTED;
+ALTER FUNCTION vital_tenancy.all_tenant_ids() PARALLEL RESTRICTED;
 
 -- The backfill writes only the rows that must change (issue 15): where a table has no
 -- tenant column yet, the backfill adds it with the majority tenant as the catalog
 -- default and rewrites only the rows that classify elsewhere. The step records it.
-ALTER TABLE @extschema@.migration_steps
+ALTER TABLE vital_tenancy.migration_steps
     ADD COLUMN rows_rewritten bigint NOT NULL DEFAULT 0,
     ADD COLUMN default_tenant uuid,
     ADD COLUMN column_added_at timestamptz;
 -- Steps of 0.1.0 rewrote every row they gave a tenant.
-UPDATE @extschema@.migration_steps SET rows_rewritten = rows_changed;
-DROP FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer);
-CREATE FUNCTION @extschema@.add_tenant_column(
+UPDATE vital_tenancy.migration_steps SET rows_rewritten = rows_changed;
+DROP FUNCTION vital_tenancy.add_tenant_column(regclass, text, integer, integer);
+CREATE FUNCTION vital_tenancy.add_tenant_column(
 	"tbl" regclass,
 	"tenant_column" TEXT DEFAULT 'tenant_id',
 	"lock_timeout_ms" INT DEFAULT 2000,
@@ -231,15 +235,15 @@ VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'add_tenant_column_v2_wrapper';
-REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer, uuid) FROM PUBLIC;
-COMMENT ON FUNCTION @extschema@.add_tenant_column(regclass, text, integer, integer, uuid) IS
+REVOKE EXECUTE ON FUNCTION vital_tenancy.add_tenant_column(regclass, text, integer, integer, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION vital_tenancy.add_tenant_column(regclass, text, integer, integer, uuid) IS
     'Add a nullable tenant column (with default_tenant: that tenant for every existing row, in the catalog, no rewrite) and a NOT VALID foreign key to the tenants table (online); returns the CREATE INDEX CONCURRENTLY statement in ddl for \gexec.';
-COMMENT ON FUNCTION @extschema@.backfill_plan(regclass, text, jsonb, text) IS
+COMMENT ON FUNCTION vital_tenancy.backfill_plan(regclass, text, jsonb, text) IS
     'What backfill will run for a table: the classification expression, the key it walks, the tenant column and whether it exists yet. Validates (tenants named in options must exist); writes nothing.';
-COMMENT ON PROCEDURE @extschema@.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
+COMMENT ON PROCEDURE vital_tenancy.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
     'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; a missing tenant column is added with the majority tenant as catalog default, so only the other rows are rewritten. CALL outside a transaction block.';
 
-CREATE OR REPLACE FUNCTION @extschema@.backfill_batches(
+CREATE OR REPLACE FUNCTION vital_tenancy.backfill_batches(
     tbl regclass,
     batch_size integer DEFAULT 5000,
     tenant_column text DEFAULT 'tenant_id',
@@ -270,7 +274,7 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     -- Validates the table, its key and the tenant column; quotes the identifiers.
-    plan := @extschema@.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
+    plan := vital_tenancy.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
     IF only_missing AND NOT (plan -> 'column_exists')::boolean THEN
         RAISE EXCEPTION 'column % of table % does not exist', plan ->> 'tenant_column', plan ->> 'table'
             USING ERRCODE = 'undefined_column';
@@ -316,7 +320,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE PROCEDURE @extschema@.backfill(
+CREATE OR REPLACE PROCEDURE vital_tenancy.backfill(
     tbl regclass,
     classifier text,
     batch_size integer DEFAULT 5000,
@@ -387,7 +391,7 @@ BEGIN
                      WHEN catch_up IS NULL THEN 'catch_up' WHEN record_rules IS NULL THEN 'record_rules' ELSE 'fire_triggers' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    plan := @extschema@.backfill_plan(tbl, classifier, options, tenant_column);
+    plan := vital_tenancy.backfill_plan(tbl, classifier, options, tenant_column);
     v_metric := run_name || ':' || (plan ->> 'table');
     -- One CALL at a time creates a run of a given name, and starts (or finds the step to
     -- resume of) a given table: a second CALL waits until the first has recorded its step.
@@ -396,7 +400,7 @@ BEGIN
 
     -- The step to resume, if any: the latest unfinished one for this table.
     SELECT s.*, r.name AS run_name INTO st
-      FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+      FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
      WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
        AND s.phase <> 'done' AND r.status = 'running'
      ORDER BY s.run_id DESC LIMIT 1;
@@ -419,7 +423,7 @@ BEGIN
             -- expression itself.
             v_kind := plan ->> 'classifier';
             IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
-                WITH p AS MATERIALIZED (SELECT * FROM @extschema@.preview_classification(v_kind, tbl)),
+                WITH p AS MATERIALIZED (SELECT * FROM vital_tenancy.preview_classification(v_kind, tbl)),
                      g AS (SELECT p.tenant_id, sum(p.row_count)::bigint AS n FROM p GROUP BY 1)
                 SELECT (SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count) FROM p),
                        (SELECT g.tenant_id FROM g ORDER BY g.n DESC, g.tenant_id::text LIMIT 1),
@@ -439,7 +443,7 @@ BEGIN
             END IF;
             v_add := true;
             IF v_todo = 0 THEN
-                PERFORM * FROM @extschema@.add_tenant_column(tbl, tenant_column);
+                PERFORM * FROM vital_tenancy.add_tenant_column(tbl, tenant_column);
                 RAISE NOTICE 'backfill %: no rows; % added', plan ->> 'table', plan ->> 'tenant_column';
                 RETURN;
             END IF;
@@ -447,10 +451,10 @@ BEGIN
             -- Without a tenant to default to (no row the classifier can place), the
             -- column comes without a default and the batches are the usual ones.
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
-              FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, false) b;
+              FROM vital_tenancy.backfill_batches(tbl, batch_size, tenant_column, false) b;
         ELSE
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
-              FROM @extschema@.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
+              FROM vital_tenancy.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
             IF v_todo = 0 THEN
                 RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
                 RETURN;
@@ -461,48 +465,48 @@ BEGIN
         END IF;
         -- Done earlier in this (still running) run: another catch-up pass of the same step.
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
            AND r.status = 'running' AND r.name = run_name
          ORDER BY s.run_id DESC LIMIT 1;
     END IF;
     IF FOUND AND st.phase = 'done' THEN
-        UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL, next_batch = 0
+        UPDATE vital_tenancy.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL, next_batch = 0
          WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
     END IF;
 
     IF st.run_id IS NULL THEN
-        SELECT run_id INTO v_run FROM @extschema@.migration_runs
+        SELECT run_id INTO v_run FROM vital_tenancy.migration_runs
          WHERE name = run_name AND status = 'running' ORDER BY run_id DESC LIMIT 1;
         IF v_run IS NULL THEN
-            INSERT INTO @extschema@.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
+            INSERT INTO vital_tenancy.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
         END IF;
         v_kind := plan ->> 'classifier';
         IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') AND NOT v_add THEN
             SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count)
-              INTO v_rules FROM @extschema@.preview_classification(v_kind, tbl) p;
+              INTO v_rules FROM vital_tenancy.preview_classification(v_kind, tbl) p;
         END IF;
         IF v_add THEN
             -- Every existing row gets the majority tenant in the catalog (a short
             -- ACCESS EXCLUSIVE lock, under lock_timeout with retries, until the COMMIT
             -- just below), recorded with the step in the same transaction.
-            PERFORM * FROM @extschema@.add_tenant_column(tbl, tenant_column, default_tenant => v_default);
+            PERFORM * FROM vital_tenancy.add_tenant_column(tbl, tenant_column, default_tenant => v_default);
         END IF;
-        INSERT INTO @extschema@.migration_steps
+        INSERT INTO vital_tenancy.migration_steps
                (run_id, tbl, tenant_column, classifier, options, bounds, batch_size, rows_total, phase_rows, rule_counts,
                 default_tenant, column_added_at)
         VALUES (v_run, tbl, tenant_column, classifier, options, v_bounds, batch_size, v_todo, v_todo, v_rules,
                 v_default, CASE WHEN v_add THEN clock_timestamp() END);
-        INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, duration_ms)
+        INSERT INTO vital_tenancy.migration_metrics (migration_name, phase, records_processed, duration_ms)
         VALUES (v_metric, 'snapshot', v_todo,
                 round(extract(epoch FROM clock_timestamp() - t_phase) * 1000));
         COMMIT;
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         IF v_default IS NOT NULL THEN
             RAISE NOTICE 'backfill %: run %, % added with tenant % for the % existing rows (in the catalog); % of them classify elsewhere and are rewritten',
@@ -539,7 +543,7 @@ BEGIN
     LOOP
         -- This CALL owns the step until its batch commits; a second CALL on the same
         -- table waits here and then finds the step moved on without it.
-        SELECT s.phase, s.next_batch INTO chk FROM @extschema@.migration_steps s
+        SELECT s.phase, s.next_batch INTO chk FROM vital_tenancy.migration_steps s
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column FOR UPDATE;
         IF chk.phase IS DISTINCT FROM st.phase OR chk.next_batch IS DISTINCT FROM st.next_batch THEN
             RAISE EXCEPTION 'backfill %: another CALL is running this backfill (run %)', plan ->> 'table', v_run
@@ -548,15 +552,15 @@ BEGIN
         IF st.phase = 'catch_up' AND st.next_batch = 0 THEN
             -- A catch-up phase starts: batches over the rows without a tenant now.
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
-              FROM @extschema@.backfill_batches(tbl, st.batch_size, tenant_column, true) b;
+              FROM vital_tenancy.backfill_batches(tbl, st.batch_size, tenant_column, true) b;
             -- The rows this pass leaves without a tenant are counted as it goes.
-            UPDATE @extschema@.migration_steps s
+            UPDATE vital_tenancy.migration_steps s
                SET bounds = v_bounds, next_batch = 1, last_key = NULL, phase_rows = coalesce(v_todo, 0),
                    rows_total = s.rows_total + coalesce(v_todo, 0), rows_failed = 0
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             COMMIT;
             SELECT s.*, r.name AS run_name INTO st
-              FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+              FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             v_last := NULL;
             CONTINUE;
@@ -598,7 +602,7 @@ BEGIN
                 SELECT (SELECT count(*) FROM f WHERE f.new IS NOT NULL), (SELECT count(*) FROM f WHERE f.new IS NULL),
                        (SELECT count(*) FROM u), (SELECT count(*) FROM x)
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     '@extschema@');
+                     'vital_tenancy');
         ELSIF overwrite THEN
             -- Rows may already have a tenant: read the old value, then update only
             -- rows still holding it (a concurrent change wins; the journal is exact).
@@ -614,7 +618,7 @@ BEGIN
                 SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL),
                        (SELECT count(*) FROM u), (SELECT count(*) FROM x)
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     '@extschema@');
+                     'vital_tenancy');
         ELSE
             -- Only rows without a tenant: the old value is NULL by construction (and
             -- re-checked if a row changes under us). A row the classifier cannot place
@@ -628,7 +632,7 @@ BEGIN
                            RETURNING 1)
                 SELECT (SELECT count(*) FROM u), NULL::bigint, (SELECT count(*) FROM u), NULL::bigint
                 $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     '@extschema@',
+                     'vital_tenancy',
                      CASE WHEN (plan -> 'may_return_null')::boolean
                           THEN format(' AND (%s) IS NOT NULL', plan ->> 'expression') ELSE '' END);
         END IF;
@@ -671,32 +675,32 @@ BEGIN
         END LOOP;
 
         IF n_batch = 0 THEN
-            INSERT INTO @extschema@.migration_metrics (migration_name, phase, records_processed, records_failed, duration_ms)
+            INSERT INTO vital_tenancy.migration_metrics (migration_name, phase, records_processed, records_failed, duration_ms)
             SELECT v_metric, CASE WHEN st.phase = 'queue' THEN 'backfill' ELSE 'catch_up' END,
                    s.rows_done - v_phase_done, s.rows_failed,
                    round(extract(epoch FROM clock_timestamp() - t_phase) * 1000)
-              FROM @extschema@.migration_steps s
+              FROM vital_tenancy.migration_steps s
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             IF st.phase = 'queue' AND catch_up THEN
-                UPDATE @extschema@.migration_steps s SET phase = 'catch_up', last_key = NULL, next_batch = 0
+                UPDATE vital_tenancy.migration_steps s SET phase = 'catch_up', last_key = NULL, next_batch = 0
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
                 COMMIT;
                 SELECT s.*, r.name AS run_name INTO st
-                  FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+                  FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
                 v_last := NULL;
                 v_phase_done := st.rows_done;
                 t_phase := clock_timestamp();
                 CONTINUE;
             END IF;
-            UPDATE @extschema@.migration_steps s
+            UPDATE vital_tenancy.migration_steps s
                SET phase = 'done', finished_at = clock_timestamp(), last_key = NULL
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             COMMIT;
             EXIT;
         END IF;
 
-        UPDATE @extschema@.migration_steps s
+        UPDATE vital_tenancy.migration_steps s
            SET last_key = v_next, rows_done = s.rows_done + n_walked,
                next_batch = s.next_batch + 1,
                rows_changed = s.rows_changed + n_changed, rows_failed = s.rows_failed + n_failed,
@@ -705,7 +709,7 @@ BEGIN
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
         SELECT s.*, r.name AS run_name INTO st
-          FROM @extschema@.migration_steps s JOIN @extschema@.migration_runs r USING (run_id)
+          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         v_last := v_next;
 
@@ -720,7 +724,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    SELECT s.* INTO st FROM @extschema@.migration_steps s
+    SELECT s.* INTO st FROM vital_tenancy.migration_steps s
      WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
     RAISE NOTICE 'backfill %: done, % rows walked, % given a tenant (% rewritten), % left unclassified',
         plan ->> 'table', st.rows_done, st.rows_changed, st.rows_rewritten, st.rows_failed;
@@ -731,55 +735,55 @@ $$;
 -- The rules table's trigger becomes PL/pgSQL over two helpers (a direct call or a
 -- trigger on another table then gets PostgreSQL's own errors; F13). The library keeps
 -- 0.1.0's C trigger symbol for databases not yet updated.
-CREATE FUNCTION @extschema@.check_rules_row(kind text, rules jsonb) RETURNS void
+CREATE FUNCTION vital_tenancy.check_rules_row(kind text, rules jsonb) RETURNS void
     STABLE
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'check_rules_row_wrapper';
-CREATE FUNCTION @extschema@.rules_changed() RETURNS void
+CREATE FUNCTION vital_tenancy.rules_changed() RETURNS void
     STRICT VOLATILE
     SET search_path TO pg_catalog, pg_temp
     LANGUAGE c
     AS 'MODULE_PATHNAME', 'rules_changed_wrapper';
-COMMENT ON FUNCTION @extschema@.check_rules_row(text, jsonb) IS
+COMMENT ON FUNCTION vital_tenancy.check_rules_row(text, jsonb) IS
     'Check one classification_rules row as its trigger does: a kind with rules, rules that compile (ERROR 22023 naming the field), tenants that exist. Writes nothing.';
-COMMENT ON FUNCTION @extschema@.rules_changed() IS
+COMMENT ON FUNCTION vital_tenancy.rules_changed() IS
     'Invalidate every backend''s cached classification rules (the rules table''s statement trigger calls it).';
-REVOKE EXECUTE ON FUNCTION @extschema@.check_rules_row(text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.rules_changed() FROM PUBLIC;
-CREATE OR REPLACE FUNCTION @extschema@.classification_rules_trigger() RETURNS trigger
+REVOKE EXECUTE ON FUNCTION vital_tenancy.check_rules_row(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.rules_changed() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION vital_tenancy.classification_rules_trigger() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_RELID IS DISTINCT FROM '@extschema@.classification_rules'::regclass THEN
-        RAISE EXCEPTION 'classification_rules_trigger() belongs to @extschema@.classification_rules only'
+    IF TG_RELID IS DISTINCT FROM 'vital_tenancy.classification_rules'::regclass THEN
+        RAISE EXCEPTION 'classification_rules_trigger() belongs to vital_tenancy.classification_rules only'
             USING ERRCODE = 'feature_not_supported';
     END IF;
     IF TG_LEVEL = 'STATEMENT' THEN
-        PERFORM @extschema@.rules_changed();
+        PERFORM vital_tenancy.rules_changed();
         RETURN NULL;
     END IF;
-    PERFORM @extschema@.check_rules_row(NEW.kind, NEW.rules);
+    PERFORM vital_tenancy.check_rules_row(NEW.kind, NEW.rules);
     RETURN NEW;
 END
 $$;
 
 -- The rules trigger is not for calling (trigger functions need no EXECUTE privilege to fire).
-REVOKE EXECUTE ON FUNCTION @extschema@.classification_rules_trigger() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.classification_rules_trigger() FROM PUBLIC;
 
 
 -- The tenant boundary in the Citus shape (issue 14): Citus recreates policies on shards
 -- without AS RESTRICTIVE and refuses sub-selects in them; citus_safe_policies() folds
 -- the boundary into every policy, boundary_problems() and citus_boundary_status() check
 -- tables and shard placements. The application's changed objects are kept in originals.
-ALTER TABLE @extschema@.rls_tables
+ALTER TABLE vital_tenancy.rls_tables
     ADD COLUMN policy_shape text NOT NULL DEFAULT 'restrictive' CHECK (policy_shape IN ('restrictive', 'citus'));
 
-COMMENT ON COLUMN @extschema@.rls_tables.policy_shape IS
+COMMENT ON COLUMN vital_tenancy.rls_tables.policy_shape IS
     'restrictive: the boundary as RESTRICTIVE policies with a per-statement sub-select; citus: every policy PERMISSIVE with the boundary folded in, no sub-select (citus_safe_policies())';
 
-CREATE TABLE @extschema@.originals (
+CREATE TABLE vital_tenancy.originals (
     tbl         regclass NOT NULL,
     kind        text NOT NULL CHECK (kind IN ('policy', 'foreign key', 'trigger')),
     name        name NOT NULL,
@@ -789,12 +793,12 @@ CREATE TABLE @extschema@.originals (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tbl, kind, name)
 );
-COMMENT ON TABLE @extschema@.originals IS
+COMMENT ON TABLE vital_tenancy.originals IS
     'The application''s objects as they were before the extension changed them for Citus: policies the tenant boundary was folded into or that were set aside (citus_safe_policies()), foreign keys and triggers migration 008 set aside; each with its original definition and why';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.originals', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.originals', '');
 
 -- vital_tenancy::boundary::boundary_problems
-CREATE FUNCTION @extschema@.boundary_problems(
+CREATE FUNCTION vital_tenancy.boundary_problems(
 	"tbl" regclass,
 	"tenant_column" TEXT DEFAULT 'tenant_id'
 ) RETURNS SETOF TEXT
@@ -804,7 +808,7 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'boundary_problems_wrapper';
 
 -- vital_tenancy::boundary::citus_safe_policies
-CREATE FUNCTION @extschema@.citus_safe_policies(
+CREATE FUNCTION vital_tenancy.citus_safe_policies(
 	"tbl" regclass,
 	"set_aside_subselects" bool DEFAULT false
 ) RETURNS TABLE (
@@ -817,7 +821,7 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'citus_safe_policies_wrapper';
 
 -- vital_tenancy::citus::citus_boundary_status
-CREATE FUNCTION @extschema@.citus_boundary_status() RETURNS TABLE (
+CREATE FUNCTION vital_tenancy.citus_boundary_status() RETURNS TABLE (
 	"table_name" TEXT, 
 	"placement" TEXT, 
 	"problem" TEXT 
@@ -828,7 +832,7 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'citus_boundary_status_wrapper';
 
 -- The tenant boundary in the Citus shape (src/boundary.rs).
-CREATE FUNCTION @extschema@.policy_fingerprint(tbl regclass) RETURNS text
+CREATE FUNCTION vital_tenancy.policy_fingerprint(tbl regclass) RETURNS text
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -839,18 +843,18 @@ AS $$
                    || COALESCE(pg_get_expr(p.polwithcheck, p.polrelid), '') AS e
               FROM pg_policy p WHERE p.polrelid = tbl) x
 $$;
-COMMENT ON FUNCTION @extschema@.policy_fingerprint(regclass) IS
+COMMENT ON FUNCTION vital_tenancy.policy_fingerprint(regclass) IS
     'md5 of a table''s policies: commands, role names and expressions (deparsed with search_path pg_catalog), not names or AS PERMISSIVE/RESTRICTIVE; equal on a Citus shard and its table when Citus copied them faithfully.';
-COMMENT ON FUNCTION @extschema@.boundary_problems(regclass, text) IS
+COMMENT ON FUNCTION vital_tenancy.boundary_problems(regclass, text) IS
     'Every way the table''s policies, each read as PERMISSIVE (as Citus recreates them on shards), admit a row outside the tenant boundary: a USING or WITH CHECK without the conjunct tenant_id = ANY (visible/writable_tenant_ids()), a sub-select, RLS not enabled. Read from the expression trees; no rows when the boundary holds.';
-COMMENT ON FUNCTION @extschema@.citus_safe_policies(regclass, boolean) IS
+COMMENT ON FUNCTION vital_tenancy.citus_safe_policies(regclass, boolean) IS
     'Put a managed table''s (or the tenants registry''s) policies in the Citus shape: no restrictive policy, the boundary folded into every policy of the application''s (originals kept in vital_tenancy.originals; a FOR ALL policy gets a read policy beside it), no sub-selects (set aside with set_aside_subselects, else 0A000). Refuses restrictive application policies (0A000).';
-COMMENT ON FUNCTION @extschema@.citus_boundary_status() IS
+COMMENT ON FUNCTION vital_tenancy.citus_boundary_status() IS
     'The tenant boundary on every managed table and, on Citus, on every shard placement (checked by the worker''s boundary_problems() and compared with the table''s policy_fingerprint()): one row per placement, problem NULL where it holds.';
-REVOKE EXECUTE ON FUNCTION @extschema@.citus_safe_policies(regclass, boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.citus_boundary_status() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.citus_safe_policies(regclass, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.citus_boundary_status() FROM PUBLIC;
 
-COMMENT ON FUNCTION @extschema@.distribute_all() IS
+COMMENT ON FUNCTION vital_tenancy.distribute_all() IS
     'On a Citus coordinator: create_reference_table for reference tables, create_distributed_table by tenant_id (co-located) for tenant tables, parents first; foreign keys between distributed tables dropped and re-added around it, the extension''s records re-keyed to the new relations. ERROR 55000 when Citus is absent, blockers remain or a boundary is still restrictive (citus_safe_policies()).';
 
 
@@ -860,16 +864,16 @@ COMMENT ON FUNCTION @extschema@.distribute_all() IS
 -- meaning (active: read-write; suspended, archived: read-only; pending, deleted:
 -- none) or names a status of their own. Read by the policy functions once per
 -- statement; only overrides are stored, so pg_dump keeps exactly the DBA's rows.
-CREATE TABLE @extschema@.tenant_statuses (
+CREATE TABLE vital_tenancy.tenant_statuses (
     status text PRIMARY KEY,
     access text NOT NULL CHECK (access IN ('read-write', 'read-only', 'none'))
 );
-COMMENT ON TABLE @extschema@.tenant_statuses IS
+COMMENT ON TABLE vital_tenancy.tenant_statuses IS
     'Overrides of what a tenant status allows (read-write, read-only, none); statuses not listed keep their built-in meaning, unknown ones give none (set_status_access())';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_statuses', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_statuses', '');
 
 -- The journal of delete_tenant: one row per committed batch.
-CREATE TABLE @extschema@.tenant_deletions (
+CREATE TABLE vital_tenancy.tenant_deletions (
     id         bigserial PRIMARY KEY,
     tenant     uuid NOT NULL,
     table_name text NOT NULL,
@@ -877,14 +881,14 @@ CREATE TABLE @extschema@.tenant_deletions (
     rows       bigint NOT NULL,
     done_at    timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX ON @extschema@.tenant_deletions (tenant, table_name);
-COMMENT ON TABLE @extschema@.tenant_deletions IS
+CREATE INDEX ON vital_tenancy.tenant_deletions (tenant, table_name);
+COMMENT ON TABLE vital_tenancy.tenant_deletions IS
     'Journal of delete_tenant(): every committed batch (tenant, table, batch number, rows deleted)';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tenant_deletions_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_deletions', '');
+SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_deletions_id_seq', '');
 
 -- vital_tenancy::tenants::add_tenant
-CREATE FUNCTION @extschema@.add_tenant(
+CREATE FUNCTION vital_tenancy.add_tenant(
 	"name" TEXT, /* Option < & str > */
 	"slug" TEXT, /* Option < & str > */
 	"extra" jsonb DEFAULT '{}', /* Option < crate :: catalog :: JsonArg > */
@@ -896,7 +900,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'add_tenant_wrapper';
 
 -- vital_tenancy::lifecycle::import_tenant
-CREATE FUNCTION @extschema@.import_tenant(
+CREATE FUNCTION vital_tenancy.import_tenant(
 	"source" regclass, /* Option < crate :: catalog :: Regclass > */
 	"tenant" uuid /* Option < Uuid > */
 ) RETURNS TABLE (
@@ -910,7 +914,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'import_tenant_wrapper';
 
 -- vital_tenancy::lifecycle::set_status_access
-CREATE FUNCTION @extschema@.set_status_access(
+CREATE FUNCTION vital_tenancy.set_status_access(
 	"status" TEXT, /* Option < & str > */
 	"access" TEXT /* Option < & str > */
 ) RETURNS TEXT /* String */
@@ -920,7 +924,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'set_status_access_wrapper';
 
 -- vital_tenancy::lifecycle::set_status_column
-CREATE FUNCTION @extschema@.set_status_column(
+CREATE FUNCTION vital_tenancy.set_status_column(
 	"column_name" TEXT /* Option < & str > */
 ) RETURNS TEXT /* Option < String > */
 VOLATILE PARALLEL UNSAFE
@@ -929,7 +933,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'set_status_column_wrapper';
 
 -- vital_tenancy::activity::tenant_activity
-CREATE FUNCTION @extschema@.tenant_activity() RETURNS TABLE (
+CREATE FUNCTION vital_tenancy.tenant_activity() RETURNS TABLE (
 	"tenant_id" uuid,  /* Option < Uuid > */
 	"statements" bigint,  /* i64 */
 	"rows_read" bigint,  /* i64 */
@@ -943,14 +947,14 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_activity_wrapper';
 
 -- vital_tenancy::activity::tenant_activity_reset
-CREATE FUNCTION @extschema@.tenant_activity_reset() RETURNS timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+CREATE FUNCTION vital_tenancy.tenant_activity_reset() RETURNS timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
 STRICT VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_activity_reset_wrapper';
 
 -- vital_tenancy::lifecycle::tenant_deletion_plan
-CREATE FUNCTION @extschema@.tenant_deletion_plan(
+CREATE FUNCTION vital_tenancy.tenant_deletion_plan(
 	"tenant" uuid /* Option < Uuid > */
 ) RETURNS TABLE (
 	"step" INT,  /* i32 */
@@ -965,7 +969,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_deletion_plan_wrapper';
 
 -- vital_tenancy::lifecycle::tenant_status
-CREATE FUNCTION @extschema@.tenant_status() RETURNS TABLE (
+CREATE FUNCTION vital_tenancy.tenant_status() RETURNS TABLE (
 	"tenant_id" uuid,  /* Uuid */
 	"name" TEXT,  /* Option < String > */
 	"slug" TEXT,  /* Option < String > */
@@ -991,7 +995,7 @@ AS 'MODULE_PATHNAME', 'tenant_status_wrapper';
 -- plan's errors). A row of another tenant that still references one of this
 -- tenant's rows stops the deletion at that table with the foreign-key error
 -- (nothing of that batch is deleted; cross_tenant_references() lists them).
-CREATE PROCEDURE @extschema@.delete_tenant(
+CREATE PROCEDURE vital_tenancy.delete_tenant(
     tenant uuid,
     dry_run boolean DEFAULT true,
     batch_size integer DEFAULT 5000
@@ -1012,7 +1016,7 @@ BEGIN
         RAISE EXCEPTION 'dry_run must not be NULL' USING ERRCODE = '22004';
     END IF;
     IF dry_run THEN
-        FOR p IN SELECT * FROM @extschema@.tenant_deletion_plan(tenant) ORDER BY step LOOP
+        FOR p IN SELECT * FROM vital_tenancy.tenant_deletion_plan(tenant) ORDER BY step LOOP
             RAISE NOTICE 'step %: % row(s) of % (%)', p.step, p.rows, p.table_name,
                 CASE WHEN p.batched THEN 'batches of ' || batch_size ELSE 'one statement' END;
             v_total := v_total + p.rows;
@@ -1021,9 +1025,9 @@ BEGIN
             USING HINT = pg_catalog.format('CALL vital_tenancy.delete_tenant(%L, dry_run => false);', tenant);
         RETURN;
     END IF;
-    FOR p IN SELECT * FROM @extschema@.tenant_deletion_plan(tenant) ORDER BY step LOOP
+    FOR p IN SELECT * FROM vital_tenancy.tenant_deletion_plan(tenant) ORDER BY step LOOP
         CONTINUE WHEN p.rows = 0;
-        v_batch := coalesce((SELECT max(d.batch) FROM @extschema@.tenant_deletions d
+        v_batch := coalesce((SELECT max(d.batch) FROM vital_tenancy.tenant_deletions d
                               WHERE d.tenant = delete_tenant.tenant AND d.table_name = p.table_name), 0);
         LOOP
             IF p.batched THEN
@@ -1038,7 +1042,7 @@ BEGIN
             GET DIAGNOSTICS n = ROW_COUNT;
             EXIT WHEN n = 0;
             v_batch := v_batch + 1;
-            INSERT INTO @extschema@.tenant_deletions (tenant, table_name, batch, rows)
+            INSERT INTO vital_tenancy.tenant_deletions (tenant, table_name, batch, rows)
             VALUES (delete_tenant.tenant, p.table_name, v_batch, n);
             COMMIT;
             v_total := v_total + n;
@@ -1050,39 +1054,39 @@ END
 $$;
 
 -- Tenant lifecycle (src/lifecycle.rs, src/tenants.rs, sql/lifecycle.sql) --------------
-COMMENT ON FUNCTION @extschema@.add_tenant(text, text, jsonb, uuid) IS
+COMMENT ON FUNCTION vital_tenancy.add_tenant(text, text, jsonb, uuid) IS
     'Onboarding: create a tenant in the application''s tenants table (name, slug, extra column values such as type; id generated unless given), its NOT NULL and CHECK constraints checked first with errors naming the column. Returns its id; a tenant with this slug already present is returned as it is.';
-COMMENT ON FUNCTION @extschema@.tenant_status() IS
+COMMENT ON FUNCTION vital_tenancy.tenant_status() IS
     'Every tenant of the registry: status, the access it gives (read-write, read-only, none) and whether the status is known (an unknown or NULL status gives none).';
-COMMENT ON FUNCTION @extschema@.set_status_access(text, text) IS
+COMMENT ON FUNCTION vital_tenancy.set_status_access(text, text) IS
     'Say what a tenant status allows (read-write, read-only, none), overriding the built-in meaning (active read-write; suspended, archived read-only; pending, deleted none); NULL access removes the override. Effective from the next statement; sent to the Citus workers too.';
-COMMENT ON FUNCTION @extschema@.set_status_column(text) IS
+COMMENT ON FUNCTION vital_tenancy.set_status_column(text) IS
     'Which column of the tenants table holds the status (default status); NULL or empty turns statuses off (every registered tenant reads and writes).';
-COMMENT ON FUNCTION @extschema@.tenant_deletion_plan(uuid) IS
+COMMENT ON FUNCTION vital_tenancy.tenant_deletion_plan(uuid) IS
     'What delete_tenant will do, in order: each tenant table children first with the tenant''s row count and whether it goes in batches, the registry row last. Refuses NULL, Platform and an unknown tenant. Changes nothing.';
-COMMENT ON PROCEDURE @extschema@.delete_tenant(uuid, boolean, integer) IS
+COMMENT ON PROCEDURE vital_tenancy.delete_tenant(uuid, boolean, integer) IS
     'Offboarding: delete a tenant''s rows from every tenant table in foreign-key order, in batches with a COMMIT and a journal row (vital_tenancy.tenant_deletions) each, the registry row last; dry run (the plan as NOTICEs) unless dry_run => false; resumable by calling again. CALL outside a transaction block.';
-COMMENT ON FUNCTION @extschema@.import_tenant(regclass, uuid) IS
+COMMENT ON FUNCTION vital_tenancy.import_tenant(regclass, uuid) IS
     'Load a tenant''s export (a table of (table_name text, row jsonb) filled from export_tenant''s COPY output) into this database with the same schema: registry row first, tables parents first, ids kept, rows already present kept (importing again inserts nothing). Refuses rows of another tenant or of unknown tables, changing nothing.';
-COMMENT ON FUNCTION @extschema@.tenant_activity() IS
+COMMENT ON FUNCTION vital_tenancy.tenant_activity() IS
     'Per tenant since the last reset: statements, rows read (returned by SELECTs), rows written, execution time; tenant_id NULL for statements without a tenant context. Collected by executor hooks per statement (not per row) when vital_tenancy is in shared_preload_libraries, else ERROR 55000.';
-COMMENT ON FUNCTION @extschema@.tenant_activity_reset() IS
+COMMENT ON FUNCTION vital_tenancy.tenant_activity_reset() IS
     'Forget the per-tenant activity; returns when the new period began.';
-REVOKE EXECUTE ON FUNCTION @extschema@.add_tenant(text, text, jsonb, uuid) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.tenant_status() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.set_status_access(text, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.set_status_column(text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.tenant_deletion_plan(uuid) FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE @extschema@.delete_tenant(uuid, boolean, integer) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.import_tenant(regclass, uuid) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.tenant_activity() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.tenant_activity_reset() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.tenant_activity() TO pg_read_all_stats;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.add_tenant(text, text, jsonb, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.tenant_status() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.set_status_access(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.set_status_column(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.tenant_deletion_plan(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE vital_tenancy.delete_tenant(uuid, boolean, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.import_tenant(regclass, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.tenant_activity() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.tenant_activity_reset() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vital_tenancy.tenant_activity() TO pg_read_all_stats;
 
-COMMENT ON FUNCTION @extschema@.health() IS
+COMMENT ON FUNCTION vital_tenancy.health() IS
     'Health document: database, tenants (every registry tenant with status and access; healthy when the three of the migration exist with data and no status is unknown), referential integrity, RLS coverage (including roles that bypass RLS on tenant tables, rls.bypass_roles), on Citus every shard placement''s boundary (citus_boundary_status()), last migration run.';
-COMMENT ON FUNCTION @extschema@.export_tenant(uuid, text[]) IS
+COMMENT ON FUNCTION vital_tenancy.export_tenant(uuid, text[]) IS
     'A tenant''s registry row, then its own rows of every tenant table, as (table_name, row jsonb), streamed from a cursor; usable with COPY (SELECT ...) TO STDOUT and loaded elsewhere by import_tenant().';
 
 -- Last, with every function of 0.2.0 in place: the policies from the new definition.
-SELECT count(*) FROM @extschema@.refresh_tenant_policies();
+SELECT count(*) FROM vital_tenancy.refresh_tenant_policies();
