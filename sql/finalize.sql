@@ -134,6 +134,16 @@ COMMENT ON FUNCTION vital_tenancy.run_ddl(text, text, text, integer, integer) IS
     'Run one DDL statement under lock_timeout, retrying with backoff on lock timeouts; each attempt logged in migration_log.';
 COMMENT ON PROCEDURE vital_tenancy.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
     'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; a missing tenant column is added with the majority tenant as catalog default, so only the other rows are rewritten. CALL outside a transaction block.';
+COMMENT ON FUNCTION vital_tenancy.backfill_check_arguments(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
+    'The arguments of CALL backfill checked (NULLs, batch_size, sleep_ms, run_name) before anything is read or written; raises 22023/22004 naming the argument.';
+COMMENT ON FUNCTION vital_tenancy.backfill_majority(regclass, jsonb, boolean) IS
+    'Before backfill adds a tenant column: the classifier''s tenants counted in one pass that writes nothing (per rule where rules are recorded); the most frequent one becomes the catalog default.';
+COMMENT ON FUNCTION vital_tenancy.backfill_batch_sql(jsonb, text, uuid, boolean, boolean, boolean) IS
+    'The SQL of one backfill batch for a plan and phase: rewrite only rows that classify away from the catalog default, overwrite, or fill rows without a tenant; journals every assigned row.';
+COMMENT ON FUNCTION vital_tenancy.backfill_run_batch(text, regclass, bigint, text, text, uuid, integer, bigint) IS
+    'Run one backfill batch and count it (given a tenant, left without, rewritten, walked), retrying on deadlock or lock timeout up to 10 times.';
+COMMENT ON FUNCTION vital_tenancy.backfill_step(bigint, regclass, text) IS
+    'A backfill''s checkpoint row (migration_steps) for one table in one run.';
 COMMENT ON FUNCTION vital_tenancy.backfill_batches(regclass, integer, text, boolean) IS
     'The batches a backfill phase will walk: how many rows are to do and the key ending each batch of batch_size rows (one count and one ordered pass over the keys). Writes nothing.';
 COMMENT ON FUNCTION vital_tenancy.backfill_plan(regclass, text, jsonb, text) IS
@@ -181,6 +191,7 @@ COMMENT ON FUNCTION vital_tenancy.assert_valid(text[]) IS
 
 REVOKE EXECUTE ON FUNCTION vital_tenancy.run_ddl(text, text, text, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE vital_tenancy.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vital_tenancy.backfill_run_batch(text, regclass, bigint, text, text, uuid, integer, bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION vital_tenancy.add_tenant_column(regclass, text, integer, integer, uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION vital_tenancy.enforce_tenant_column(regclass, text, integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION vital_tenancy.snapshot_counts(text, text[], boolean) FROM PUBLIC;

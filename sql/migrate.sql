@@ -134,6 +134,229 @@ BEGIN
 END
 $$;
 
+-- The backfill's arguments, checked before anything is read or written.
+CREATE FUNCTION vital_tenancy.backfill_check_arguments(
+    tbl regclass, classifier text, batch_size integer, sleep_ms integer, options jsonb,
+    tenant_column text, overwrite boolean, run_name text, catch_up boolean,
+    record_rules boolean, fire_triggers boolean
+) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be a positive integer, not %', coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF sleep_ms IS NULL OR sleep_ms < 0 THEN
+        RAISE EXCEPTION 'sleep_ms must not be negative, not %', coalesce(sleep_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF run_name IS NULL THEN
+        RAISE EXCEPTION 'run_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF btrim(run_name) = '' THEN
+        RAISE EXCEPTION 'run_name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF octet_length(run_name) > 1000 THEN
+        -- (run names are indexed; a btree entry holds at most ~2.7 kB)
+        RAISE EXCEPTION 'run_name is % bytes long; at most 1000', octet_length(run_name)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF tbl IS NULL OR classifier IS NULL OR options IS NULL OR tenant_column IS NULL
+       OR overwrite IS NULL OR catch_up IS NULL OR record_rules IS NULL OR fire_triggers IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+                CASE WHEN tbl IS NULL THEN 'tbl' WHEN classifier IS NULL THEN 'classifier' WHEN options IS NULL THEN 'options'
+                     WHEN tenant_column IS NULL THEN 'tenant_column' WHEN overwrite IS NULL THEN 'overwrite'
+                     WHEN catch_up IS NULL THEN 'catch_up' WHEN record_rules IS NULL THEN 'record_rules' ELSE 'fire_triggers' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END
+$$;
+
+-- Before the backfill adds a tenant column: one pass that writes nothing counts the
+-- classifier's tenants: the rule preview where the run records per-rule counts (the
+-- same rules, per rule), else the classification expression grouped. The most
+-- frequent tenant becomes the catalog default (ties: the smallest id). No SET clause:
+-- the classification expression runs as it would in the CALL (the caller's search_path).
+CREATE FUNCTION vital_tenancy.backfill_majority(
+    tbl regclass,
+    plan jsonb,
+    record_rules boolean,
+    OUT rule_counts jsonb,
+    OUT default_tenant uuid,
+    OUT default_rows bigint,
+    OUT rows_total bigint
+)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_kind text := plan ->> 'classifier';
+    grp    record;
+BEGIN
+    default_rows := 0;
+    rows_total := 0;
+    IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
+        WITH p AS MATERIALIZED (SELECT * FROM vital_tenancy.preview_classification(v_kind, tbl)),
+             g AS (SELECT p.tenant_id, sum(p.row_count)::bigint AS n FROM p GROUP BY 1)
+        SELECT (SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count) FROM p),
+               (SELECT g.tenant_id FROM g ORDER BY g.n DESC, g.tenant_id::text LIMIT 1),
+               coalesce((SELECT max(g.n) FROM g), 0),
+               coalesce((SELECT sum(g.n) FROM g), 0)::bigint
+          INTO rule_counts, default_tenant, default_rows, rows_total;
+        RETURN;
+    END IF;
+    FOR grp IN EXECUTE format('SELECT e.tenant, count(*) AS n FROM (SELECT (%s) AS tenant FROM %s t) e GROUP BY 1',
+                              plan ->> 'expression', plan ->> 'table') LOOP
+        rows_total := rows_total + grp.n;
+        IF grp.tenant IS NOT NULL AND (grp.n > default_rows OR (grp.n = default_rows AND grp.tenant::text < default_tenant::text)) THEN
+            default_tenant := grp.tenant;
+            default_rows := grp.n;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- One batch of a backfill as SQL: $1 the key after which it starts (NULL: from the
+-- first), $3 the run, $4 the table, $5 the key ending it, $6 the catalog default. It
+-- returns rows given a tenant, rows left without one, rows rewritten, rows walked.
+-- phase 'queue' with a catalog default rewrites only the rows that classify
+-- elsewhere; overwrite rewrites rows whose tenant differs; otherwise rows without a
+-- tenant get one. Every assigned row is journaled with the run.
+CREATE FUNCTION vital_tenancy.backfill_batch_sql(
+    plan jsonb,
+    phase text,
+    default_tenant uuid,
+    from_start boolean,
+    last_batch boolean,
+    overwrite boolean
+) RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_range text;
+BEGIN
+    v_range := CASE WHEN from_start THEN ''
+                    ELSE format('t.%s > $1::%s AND ', plan ->> 'pk', plan ->> 'pk_type') END
+               || CASE WHEN phase = 'queue' AND default_tenant IS NOT NULL AND last_batch
+                       -- The last batch over the catalog default has no upper bound: rows
+                       -- inserted after the bounds were fixed but before the column was
+                       -- added hold the default too, with keys past the last bound.
+                       THEN 'true'
+                       ELSE format('t.%s <= $5::%s', plan ->> 'pk', plan ->> 'pk_type') END
+               || CASE WHEN phase = 'catch_up' THEN format(' AND t.%s IS NULL', plan ->> 'tenant_column') ELSE '' END;
+    IF phase = 'queue' AND default_tenant IS NOT NULL THEN
+        -- The rows in range that still hold the catalog default ($6), classified
+        -- in one scan; those that classify elsewhere (or nowhere) are rewritten,
+        -- found by key (the UPDATE re-checks them on the row as it is then); all
+        -- are journaled with their final tenant (before the run they had none).
+        -- Data-modifying CTEs share one snapshot: x lists the rows as they were.
+        RETURN format($q$
+            WITH x AS MATERIALIZED (SELECT t.%1$s AS k, (%3$s) AS new FROM %4$s t WHERE %5$s AND t.%2$s = $6),
+                 u AS (UPDATE %4$s t SET %2$s = (%3$s)
+                        WHERE t.%1$s = ANY (ARRAY(SELECT x.k FROM x WHERE x.new IS DISTINCT FROM $6))
+                          AND t.%2$s = $6 AND (%3$s) IS DISTINCT FROM $6
+                       RETURNING t.%1$s AS k, t.%2$s AS new),
+                 f AS (SELECT x.k, CASE WHEN u.k IS NULL THEN $6 ELSE u.new END AS new
+                         FROM x LEFT JOIN u ON u.k = x.k),
+                 j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
+                       SELECT $3, $4, NULL, f.new, array_agg(f.k::text) FROM f WHERE f.new IS NOT NULL GROUP BY f.new
+                       RETURNING 1)
+            SELECT (SELECT count(*) FROM f WHERE f.new IS NOT NULL), (SELECT count(*) FROM f WHERE f.new IS NULL),
+                   (SELECT count(*) FROM u), (SELECT count(*) FROM x)
+            $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
+                 'vital_tenancy');
+    ELSIF overwrite THEN
+        -- Rows may already have a tenant: read the old value, then update only
+        -- rows still holding it (a concurrent change wins; the journal is exact).
+        RETURN format($q$
+            WITH x AS (SELECT t.%1$s AS k, t.%2$s AS old, (%3$s) AS new FROM %4$s t WHERE %5$s),
+                 u AS (UPDATE %4$s t SET %2$s = x.new FROM x
+                        WHERE t.%1$s = x.k AND x.new IS NOT NULL AND x.new IS DISTINCT FROM x.old
+                          AND t.%2$s IS NOT DISTINCT FROM x.old
+                       RETURNING x.k, x.old, x.new),
+                 j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
+                       SELECT $3, $4, u.old, u.new, array_agg(u.k::text) FROM u GROUP BY u.old, u.new
+                       RETURNING 1)
+            SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL),
+                   (SELECT count(*) FROM u), (SELECT count(*) FROM x)
+            $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
+                 'vital_tenancy');
+    END IF;
+    -- Only rows without a tenant: the old value is NULL by construction (and
+    -- re-checked if a row changes under us). A row the classifier cannot place
+    -- is left alone (tested only for classifiers that can return NULL).
+    RETURN format($q$
+        WITH u AS (UPDATE %4$s t SET %2$s = (%3$s)
+                    WHERE %5$s AND t.%2$s IS NULL%7$s
+                   RETURNING t.%1$s AS k, t.%2$s AS new),
+             j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
+                   SELECT $3, $4, NULL, u.new, array_agg(u.k::text) FROM u GROUP BY u.new
+                   RETURNING 1)
+        SELECT (SELECT count(*) FROM u), NULL::bigint, (SELECT count(*) FROM u), NULL::bigint
+        $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
+             'vital_tenancy',
+             CASE WHEN (plan -> 'may_return_null')::boolean
+                  THEN format(' AND (%s) IS NOT NULL', plan ->> 'expression') ELSE '' END);
+END
+$$;
+
+-- Runs one batch (backfill_batch_sql) and counts it; a batch that deadlocks with an
+-- application transaction, or meets a lock_timeout, is retried up to 10 times (its
+-- subtransaction leaves nothing behind). expected: the rows the batch was fixed with.
+-- No SET clause, as backfill_majority.
+CREATE FUNCTION vital_tenancy.backfill_run_batch(
+    batch_sql text,
+    tbl regclass,
+    run_id bigint,
+    after_key text,
+    last_key text,
+    default_tenant uuid,
+    batch_size integer,
+    expected bigint,
+    OUT changed bigint,
+    OUT failed bigint,
+    OUT written bigint,
+    OUT walked bigint
+)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    n_retry integer := 0;
+BEGIN
+    LOOP
+        BEGIN
+            EXECUTE batch_sql INTO changed, failed, written, walked
+              USING after_key, batch_size, run_id, tbl, last_key, default_tenant;
+            -- Without overwrite, rows in the batch left without a tenant are the
+            -- ones the classifier gave none (or that vanished meanwhile).
+            failed := coalesce(failed, greatest(expected - changed, 0));
+            -- Rows inserted into the batch's key range since the bounds were fixed
+            -- are walked (and counted) too.
+            walked := greatest(coalesce(walked, changed + failed), expected);
+            RETURN;
+        EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
+            n_retry := n_retry + 1;
+            IF n_retry > 10 THEN
+                RAISE;
+            END IF;
+            RAISE NOTICE 'backfill %: batch after key % hit a lock conflict, retrying (%)',
+                tbl, coalesce(after_key, '(start)'), n_retry;
+            PERFORM pg_sleep(0.05 * n_retry);
+        END;
+    END LOOP;
+END
+$$;
+
+-- A backfill's step of one table in one run, as it is now.
+CREATE FUNCTION vital_tenancy.backfill_step(run_id bigint, tbl regclass, tenant_column text)
+RETURNS vital_tenancy.migration_steps
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT s.* FROM vital_tenancy.migration_steps s
+     WHERE s.run_id = backfill_step.run_id AND s.tbl = backfill_step.tbl AND s.tenant_column = backfill_step.tenant_column
+$$;
+
 -- Assign tenant_id to a table's rows with a classifier, in keyset batches over the
 -- primary key with a COMMIT per batch. The batches are fixed when the run starts;
 -- the checkpoint and the journal commit with each batch, so after a crash the same
@@ -143,13 +366,13 @@ $$;
 -- COMMIT; every name inside is schema-qualified instead.
 --
 -- Where the table has no tenant column yet, the backfill adds it, and only the rows
--- that must change are written: one pass counts the classifier's tenants; the column
--- is added with the most frequent one as a constant default, which PostgreSQL keeps
--- in the catalog for every existing row without rewriting the table, and the default
--- is dropped in the same transaction (rows inserted later arrive without a tenant and
--- are caught up). The batches then rewrite only the rows that classify elsewhere;
--- the journal still lists every row the run gave a tenant (old value NULL), so
--- revert_run puts the table back to no tenant anywhere.
+-- that must change are written: one pass counts the classifier's tenants
+-- (backfill_majority); the column is added with the most frequent one as a constant
+-- default, which PostgreSQL keeps in the catalog for every existing row without
+-- rewriting the table, and the default is dropped in the same transaction (rows
+-- inserted later arrive without a tenant and are caught up). The batches then rewrite
+-- only the rows that classify elsewhere; the journal still lists every row the run
+-- gave a tenant (old value NULL), so revert_run puts the table back to no tenant anywhere.
 CREATE PROCEDURE vital_tenancy.backfill(
     tbl regclass,
     classifier text,
@@ -170,57 +393,28 @@ DECLARE
     v_run     bigint;
     st        record;
     chk       record;
-    grp       record;
+    maj       record;
+    bat       record;
+    v_default uuid;
+    v_best    bigint := 0;
     v_bounds  text[];
     v_todo    bigint;
     v_last    text;
     n_batch   bigint;
-    n_changed bigint;
-    n_failed  bigint;
-    n_written bigint;
-    n_walked  bigint;
     t_start   timestamptz;
     t_phase   timestamptz;
     v_rate    numeric;
     v_sql     text;
-    v_kind    text;
     v_rules   jsonb;
     v_metric  text;
     v_next    text;
-    n_retry   integer;
     v_phase_done bigint;
     v_call_done  bigint;
     v_replica boolean := false;
-    v_range   text;
-    v_default uuid;
-    v_best    bigint := 0;
     v_add     boolean := false;
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be a positive integer, not %', coalesce(batch_size::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF sleep_ms IS NULL OR sleep_ms < 0 THEN
-        RAISE EXCEPTION 'sleep_ms must not be negative, not %', coalesce(sleep_ms::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF run_name IS NULL THEN
-        RAISE EXCEPTION 'run_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    ELSIF pg_catalog.btrim(run_name) = '' THEN
-        RAISE EXCEPTION 'run_name must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    ELSIF pg_catalog.octet_length(run_name) > 1000 THEN
-        -- (run names are indexed; a btree entry holds at most ~2.7 kB)
-        RAISE EXCEPTION 'run_name is % bytes long; at most 1000', pg_catalog.octet_length(run_name)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF tbl IS NULL OR classifier IS NULL OR options IS NULL OR tenant_column IS NULL
-       OR overwrite IS NULL OR catch_up IS NULL OR record_rules IS NULL OR fire_triggers IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL',
-                CASE WHEN tbl IS NULL THEN 'tbl' WHEN classifier IS NULL THEN 'classifier' WHEN options IS NULL THEN 'options'
-                     WHEN tenant_column IS NULL THEN 'tenant_column' WHEN overwrite IS NULL THEN 'overwrite'
-                     WHEN catch_up IS NULL THEN 'catch_up' WHEN record_rules IS NULL THEN 'record_rules' ELSE 'fire_triggers' END
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    PERFORM vital_tenancy.backfill_check_arguments(tbl, classifier, batch_size, sleep_ms, options, tenant_column,
+                                                   overwrite, run_name, catch_up, record_rules, fire_triggers);
     plan := vital_tenancy.backfill_plan(tbl, classifier, options, tenant_column);
     v_metric := run_name || ':' || (plan ->> 'table');
     -- One CALL at a time creates a run of a given name, and starts (or finds the step to
@@ -247,32 +441,14 @@ BEGIN
     IF NOT FOUND THEN
         t_phase := clock_timestamp();
         IF NOT (plan -> 'column_exists')::boolean THEN
-            -- The column is ours to add. One pass counts the classifier's tenants
-            -- (nothing is written yet, so an error leaves nothing behind): the rule
-            -- preview where the run records it (the same rules, per rule), else the
-            -- expression itself.
-            v_kind := plan ->> 'classifier';
-            IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
-                WITH p AS MATERIALIZED (SELECT * FROM vital_tenancy.preview_classification(v_kind, tbl)),
-                     g AS (SELECT p.tenant_id, sum(p.row_count)::bigint AS n FROM p GROUP BY 1)
-                SELECT (SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count) FROM p),
-                       (SELECT g.tenant_id FROM g ORDER BY g.n DESC, g.tenant_id::text LIMIT 1),
-                       coalesce((SELECT max(g.n) FROM g), 0),
-                       coalesce((SELECT sum(g.n) FROM g), 0)::bigint
-                  INTO v_rules, v_default, v_best, v_todo;
-            ELSE
-                v_todo := 0;
-                FOR grp IN EXECUTE format('SELECT e.tenant, count(*) AS n FROM (SELECT (%s) AS tenant FROM %s t) e GROUP BY 1',
-                                          plan ->> 'expression', plan ->> 'table') LOOP
-                    v_todo := v_todo + grp.n;
-                    IF grp.tenant IS NOT NULL AND (grp.n > v_best OR (grp.n = v_best AND grp.tenant::text < v_default::text)) THEN
-                        v_default := grp.tenant;
-                        v_best := grp.n;
-                    END IF;
-                END LOOP;
-            END IF;
+            -- The column is ours to add; nothing is written yet, so an error in the
+            -- counting pass leaves nothing behind.
+            maj := vital_tenancy.backfill_majority(tbl, plan, record_rules);
+            v_rules := maj.rule_counts;
+            v_default := maj.default_tenant;
+            v_best := maj.default_rows;
             v_add := true;
-            IF v_todo = 0 THEN
+            IF maj.rows_total = 0 THEN
                 PERFORM * FROM vital_tenancy.add_tenant_column(tbl, tenant_column);
                 RAISE NOTICE 'backfill %: no rows; % added', plan ->> 'table', plan ->> 'tenant_column';
                 RETURN;
@@ -304,9 +480,7 @@ BEGIN
         UPDATE vital_tenancy.migration_steps s SET phase = 'catch_up', last_key = NULL, finished_at = NULL, next_batch = 0
          WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
-        SELECT s.*, r.name AS run_name INTO st
-          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
-         WHERE s.run_id = st.run_id AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+        st := vital_tenancy.backfill_step(st.run_id, tbl, tenant_column);
     END IF;
 
     IF st.run_id IS NULL THEN
@@ -315,10 +489,9 @@ BEGIN
         IF v_run IS NULL THEN
             INSERT INTO vital_tenancy.migration_runs (name) VALUES (run_name) RETURNING run_id INTO v_run;
         END IF;
-        v_kind := plan ->> 'classifier';
-        IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') AND NOT v_add THEN
+        IF record_rules AND plan ->> 'classifier' IN ('prompt', 'knowledge', 'agent', 'tool') AND NOT v_add THEN
             SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count)
-              INTO v_rules FROM vital_tenancy.preview_classification(v_kind, tbl) p;
+              INTO v_rules FROM vital_tenancy.preview_classification(plan ->> 'classifier', tbl) p;
         END IF;
         IF v_add THEN
             -- Every existing row gets the majority tenant in the catalog (a short
@@ -335,12 +508,10 @@ BEGIN
         VALUES (v_metric, 'snapshot', v_todo,
                 round(extract(epoch FROM clock_timestamp() - t_phase) * 1000));
         COMMIT;
-        SELECT s.*, r.name AS run_name INTO st
-          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
-         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
-        IF v_default IS NOT NULL THEN
+        st := vital_tenancy.backfill_step(v_run, tbl, tenant_column);
+        IF st.default_tenant IS NOT NULL THEN
             RAISE NOTICE 'backfill %: run %, % added with tenant % for the % existing rows (in the catalog); % of them classify elsewhere and are rewritten',
-                plan ->> 'table', v_run, plan ->> 'tenant_column', v_default, v_todo, v_todo - v_best;
+                plan ->> 'table', v_run, plan ->> 'tenant_column', st.default_tenant, v_todo, v_todo - v_best;
         ELSE
             RAISE NOTICE 'backfill %: run %, % rows to classify with "%"', plan ->> 'table', v_run, v_todo, classifier;
         END IF;
@@ -389,9 +560,7 @@ BEGIN
                    rows_total = s.rows_total + coalesce(v_todo, 0), rows_failed = 0
              WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
             COMMIT;
-            SELECT s.*, r.name AS run_name INTO st
-              FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
-             WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+            st := vital_tenancy.backfill_step(v_run, tbl, tenant_column);
             v_last := NULL;
             CONTINUE;
         END IF;
@@ -403,106 +572,6 @@ BEGIN
             n_batch := CASE WHEN st.next_batch < cardinality(st.bounds) THEN st.batch_size
                             ELSE st.phase_rows - st.batch_size * (cardinality(st.bounds) - 1) END;
         END IF;
-        v_range := CASE WHEN v_last IS NULL THEN ''
-                        ELSE format('t.%s > $1::%s AND ', plan ->> 'pk', plan ->> 'pk_type') END
-                   || CASE WHEN st.phase = 'queue' AND st.default_tenant IS NOT NULL AND st.next_batch = cardinality(st.bounds)
-                           -- The last batch over the catalog default has no upper bound: rows
-                           -- inserted after the bounds were fixed but before the column was
-                           -- added hold the default too, with keys past the last bound.
-                           THEN 'true'
-                           ELSE format('t.%s <= $5::%s', plan ->> 'pk', plan ->> 'pk_type') END
-                   || CASE WHEN st.phase = 'catch_up' THEN format(' AND t.%s IS NULL', plan ->> 'tenant_column') ELSE '' END;
-        IF st.phase = 'queue' AND st.default_tenant IS NOT NULL THEN
-            -- The rows in range that still hold the catalog default ($6), classified
-            -- in one scan; those that classify elsewhere (or nowhere) are rewritten,
-            -- found by key (the UPDATE re-checks them on the row as it is then); all
-            -- are journaled with their final tenant (before the run they had none).
-            -- Data-modifying CTEs share one snapshot: x lists the rows as they were.
-            v_sql := format($q$
-                WITH x AS MATERIALIZED (SELECT t.%1$s AS k, (%3$s) AS new FROM %4$s t WHERE %5$s AND t.%2$s = $6),
-                     u AS (UPDATE %4$s t SET %2$s = (%3$s)
-                            WHERE t.%1$s = ANY (ARRAY(SELECT x.k FROM x WHERE x.new IS DISTINCT FROM $6))
-                              AND t.%2$s = $6 AND (%3$s) IS DISTINCT FROM $6
-                           RETURNING t.%1$s AS k, t.%2$s AS new),
-                     f AS (SELECT x.k, CASE WHEN u.k IS NULL THEN $6 ELSE u.new END AS new
-                             FROM x LEFT JOIN u ON u.k = x.k),
-                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
-                           SELECT $3, $4, NULL, f.new, array_agg(f.k::text) FROM f WHERE f.new IS NOT NULL GROUP BY f.new
-                           RETURNING 1)
-                SELECT (SELECT count(*) FROM f WHERE f.new IS NOT NULL), (SELECT count(*) FROM f WHERE f.new IS NULL),
-                       (SELECT count(*) FROM u), (SELECT count(*) FROM x)
-                $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     'vital_tenancy');
-        ELSIF overwrite THEN
-            -- Rows may already have a tenant: read the old value, then update only
-            -- rows still holding it (a concurrent change wins; the journal is exact).
-            v_sql := format($q$
-                WITH x AS (SELECT t.%1$s AS k, t.%2$s AS old, (%3$s) AS new FROM %4$s t WHERE %5$s),
-                     u AS (UPDATE %4$s t SET %2$s = x.new FROM x
-                            WHERE t.%1$s = x.k AND x.new IS NOT NULL AND x.new IS DISTINCT FROM x.old
-                              AND t.%2$s IS NOT DISTINCT FROM x.old
-                           RETURNING x.k, x.old, x.new),
-                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
-                           SELECT $3, $4, u.old, u.new, array_agg(u.k::text) FROM u GROUP BY u.old, u.new
-                           RETURNING 1)
-                SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM x WHERE x.new IS NULL),
-                       (SELECT count(*) FROM u), (SELECT count(*) FROM x)
-                $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     'vital_tenancy');
-        ELSE
-            -- Only rows without a tenant: the old value is NULL by construction (and
-            -- re-checked if a row changes under us). A row the classifier cannot place
-            -- is left alone (tested only for classifiers that can return NULL).
-            v_sql := format($q$
-                WITH u AS (UPDATE %4$s t SET %2$s = (%3$s)
-                            WHERE %5$s AND t.%2$s IS NULL%7$s
-                           RETURNING t.%1$s AS k, t.%2$s AS new),
-                     j AS (INSERT INTO %6$I.migration_journal_batches (run_id, tbl, old_tenant, new_tenant, keys)
-                           SELECT $3, $4, NULL, u.new, array_agg(u.k::text) FROM u GROUP BY u.new
-                           RETURNING 1)
-                SELECT (SELECT count(*) FROM u), NULL::bigint, (SELECT count(*) FROM u), NULL::bigint
-                $q$, plan ->> 'pk', plan ->> 'tenant_column', plan ->> 'expression', plan ->> 'table', v_range,
-                     'vital_tenancy',
-                     CASE WHEN (plan -> 'may_return_null')::boolean
-                          THEN format(' AND (%s) IS NOT NULL', plan ->> 'expression') ELSE '' END);
-        END IF;
-        -- A batch that deadlocks with an application transaction is retried; the
-        -- subtransaction leaves nothing behind (COMMIT stays outside this block).
-        n_retry := 0;
-        IF v_replica THEN
-            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-        END IF;
-        -- A batch commits without waiting for its WAL flush: its rows, journal and
-        -- checkpoint are one transaction, so a crash that loses the last few batches
-        -- leaves the table at an earlier checkpoint, which the next CALL resumes from.
-        -- The final commit (phase done) waits, and so flushes every batch before it.
-        IF n_batch > 0 THEN
-            PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
-        END IF;
-        LOOP
-            BEGIN
-                IF n_batch = 0 THEN
-                    EXIT;
-                END IF;
-                EXECUTE v_sql INTO n_changed, n_failed, n_written, n_walked
-                  USING v_last, batch_size, v_run, tbl, v_next, st.default_tenant;
-                -- Without overwrite, rows in the batch left without a tenant are the
-                -- ones the classifier gave none (or that vanished meanwhile).
-                n_failed := coalesce(n_failed, greatest(n_batch - n_changed, 0));
-                -- Rows inserted into the batch's key range since the bounds were fixed
-                -- are walked (and counted) too.
-                n_walked := greatest(coalesce(n_walked, n_changed + n_failed), n_batch);
-                EXIT;
-            EXCEPTION WHEN deadlock_detected OR lock_not_available THEN
-                n_retry := n_retry + 1;
-                IF n_retry > 10 THEN
-                    RAISE;
-                END IF;
-                RAISE NOTICE 'backfill %: batch after key % hit a lock conflict, retrying (%)',
-                    plan ->> 'table', coalesce(v_last, '(start)'), n_retry;
-                PERFORM pg_sleep(0.05 * n_retry);
-            END;
-        END LOOP;
 
         IF n_batch = 0 THEN
             INSERT INTO vital_tenancy.migration_metrics (migration_name, phase, records_processed, records_failed, duration_ms)
@@ -515,9 +584,7 @@ BEGIN
                 UPDATE vital_tenancy.migration_steps s SET phase = 'catch_up', last_key = NULL, next_batch = 0
                  WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
                 COMMIT;
-                SELECT s.*, r.name AS run_name INTO st
-                  FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
-                 WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+                st := vital_tenancy.backfill_step(v_run, tbl, tenant_column);
                 v_last := NULL;
                 v_phase_done := st.rows_done;
                 t_phase := clock_timestamp();
@@ -530,17 +597,26 @@ BEGIN
             EXIT;
         END IF;
 
+        v_sql := vital_tenancy.backfill_batch_sql(plan, st.phase, st.default_tenant, v_last IS NULL,
+                                                  st.next_batch = cardinality(st.bounds), overwrite);
+        IF v_replica THEN
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        END IF;
+        -- A batch commits without waiting for its WAL flush: its rows, journal and
+        -- checkpoint are one transaction, so a crash that loses the last few batches
+        -- leaves the table at an earlier checkpoint, which the next CALL resumes from.
+        -- The final commit (phase done) waits, and so flushes every batch before it.
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        bat := vital_tenancy.backfill_run_batch(v_sql, tbl, v_run, v_last, v_next, st.default_tenant, batch_size, n_batch);
         UPDATE vital_tenancy.migration_steps s
-           SET last_key = v_next, rows_done = s.rows_done + n_walked,
+           SET last_key = v_next, rows_done = s.rows_done + bat.walked,
                next_batch = s.next_batch + 1,
-               rows_changed = s.rows_changed + n_changed, rows_failed = s.rows_failed + n_failed,
-               rows_rewritten = s.rows_rewritten + n_written,
-               rows_total = greatest(s.rows_total, s.rows_done + n_walked)
+               rows_changed = s.rows_changed + bat.changed, rows_failed = s.rows_failed + bat.failed,
+               rows_rewritten = s.rows_rewritten + bat.written,
+               rows_total = greatest(s.rows_total, s.rows_done + bat.walked)
          WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
         COMMIT;
-        SELECT s.*, r.name AS run_name INTO st
-          FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
-         WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+        st := vital_tenancy.backfill_step(v_run, tbl, tenant_column);
         v_last := v_next;
 
         -- The rate of this CALL (rows done before a resume are not its own).
@@ -554,8 +630,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    SELECT s.* INTO st FROM vital_tenancy.migration_steps s
-     WHERE s.run_id = v_run AND s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column;
+    st := vital_tenancy.backfill_step(v_run, tbl, tenant_column);
     RAISE NOTICE 'backfill %: done, % rows walked, % given a tenant (% rewritten), % left unclassified',
         plan ->> 'table', st.rows_done, st.rows_changed, st.rows_rewritten, st.rows_failed;
 END

@@ -144,6 +144,18 @@ select * from vital_tenancy.backfill_batches('public.vt_view');
 \echo :LAST_ERROR_SQLSTATE
 call vital_tenancy.backfill('public.prompts', 'prompt', batch_size => 0);
 \echo :LAST_ERROR_SQLSTATE
+-- One batch is counted by backfill_run_batch: rows the classifier left without a
+-- tenant are the rest of the batch; rows inserted into its range count as walked.
+select * from vital_tenancy.backfill_run_batch('select 3::bigint, null::bigint, 3::bigint, null::bigint',
+                                               'public.prompts', 0, null, null, null, 10, 5);
+select * from vital_tenancy.backfill_run_batch('select 4::bigint, 1::bigint, 2::bigint, 7::bigint',
+                                               'public.prompts', 0, 'a', 'b', null, 10, 5);
+-- A batch that keeps deadlocking is retried ten times, then the error is the caller's.
+create function pg_temp.always_deadlocks() returns bigint language plpgsql as
+  $$ begin raise exception 'simulated' using errcode = 'deadlock_detected'; end $$;
+select * from vital_tenancy.backfill_run_batch('select pg_temp.always_deadlocks(), 0::bigint, 0::bigint, 0::bigint',
+                                               'public.prompts', 0, null, null, null, 10, 5);
+\echo :LAST_ERROR_SQLSTATE
 -- Inside a transaction block a backfill cannot commit per batch: PostgreSQL says so.
 call vital_tenancy.backfill('public.agents', 'agent');
 \echo :LAST_ERROR_SQLSTATE
