@@ -323,7 +323,7 @@ fn boundary_problems(
     tbl: crate::catalog::Regclass,
     tenant_column: default!(&str, "'tenant_id'"),
 ) -> SetOfIterator<'static, String> {
-    crate::catalog::check_name_arg("tenant_column", tenant_column);
+    let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
     let out = Spi::connect(|c| {
         let oid = tbl.oid();
         let name = crate::catalog::table_name(c, oid);

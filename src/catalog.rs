@@ -238,25 +238,25 @@ pub(crate) fn application_table_problem(
 }
 
 /// A name given as an argument (a column to create or look up): ERROR 42602 when
-/// empty, 42622 when longer than PostgreSQL's 63 bytes (PostgreSQL would truncate
-/// it, and the extension would then look for a column that does not exist).
-pub(crate) fn check_name_arg(arg: &str, name: &str) {
+/// empty; longer than PostgreSQL's 63 bytes, it is cut as PostgreSQL cuts every
+/// identifier it reads (with PostgreSQL's NOTICE 42622), so it names the column that
+/// `ALTER TABLE … ADD COLUMN` with the long name made.
+pub(crate) fn name_arg<'a>(arg: &str, name: &'a str) -> &'a str {
     if name.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_NAME,
             format!("{arg} must not be empty"),
         );
     }
-    if name.len() > 63 {
-        raise(
+    let cut = crate::logic::ident::truncate_identifier(name);
+    if cut.len() < name.len() {
+        ereport!(
+            NOTICE,
             PgSqlErrorCode::ERRCODE_NAME_TOO_LONG,
-            format!(
-                "{arg} \"{}…\" is {} bytes long; PostgreSQL names have at most 63",
-                name.chars().take(20).collect::<String>(),
-                name.len()
-            ),
+            format!("identifier \"{name}\" will be truncated to \"{cut}\"")
         );
     }
+    cut
 }
 
 /// `SqlTranslatable` for a Rust type that stands for an existing SQL type (the argument

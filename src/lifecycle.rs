@@ -167,11 +167,15 @@ fn set_status_access(status: Option<&str>, access: Option<&str>) -> String {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn set_status_column(column_name: Option<&str>) -> Option<String> {
-    let value = column_name.unwrap_or("").to_string();
+    let given = column_name.unwrap_or("");
+    let value = if given.is_empty() {
+        String::new()
+    } else {
+        crate::catalog::name_arg("column_name", given).to_string()
+    };
     Spi::connect_mut(|c| {
         let table = crate::catalog::require_tenants_table(c);
         if !value.is_empty() {
-            crate::catalog::check_name_arg("column_name", &value);
             let oid: pg_sys::Oid = crate::catalog::value(
                 c,
                 "SELECT $1::pg_catalog.regclass::pg_catalog.oid",

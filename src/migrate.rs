@@ -121,7 +121,7 @@ fn backfill_plan(
     options: default!(crate::catalog::JsonArg, "'{}'"),
     tenant_column: default!(&str, "'tenant_id'"),
 ) -> JsonB {
-    crate::catalog::check_name_arg("tenant_column", tenant_column);
+    let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
     let oid = tbl.oid();
     let cls = Classifier::parse(classifier, &options.0).unwrap_or_else(|e| plan_error(e));
     let plan = Spi::connect(|c| {
@@ -376,7 +376,7 @@ fn add_tenant_column_impl(
     retries: i32,
     default_tenant: Option<Uuid>,
 ) -> Vec<(String, String, Option<String>)> {
-    crate::catalog::check_name_arg("tenant_column", tenant_column);
+    let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
     check_limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
     let rows = Spi::connect_mut(|c| {
@@ -467,7 +467,7 @@ fn enforce_tenant_column(
     lock_timeout_ms: default!(i32, 2000),
     retries: default!(i32, 5),
 ) -> TableIterator<'static, (name!(step, String), name!(detail, String))> {
-    crate::catalog::check_name_arg("tenant_column", tenant_column);
+    let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
     check_limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
     let rows = Spi::connect_mut(|c| {
@@ -1094,7 +1094,7 @@ fn tenant_distribution_of(
         name!(row_count, i64),
     ),
 > {
-    crate::catalog::check_name_arg("tenant_column", tenant_column);
+    let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
     let oid = tbl.oid();
     let rows = Spi::connect(|c| {
         let (name, _, _) = names(c, oid);

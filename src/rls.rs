@@ -270,7 +270,7 @@ fn enable_tenant_rls(
     tenant_column: default!(&str, "'tenant_id'"),
     shared: default!(bool, true),
 ) -> TableIterator<'static, (name!(action, String),)> {
-    crate::catalog::check_name_arg("tenant_column", tenant_column);
+    let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
     let mut actions: Vec<String> = Vec::new();
     // Close our reference to the relation: ALTER TABLE refuses a table this session
     // still has open. The regclass argument already proved it exists.

@@ -163,8 +163,6 @@ fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sy
             ),
         );
     }
-    // PostgreSQL would truncate a longer name, and the table would not be found again (F12).
-    crate::catalog::check_name_arg("tenants_table's table name", &table.name);
     // Concurrent calls for a table that does not exist yet: one creates it, the others
     // wait here and then find it (the lookup below takes its snapshot after the wait).
     client

@@ -131,6 +131,23 @@ pub fn parse_qualified(input: &str) -> Result<QualifiedName, IdentError> {
     }
 }
 
+/// The longest name PostgreSQL keeps (NAMEDATALEN - 1 bytes).
+pub const MAX_IDENT_BYTES: usize = 63;
+
+/// A name cut to [`MAX_IDENT_BYTES`] on a character boundary, as PostgreSQL's
+/// `truncate_identifier` does to every identifier it reads (quoted or not), so that
+/// a longer name finds the object PostgreSQL made of it.
+pub fn truncate_identifier(name: &str) -> &str {
+    if name.len() <= MAX_IDENT_BYTES {
+        return name;
+    }
+    let mut end = MAX_IDENT_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
 fn split_parts(input: &str) -> Result<Vec<String>, IdentError> {
     if input.trim().is_empty() {
         return Err(IdentError::Empty);
@@ -179,7 +196,7 @@ fn split_parts(input: &str) -> Result<Vec<String>, IdentError> {
             // ASCII letters fold; "Ärzte" stays "Ärzte" (issue 16).
             part = part.to_ascii_lowercase();
         }
-        parts.push(part);
+        parts.push(truncate_identifier(&part).to_string());
         while i < chars.len() && chars[i].is_whitespace() {
             i += 1;
         }
@@ -197,6 +214,19 @@ fn split_parts(input: &str) -> Result<Vec<String>, IdentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_cut_to_63_bytes_on_a_character_boundary() {
+        let t64 = "t".repeat(64);
+        let q = parse_qualified(&format!("fz.{t64}")).unwrap();
+        assert_eq!(q.name, "t".repeat(63));
+        let quoted = parse_qualified(&format!("fz.\"{}\"", "T".repeat(70))).unwrap();
+        assert_eq!(quoted.name, "T".repeat(63));
+        // 62 ASCII bytes then a two-byte letter: the letter does not fit and goes whole.
+        let mixed = format!("{}Äx", "a".repeat(62));
+        assert_eq!(truncate_identifier(&mixed), "a".repeat(62));
+        assert_eq!(truncate_identifier("Ärzte"), "Ärzte");
+    }
 
     #[test]
     fn unquoted_names_fold_ascii_only_as_postgresql_does_in_utf8() {
