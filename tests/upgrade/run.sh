@@ -93,6 +93,30 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   else
     not_ok "${old} -> ${CURRENT}: ALTER EXTENSION UPDATE"
   fi
+  # From 0.1.0 the update first makes the schema a member (0.1.0 -> 0.1.1); it refuses,
+  # changing nothing, without vital_tenancy--0.1.1.control and when a name its objects
+  # would take in pg_catalog meanwhile is taken (here by a table a DBA put in the schema).
+  if [ "${old}" = "0.1.0" ]; then
+    rdb="vt_up_refusals"
+    vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${rdb} WITH (FORCE)" -c "CREATE DATABASE ${rdb}" >/dev/null
+    q "${rdb}" "CREATE EXTENSION vital_tenancy VERSION '0.1.0'" >/dev/null
+    state="SELECT e.extversion || ' ' || e.extnamespace::regnamespace::text || ' ' || (SELECT count(*) FROM pg_depend d
+             WHERE d.refobjid = e.oid AND d.deptype = 'e' AND d.classid = 'pg_namespace'::regclass) FROM pg_extension e WHERE e.extname = 'vital_tenancy'"
+    mv "${EXTDIR}/vital_tenancy--0.1.1.control" "${OUT}/"
+    no_control=$(q "${rdb}" "ALTER EXTENSION vital_tenancy UPDATE" 2>&1)
+    mv "${OUT}/vital_tenancy--0.1.1.control" "${EXTDIR}/"
+    after_no_control=$(q "${rdb}" "${state}")
+    q "${rdb}" "CREATE TABLE vital_tenancy.pg_class (x int)" >/dev/null
+    taken=$(q "${rdb}" "ALTER EXTENSION vital_tenancy UPDATE" 2>&1)
+    after_taken=$(q "${rdb}" "${state}")
+    if [[ "${no_control}" == *"vital_tenancy--0.1.1.control is not installed"* ]] && [ "${after_no_control}" = "0.1.0 vital_tenancy 0" ] \
+       && [[ "${taken}" == *"pg_catalog has relation pg_class"* ]] && [ "${after_taken}" = "0.1.0 vital_tenancy 0" ]; then
+      ok "${old} -> ${CURRENT}: refused without vital_tenancy--0.1.1.control and with a name taken in pg_catalog, nothing changed"
+    else
+      not_ok "${old} -> ${CURRENT}: refusals of the schema step: [${no_control}] -> ${after_no_control}; [${taken}] -> ${after_taken}"
+    fi
+    vt_psql -d postgres -c "DROP DATABASE IF EXISTS ${rdb} WITH (FORCE)" >/dev/null
+  fi
   describe "${db}" "${OUT}/updated-${old}.txt" || not_ok "describe the updated install"
   if [ -s "${OUT}/fresh.txt" ] && diff -u "${OUT}/fresh.txt" "${OUT}/updated-${old}.txt" > "${OUT}/diff-${old}.txt"; then
     ok "${old} -> ${CURRENT}: updated objects equal a fresh install ($(wc -l < "${OUT}/fresh.txt") lines)"
