@@ -205,7 +205,7 @@ COMMENT ON FUNCTION vital_tenancy.tenant_keys_plan() IS
 COMMENT ON FUNCTION vital_tenancy.apply_tenant_keys(integer, integer) IS
     'Apply the keys step: swap each unique constraint onto its per-tenant index (ERROR 55000 if an index is missing: run the plan''s index_ddl first) and create each reference guard, under lock_timeout with retries. Idempotent. DBA only.';
 COMMENT ON FUNCTION vital_tenancy.tenant_reference_check() IS
-    'Trigger guarding a reference between tenant tables: the parent must belong to the row''s tenant or to Platform; the same 23503 whether the parent does not exist or belongs to another tenant. SECURITY DEFINER, search_path pinned.';
+    'Trigger guarding a reference between tenant tables (created by apply_tenant_keys()): the parent must belong to the row''s tenant, or to Platform where the parent table is shared; the same 23503 whether the parent does not exist or belongs to another tenant; a row of a tenant the writer may not write is left to the policies'' one error. Runs only as a guard matching a recorded foreign key (else 42501); not executable by PUBLIC.';
 REVOKE EXECUTE ON FUNCTION vital_tenancy.apply_tenant_keys(integer, integer) FROM PUBLIC;
 
 -- Health, indexes, usage, export ---------------------------------------------------
@@ -282,3 +282,34 @@ COMMENT ON FUNCTION vital_tenancy.citus_boundary_status() IS
     'The tenant boundary on every managed table and, on Citus, on every shard placement (checked by the worker''s boundary_problems() and compared with the table''s policy_fingerprint()): one row per placement, problem NULL where it holds.';
 REVOKE EXECUTE ON FUNCTION vital_tenancy.citus_safe_policies(regclass, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION vital_tenancy.citus_boundary_status() FROM PUBLIC;
+
+-- Privileges, default deny: no routine of the extension is executable by PUBLIC except
+-- those an application role must call itself (a policy, a column DEFAULT, PostgREST's
+-- pre-request hook, a trusted backend's set_tenant(), the classifiers). Each of them
+-- is reviewed, with why, in tests/pg_regress/sql/privileges.sql, which fails when one
+-- appears unreviewed. A routine added later starts revoked. (The same block ends
+-- every upgrade script.)
+DO $privileges$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT pg_catalog.format('%s %I.%I(%s)', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+                                 n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)) AS routine
+          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'vital_tenancy'
+           AND p.proname OPERATOR(pg_catalog.<>) ALL (ARRAY[
+                 -- called by the policies, the tenant column's DEFAULT, PostgREST and backends
+                 'current_tenant_id', 'visible_tenant_ids', 'writable_tenant_ids', 'pre_request', 'set_tenant',
+                 'tenant_id_by_slug', 'tenants_table',
+                 'platform_tenant_id', 'digital_health_tenant_id', 'pharma_tenant_id',
+                 -- the classifiers: functions of their arguments and the PUBLIC-readable rules
+                 'classify_prompt_tenant', 'classify_knowledge_tenant', 'classify_agent_tenant',
+                 'classify_tool_tenant', 'map_domain_to_suite', 'tool_category_name', 'explain_tenant', 'rules'
+               ]::pg_catalog.name[])
+           AND pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON %s FROM PUBLIC', r.routine);
+    END LOOP;
+END
+$privileges$;

@@ -193,7 +193,7 @@ fn current_key(observed: Observed) -> Key {
 /// Run `f` with the extension owner's rights (as PostgreSQL's own foreign-key checks
 /// do), so that the tenants and membership tables need not be readable by the caller.
 /// An error inside `f` aborts the (sub)transaction, which restores the user id.
-fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner: Option<pg_sys::Oid> = Spi::connect(|c| {
         crate::catalog::value::<pg_sys::Oid>(
             c,
@@ -347,7 +347,7 @@ pub(crate) fn tenant_access(table: &str, ids: &[[u8; 16]]) -> Vec<TenantAccess> 
     })
 }
 
-fn platform_bytes() -> [u8; 16] {
+pub(crate) fn platform_bytes() -> [u8; 16] {
     crate::logic::tenants::uuid_bytes(crate::logic::tenants::PLATFORM.id).unwrap_or_default()
 }
 
@@ -766,12 +766,21 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
 #[pg_extern(stable, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn writable_tenant_ids() -> Vec<Uuid> {
+    writable_tenants()
+        .into_iter()
+        .map(Uuid::from_bytes)
+        .collect()
+}
+
+/// What `writable_tenant_ids()` returns, for the current role (call it before any
+/// switch to the extension's owner).
+pub(crate) fn writable_tenants() -> Vec<[u8; 16]> {
     if current_user_is_admin() {
-        return every_tenant();
+        return every_tenant().iter().map(|u| *u.as_bytes()).collect();
     }
     policy_context()
         .filter(|c| c.writes)
-        .map(|c| Uuid::from_bytes(c.tenant))
+        .map(|c| c.tenant)
         .into_iter()
         .collect()
 }

@@ -1,5 +1,6 @@
 //! A foreign key's options as `pg_constraint` stores them, spelled back as SQL, so that
-//! a key rewritten with the tenant column keeps them (no deparsed text is matched).
+//! a key rewritten with the tenant column keeps them (no deparsed text is matched);
+//! and what the guard of a reference between tenant tables checks for one written row.
 
 /// `pg_constraint` columns of a foreign key: `confupdtype`, `confdeltype`,
 /// `confmatchtype` (single letters), `condeferrable`, `condeferred`, and the quoted
@@ -78,9 +79,91 @@ impl FkOptions {
     }
 }
 
+/// What the reference guard (`tenant_reference_check()`) does with one written row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardCheck {
+    /// The writer is under the child table's row level security and may not write the
+    /// row's tenant: the policies' WITH CHECK refuses the row right after the BEFORE
+    /// trigger, with row level security's one error, whatever the parent. The guard
+    /// looks nothing up, so the outcome cannot depend on rows of a tenant the writer
+    /// may not write (the claimed-tenant probe).
+    LeaveToRowSecurity,
+    /// The parent must be a row of one of these tenants (none: no parent qualifies).
+    ParentAmong(Vec<[u8; 16]>),
+}
+
+/// The tenants a row's parent may belong to: the row's own tenant, and Platform only
+/// where the parent table is shared (readable by every tenant); a parent the row's
+/// tenant cannot read is no parent. `under_rls`: the writer is subject to the child
+/// table's row level security; `writable`: the tenants it may write there.
+pub fn guard_check(
+    child_tenant: Option<[u8; 16]>,
+    under_rls: bool,
+    writable: &[[u8; 16]],
+    parent_shared: bool,
+    platform: [u8; 16],
+) -> GuardCheck {
+    if under_rls && !child_tenant.is_some_and(|t| writable.contains(&t)) {
+        return GuardCheck::LeaveToRowSecurity;
+    }
+    let mut tenants: Vec<[u8; 16]> = child_tenant.into_iter().collect();
+    if parent_shared && child_tenant != Some(platform) {
+        tenants.push(platform);
+    }
+    GuardCheck::ParentAmong(tenants)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const P: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const A: [u8; 16] = [0x11; 16];
+    const B: [u8; 16] = [0xf7; 16];
+
+    #[test]
+    fn a_tenant_the_writer_may_not_write_is_left_to_row_security() {
+        // The claimed-tenant probe: whatever exists in B, the writer of A gets RLS's error.
+        assert_eq!(
+            guard_check(Some(B), true, &[A], true, P),
+            GuardCheck::LeaveToRowSecurity
+        );
+        assert_eq!(
+            guard_check(None, true, &[A], true, P),
+            GuardCheck::LeaveToRowSecurity
+        );
+        // Read-only status or no context: nothing writable.
+        assert_eq!(
+            guard_check(Some(A), true, &[], true, P),
+            GuardCheck::LeaveToRowSecurity
+        );
+    }
+
+    #[test]
+    fn platform_parents_only_in_shared_tables() {
+        assert_eq!(
+            guard_check(Some(A), true, &[A], true, P),
+            GuardCheck::ParentAmong(vec![A, P])
+        );
+        assert_eq!(
+            guard_check(Some(A), true, &[A], false, P),
+            GuardCheck::ParentAmong(vec![A])
+        );
+        // Platform's own rows reference Platform once.
+        assert_eq!(
+            guard_check(Some(P), false, &[], true, P),
+            GuardCheck::ParentAmong(vec![P])
+        );
+        // Owners and admins outside row level security: the row's tenant decides.
+        assert_eq!(
+            guard_check(Some(B), false, &[], false, P),
+            GuardCheck::ParentAmong(vec![B])
+        );
+        assert_eq!(
+            guard_check(None, false, &[], true, P),
+            GuardCheck::ParentAmong(vec![P])
+        );
+    }
 
     fn fk(u: char, d: char, m: char, deferrable: bool, deferred: bool) -> FkOptions {
         FkOptions {

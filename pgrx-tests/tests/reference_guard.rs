@@ -1,0 +1,294 @@
+//! The reference guard of migration 007 (`tenant_reference_check()`) attacked as the
+//! outside pass of 0.2.0 did (issue 31), on the migrated real fixture:
+//!
+//! 1. any role attached the SECURITY DEFINER guard to a temp table of its own, with a
+//!    temp view as "parent" calling its own function, which then ran as the superuser;
+//! 2. a row claiming another tenant got 42501 when the parent existed there and 23503
+//!    when it did not: an existence-and-ownership oracle;
+//! 3. a Platform parent was accepted in a table that is not shared.
+//!
+//! Each replay must fail safely: no escalation, one outcome whatever exists elsewhere,
+//! no parent the row's tenant cannot see.
+
+use postgres::Client;
+use vital_tenancy_e2e::{migrate, postgrest, Failure, FixtureDb, Rows, DIGITAL, PHARMA, PLATFORM};
+
+const MISSING: &str = "99999999-9999-4999-8999-999999999999";
+
+fn migrated(tag: &str) -> (FixtureDb, Client) {
+    let db = FixtureDb::new(tag);
+    let mut dba = db.dba();
+    dba.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
+    let (ok, out, err) = migrate(&db.name, &[]);
+    assert!(ok, "migration failed: {out}\n{err}");
+    (db, dba)
+}
+
+fn is_superuser(dba: &mut Client, role: &str) -> bool {
+    dba.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
+        .unwrap()
+        .get(0)
+}
+
+/// The attacker's set-up: a temp table, a function of its own that would make it a
+/// superuser, a temp view calling it, and the guard attached with arguments naming the
+/// view as the parent; then a row that fires it.
+fn exploit(role: &str) -> String {
+    format!(
+        "CREATE TEMP TABLE probe (id uuid, tenant_id uuid);
+         CREATE FUNCTION pg_temp.escalate() RETURNS uuid LANGUAGE sql AS $f$ ALTER ROLE {role} SUPERUSER; SELECT NULL::uuid $f$;
+         CREATE TEMP VIEW parent AS SELECT pg_temp.escalate() AS id, NULL::uuid AS tenant_id;
+         CREATE TRIGGER guard BEFORE INSERT ON probe FOR EACH ROW
+           EXECUTE FUNCTION vital_tenancy.tenant_reference_check('pg_temp.parent', 'id', 'id', 'tenant_id', 'tenant_id');
+         INSERT INTO probe VALUES ('{MISSING}', '{DIGITAL}')"
+    )
+}
+
+fn code(r: Result<u64, postgres::Error>) -> String {
+    vital_tenancy_e2e::sqlstate(r)
+}
+
+#[test]
+fn no_role_runs_the_reference_guard_as_the_superuser() {
+    let (db, mut dba) = migrated("guard_escalation");
+    dba.batch_execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_attacker') THEN CREATE ROLE vt_rg_attacker LOGIN; END IF;
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_authenticator') THEN CREATE ROLE vt_rg_authenticator LOGIN NOINHERIT; END IF;
+         END $$;
+         ALTER ROLE vt_rg_attacker NOSUPERUSER;
+         GRANT anon, authenticated, vital_tenancy_context TO vt_rg_authenticator;",
+    )
+    .unwrap();
+
+    // An untrusted login, with no tenant context: attaching the guard is refused.
+    let mut attacker = db.connect_as("vt_rg_attacker");
+    let r = attacker.batch_execute(&format!("BEGIN; {}; COMMIT", exploit("vt_rg_attacker")));
+    let e = r.expect_err("the exploit must fail");
+    let d = e.as_db_error().expect("a database error");
+    assert_eq!(d.code().code(), "42501", "{}", d.message());
+    assert!(
+        d.message()
+            .contains("permission denied for function vital_tenancy.tenant_reference_check"),
+        "{}",
+        d.message()
+    );
+    let _ = attacker.batch_execute("ROLLBACK");
+    assert!(!is_superuser(&mut dba, "vt_rg_attacker"));
+
+    // anon inside a PostgREST-shaped request: the same.
+    let mut pgrst = db.connect_as("vt_rg_authenticator");
+    let r = postgrest(
+        &mut pgrst,
+        "anon",
+        "{}",
+        "{}",
+        false,
+        &exploit("vt_rg_attacker"),
+    );
+    assert_eq!(r.map_err(|e| e.0), Err("42501".into()));
+    assert!(!is_superuser(&mut dba, "vt_rg_attacker"));
+
+    // Defence in depth: even a trigger a superuser attached, on a temp table or on a
+    // managed table, with arguments that are not a recorded reference, refuses to run
+    // (and never reads the "parent").
+    let setup = "CREATE TEMP TABLE probe (id uuid, tenant_id uuid);
+         CREATE FUNCTION pg_temp.escalate() RETURNS uuid LANGUAGE sql AS $f$ ALTER ROLE vt_rg_attacker SUPERUSER; SELECT NULL::uuid $f$;
+         CREATE TEMP VIEW parent AS SELECT pg_temp.escalate() AS id, NULL::uuid AS tenant_id;";
+    dba.batch_execute(&format!(
+        "BEGIN; {setup}
+         CREATE TRIGGER guard BEFORE INSERT ON probe FOR EACH ROW
+           EXECUTE FUNCTION vital_tenancy.tenant_reference_check('pg_temp.parent', 'id', 'id', 'tenant_id', 'tenant_id');"
+    ))
+    .unwrap();
+    let r = dba.execute(
+        &format!("INSERT INTO probe VALUES ('{MISSING}', '{DIGITAL}')"),
+        &[],
+    );
+    let e = r.expect_err("a guard on a temp table must refuse");
+    let d = e.as_db_error().unwrap();
+    assert_eq!(d.code().code(), "42501");
+    assert!(
+        d.message().contains(
+            "runs only as the reference guards vital_tenancy creates: trigger \"guard\" on probe is not one"
+        ),
+        "{}",
+        d.message()
+    );
+    dba.batch_execute("ROLLBACK").unwrap();
+    // On a managed table: a second trigger named like a guard but with other arguments,
+    // and one named after no foreign key.
+    for (name, args) in [
+        (
+            "vt_tenant_ref_messages_parent_message_id_fkey_x",
+            "'public.messages', 'parent_message_id', 'id', 'tenant_id', 'tenant_id'",
+        ),
+        (
+            "vt_tenant_ref_messages_parent_message_id_fkey",
+            "'pg_temp.parent', 'parent_message_id', 'id', 'tenant_id', 'tenant_id'",
+        ),
+    ] {
+        dba.batch_execute(&format!(
+            "BEGIN; {setup}
+             DROP TRIGGER IF EXISTS vt_tenant_ref_messages_parent_message_id_fkey ON public.messages;
+             CREATE TRIGGER {name} BEFORE INSERT ON public.messages FOR EACH ROW
+               EXECUTE FUNCTION vital_tenancy.tenant_reference_check({args});"
+        ))
+        .unwrap();
+        let r = dba.execute(
+            &format!("INSERT INTO public.messages (role, content, tenant_id, parent_message_id) VALUES ('user', 'x', '{DIGITAL}', NULL)"),
+            &[],
+        );
+        assert_eq!(code(r), "42501", "trigger {name} ({args})");
+        dba.batch_execute("ROLLBACK").unwrap();
+    }
+    assert!(!is_superuser(&mut dba, "vt_rg_attacker"));
+
+    // The guards 007 created still work for every role (EXECUTE is checked when a
+    // trigger is created, not when it fires): a Digital Health reply to its own message.
+    let claims = format!(r#"{{"role": "authenticated", "tenant_id": "{DIGITAL}"}}"#);
+    let r = postgrest(
+        &mut pgrst,
+        "authenticated",
+        &claims,
+        "{}",
+        true,
+        "WITH m AS (INSERT INTO public.messages (role, content) VALUES ('user', 'mine') RETURNING id)
+         INSERT INTO public.messages (role, content, parent_message_id) SELECT 'user', 'reply', id FROM m RETURNING tenant_id::text",
+    );
+    assert_eq!(r, Ok(vec![vec![Some(DIGITAL.to_string())]]));
+}
+
+/// A request as a Digital Health user through PostgREST's path (with pre_request).
+fn as_digital_health(c: &mut Client, sql: &str) -> Result<Rows, Failure> {
+    let claims = format!(r#"{{"role": "authenticated", "tenant_id": "{DIGITAL}"}}"#);
+    postgrest(c, "authenticated", &claims, "{}", true, sql)
+}
+
+#[test]
+fn the_guard_answers_only_for_the_tenants_a_request_may_write() {
+    let (db, mut dba) = migrated("guard_oracle");
+    dba.batch_execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_authenticator') THEN
+           CREATE ROLE vt_rg_authenticator LOGIN NOINHERIT; END IF; END $$;
+         GRANT anon, authenticated, vital_tenancy_context TO vt_rg_authenticator;",
+    )
+    .unwrap();
+    // A Pharmaceuticals knowledge source: the id the probe asks about.
+    let pharma_source: String = dba
+        .query_one(
+            &format!("INSERT INTO public.knowledge_sources (title, domain, tenant_id) VALUES ('Pharma dossier', 'regulatory', '{PHARMA}') RETURNING id::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut pgrst = db.connect_as("vt_rg_authenticator");
+    let chunk = |source: &str, tenant: &str| {
+        format!(
+            "INSERT INTO public.knowledge_base (source_id, chunk_index, content, content_hash, domain, tenant_id)
+             VALUES ('{source}', 0, 'probe', 'vt-probe', 'regulatory', '{tenant}')"
+        )
+    };
+    // 2. A row claiming Pharmaceuticals, with Pharmaceuticals' real source and with an
+    // id that exists nowhere: the one error of row level security either way.
+    let existing = as_digital_health(&mut pgrst, &chunk(&pharma_source, PHARMA));
+    let random = as_digital_health(&mut pgrst, &chunk(MISSING, PHARMA));
+    assert_eq!(
+        existing, random,
+        "INSERT: same outcome whether the parent exists in the claimed tenant"
+    );
+    assert_eq!(
+        existing.as_ref().map_err(|e| e.0.as_str()),
+        Err("42501"),
+        "{existing:?}"
+    );
+    // The same through an UPDATE of the request's own row (messages: the application's
+    // policies let a user update messages), re-pointed at a Pharmaceuticals message.
+    let pharma_message: String = dba
+        .query_one(
+            &format!("INSERT INTO public.messages (role, content, tenant_id) VALUES ('user', 'pharma thread', '{PHARMA}') RETURNING id::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let own = format!(
+        "INSERT INTO public.messages (role, content) VALUES ('user', 'vt-probe');
+         UPDATE public.messages SET tenant_id = '{PHARMA}', parent_message_id = 'PARENT' WHERE content = 'vt-probe' RETURNING id"
+    );
+    let existing = as_digital_health(&mut pgrst, &own.replace("PARENT", &pharma_message));
+    let random = as_digital_health(&mut pgrst, &own.replace("PARENT", MISSING));
+    assert_eq!(
+        existing, random,
+        "UPDATE: same outcome whether the parent exists in the claimed tenant"
+    );
+    assert_eq!(
+        existing.as_ref().map_err(|e| e.0.as_str()),
+        Err("42501"),
+        "{existing:?}"
+    );
+    // Its own tenant with the other tenant's parent: 23503, as for a missing one.
+    let a = as_digital_health(&mut pgrst, &chunk(&pharma_source, DIGITAL)).unwrap_err();
+    let b = as_digital_health(&mut pgrst, &chunk(MISSING, DIGITAL)).unwrap_err();
+    assert_eq!((a.0.as_str(), b.0.as_str()), ("23503", "23503"));
+    assert_eq!(
+        a.1.replace(&pharma_source, "<key>"),
+        b.1.replace(MISSING, "<key>")
+    );
+
+    // 3. messages is not shared: a Platform message is no parent for a Digital Health
+    // reply (the tenant cannot see it), and so never blocks the admin's delete of it.
+    let shared: bool = dba
+        .query_one(
+            "SELECT shared FROM vital_tenancy.rls_tables WHERE tbl = 'public.messages'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        !shared,
+        "the fixture's messages table is migrated as not shared"
+    );
+    let platform_message: String = dba
+        .query_one(
+            &format!("INSERT INTO public.messages (role, content, tenant_id) VALUES ('system', 'platform notice', '{PLATFORM}') RETURNING id::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let reply = |parent: &str| {
+        format!("INSERT INTO public.messages (role, content, parent_message_id) VALUES ('user', 'reply', '{parent}')")
+    };
+    let a = as_digital_health(&mut pgrst, &reply(&platform_message)).unwrap_err();
+    let b = as_digital_health(&mut pgrst, &reply(MISSING)).unwrap_err();
+    assert_eq!((a.0.as_str(), b.0.as_str()), ("23503", "23503"), "{a:?}");
+    assert_eq!(
+        a.1.replace(&platform_message, "<key>"),
+        b.1.replace(MISSING, "<key>")
+    );
+    assert!(!a.1.contains("or Platform"), "{}", a.1);
+    // Where the parent table is shared, a Platform parent still is one.
+    let platform_source: String = dba
+        .query_one(
+            &format!("INSERT INTO public.knowledge_sources (title, domain, tenant_id) VALUES ('Shared guideline', 'general_medicine', '{PLATFORM}') RETURNING id::text"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        as_digital_health(&mut pgrst, &chunk(&platform_source, DIGITAL)).map(|r| r.len()),
+        Ok(0)
+    );
+    // Even the owner (outside row level security) cannot put a Digital Health reply under it.
+    let r = dba.execute(
+        &format!("INSERT INTO public.messages (role, content, tenant_id, parent_message_id) VALUES ('user', 'reply', '{DIGITAL}', '{platform_message}')"),
+        &[],
+    );
+    assert_eq!(code(r), "23503");
+    let deleted = dba
+        .execute(
+            &format!("DELETE FROM public.messages WHERE id = '{platform_message}'"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(deleted, 1);
+}
