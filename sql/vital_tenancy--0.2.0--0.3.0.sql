@@ -18,6 +18,15 @@ CREATE OR REPLACE FUNCTION vital_tenancy.tenant_reference_check() RETURNS trigge
 COMMENT ON FUNCTION vital_tenancy.tenant_reference_check() IS
     'Trigger guarding a reference between tenant tables (created by apply_tenant_keys()): the parent must belong to the row''s tenant, or to Platform where the parent table is shared; the same 23503 whether the parent does not exist or belongs to another tenant; a row of a tenant the writer may not write is left to the policies'' one error. Runs only as a guard matching a recorded foreign key (else 42501); not executable by PUBLIC.';
 
+-- Issue 31, finding 5: inside a request the request's own SQL does not choose its tenant
+-- (src/context.rs, src/guc.rs); the functions are unchanged, their comments say so.
+COMMENT ON FUNCTION vital_tenancy.current_tenant_id() IS
+    'The tenant of the current request: setting vital.tenant_id, else tenant_id in request.jwt.claims, else x-tenant-id in request.headers if the claims'' sub is a member, else NULL. Only values set in the current transaction count (unless vital_tenancy.session_context), only for a login role that is a member of vital_tenancy_context, and inside a request running as another role only what that role did not set itself or pre_request() fixed. A bad context (malformed, unknown tenant, non-member, untrusted session, chosen inside the request) is an ERROR here. Cached per statement. SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION vital_tenancy.pre_request() IS
+    'PostgREST db-pre-request hook: resolves and validates the request''s tenant context once, before the query reads any row, and fixes it for the transaction (a later change of a context setting or of the role gives no context; a second call with other values is 42501); a bad context is an ERROR, values left over from outside the transaction one WARNING. SECURITY DEFINER, search_path pinned.';
+COMMENT ON FUNCTION vital_tenancy.set_tenant(uuid) IS
+    'Set vital.tenant_id for the rest of the transaction (SET LOCAL semantics) after checking the tenant exists; NULL clears it. Only for login roles that are members of vital_tenancy_context, before any switch to a role that is not (ERROR 42501 otherwise); warns about leftover session values.';
+
 -- Privileges, default deny: no routine of the extension is executable by PUBLIC except
 -- those an application role must call itself (a policy, a column DEFAULT, PostgREST's
 -- pre-request hook, a trusted backend's set_tenant(), the classifiers). Each of them

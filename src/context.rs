@@ -117,6 +117,7 @@ unsafe extern "C-unwind" fn xact_callback(
             | XACT_EVENT_PARALLEL_ABORT
     ) {
         clear_cache();
+        clear_seal(None);
         crate::activity::end_of_transaction();
     }
 }
@@ -124,13 +125,14 @@ unsafe extern "C-unwind" fn xact_callback(
 #[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
-    _my: pg_sys::SubTransactionId,
+    my: pg_sys::SubTransactionId,
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
     // What a rolled-back savepoint cached may rest on rows it wrote.
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         clear_cache();
+        clear_seal(Some(my));
     }
 }
 
@@ -146,14 +148,54 @@ pub fn init() {
 fn setting(name: &str) -> Setting {
     let value = guc::value(name);
     let set = value.as_deref().is_some_and(|v| !v.trim().is_empty());
+    let origin = guc::origin(name);
     Setting {
-        local: set && guc::set_in_this_transaction(name),
+        local: set && origin.is_some_and(|o| o.local),
+        by_confined: set && origin.is_some_and(|o| guc::is_confined(o.setter)),
         value,
     }
 }
 
+/// What `pre_request()` saw when it fixed the request's context: the current role and
+/// the three settings' values. Kept until the transaction ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seal {
+    role: pg_sys::Oid,
+    values: [Option<String>; 3],
+}
+
+thread_local! {
+    /// The seal and the subtransaction that took it: rolling that one back (or one it
+    /// is nested in) undoes the seal, as it undoes the settings.
+    static SEAL: RefCell<Option<(Seal, pg_sys::SubTransactionId)>> = const { RefCell::new(None) };
+}
+
+fn current_seal() -> Seal {
+    Seal {
+        role: guc::outer_role(),
+        values: [
+            guc::value(TENANT_SETTING),
+            guc::value(CLAIMS_SETTING),
+            guc::value(HEADERS_SETTING),
+        ],
+    }
+}
+
+/// Forget the seal; with `rolled_back`, only if it was taken inside that (aborting)
+/// subtransaction: while it is active, every later subtransaction id is nested in it.
+fn clear_seal(rolled_back: Option<pg_sys::SubTransactionId>) {
+    SEAL.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if rolled_back.is_none_or(|sub| s.as_ref().is_some_and(|(_, at)| *at >= sub)) {
+                *s = None;
+            }
+        }
+    });
+}
+
 /// Everything the context depends on, read without a query.
 fn observe() -> Observed {
+    let sealed = SEAL.with(|s| s.borrow().as_ref().map(|(seal, _)| *seal == current_seal()));
     Observed {
         tenant_setting: setting(TENANT_SETTING),
         claims: setting(CLAIMS_SETTING),
@@ -161,6 +203,7 @@ fn observe() -> Observed {
         trusted: guc::session_is_trusted(),
         session_context: guc::SESSION_CONTEXT.get(),
         service: guc::current_role_is_service(),
+        sealed,
     }
 }
 
@@ -493,6 +536,47 @@ fn context_problem(e: ContextError) -> Problem {
     Problem::new(code, e.to_string())
 }
 
+/// A context the request's own SQL tried to choose: raised where the context is asked
+/// for (in policies it is no context).
+fn inside_request_problem(h: &Honoured) -> Option<Problem> {
+    let names = |reason: IgnoreReason| -> Vec<&str> {
+        h.ignored
+            .iter()
+            .filter(|(_, r)| *r == reason)
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    let changed = names(IgnoreReason::ChangedAfterPreRequest);
+    if !changed.is_empty() {
+        return Some(Problem {
+            detail: Some(format!(
+                "Settings that hold a value: {}. Once vital_tenancy.pre_request() has fixed a request's context, a change of a context setting or of the current role gives no context.",
+                changed.join(", ")
+            )),
+            ..Problem::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "tenant context refused: the request changed its context or its role after vital_tenancy.pre_request()".into(),
+            )
+        });
+    }
+    let inside = names(IgnoreReason::SetInsideRequest);
+    if inside.is_empty() {
+        return None;
+    }
+    Some(Problem {
+        detail: Some("A request running as a role that is neither the login role nor a member of vital_tenancy_context does not choose its own tenant: what PostgREST sets counts once vital_tenancy.pre_request() has fixed it.".into()),
+        hint: Some("Configure db-pre-request = vital_tenancy.pre_request (PostgREST), or set the context before switching roles (set_tenant(), then SET LOCAL ROLE).".into()),
+        ..Problem::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "tenant context refused: {} set by role \"{}\" inside the request",
+                inside.join(", "),
+                guc::role_name(guc::outer_role())
+            ),
+        )
+    })
+}
+
 fn untrusted_problem(h: &Honoured) -> Option<Problem> {
     let refused: Vec<&str> = h
         .ignored
@@ -524,7 +608,7 @@ fn resolve_outcome(observed: &Observed) -> Outcome {
         return Ok(None);
     }
     let h = honoured(observed);
-    if let Some(p) = untrusted_problem(&h) {
+    if let Some(p) = untrusted_problem(&h).or_else(|| inside_request_problem(&h)) {
         return Err(p);
     }
     let source = resolve_as(&h.raw, observed.service).map_err(context_problem)?;
@@ -618,6 +702,24 @@ pub fn current_tenant_id() -> Option<Uuid> {
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn pre_request() {
+    // The first call of a transaction fixes the request's context: from here on, the
+    // request's own SQL cannot change it (a changed setting or role is no context).
+    let now = current_seal();
+    let earlier = SEAL.with(|s| s.borrow().as_ref().map(|(seal, _)| seal.clone()));
+    match earlier {
+        None => {
+            // SAFETY: reads this backend's current subtransaction id.
+            let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+            SEAL.with(|s| *s.borrow_mut() = Some((now, sub)));
+        }
+        Some(seal) if seal == now => {}
+        Some(_) => raise_full(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "tenant context refused: vital_tenancy.pre_request() already fixed this request's context, and a setting or the role has changed since".to_string(),
+            Some("pre_request() runs once per request, before its query; the request's own SQL does not choose its tenant.".into()),
+            None,
+        ),
+    }
     let observed = observe();
     warn_leftovers(&honoured(&observed), "vital_tenancy.pre_request()");
     match outcome_of(observed.clone()) {
@@ -646,6 +748,17 @@ fn pre_request() {
 #[search_path(pg_catalog, pg_temp)]
 fn set_tenant(tenant: Option<Uuid>) -> Option<Uuid> {
     let observed = observe();
+    if tenant.is_some() && guc::request_is_confined() {
+        raise_full(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to set a tenant: role \"{}\" runs inside a request and may not choose its tenant",
+                guc::role_name(guc::outer_role())
+            ),
+            None,
+            Some("A trusted backend calls set_tenant() before switching roles: SELECT vital_tenancy.set_tenant(...); SET LOCAL ROLE ...;".into()),
+        );
+    }
     if tenant.is_some() && !observed.trusted {
         raise_full(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

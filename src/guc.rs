@@ -125,9 +125,20 @@ fn guc_name_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.iter().map(|&c| fold(c)).cmp(b.iter().map(|&c| fold(c)))
 }
 
-/// Whether the current value of setting `name` was set inside the current
-/// transaction (see the module comment). False for a setting that does not exist.
-pub fn set_in_this_transaction(name: &str) -> bool {
+/// Where the current value of a setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Set inside the current transaction (see the module comment).
+    pub local: bool,
+    /// The role that set it (`config_generic.srole`: the current user at the time, so
+    /// the extension's owner inside its SECURITY DEFINER functions; the bootstrap
+    /// superuser for configuration files and role or database defaults).
+    pub setter: pg_sys::Oid,
+}
+
+/// Where the current value of setting `name` came from; `None` for a setting that
+/// does not exist.
+pub fn origin(name: &str) -> Option<Origin> {
     // SAFETY: get_guc_variables()/GetNumConfigOptions() describe the backend's sorted
     // array of settings (find_option() binary-searches the same array); it is only
     // read here, within this call, and no setting is created meanwhile.
@@ -135,7 +146,7 @@ pub fn set_in_this_transaction(name: &str) -> bool {
         let vars = pg_sys::get_guc_variables();
         let n = pg_sys::GetNumConfigOptions();
         if vars.is_null() || n <= 0 {
-            return false;
+            return None;
         }
         let slice = std::slice::from_raw_parts(vars, n as usize);
         let found = slice.binary_search_by(|&g| {
@@ -144,14 +155,54 @@ pub fn set_in_this_transaction(name: &str) -> bool {
             }
             guc_name_cmp(CStr::from_ptr((*g).name).to_bytes(), name.as_bytes())
         });
-        let Ok(i) = found else { return false };
-        let stack = (*slice[i]).stack;
-        if stack.is_null() {
-            return false;
-        }
+        let Ok(i) = found else { return None };
+        let g = slice[i];
+        let stack = (*g).stack;
         use pg_sys::GucStackState::*;
-        matches!((*stack).state, GUC_LOCAL | GUC_SET_LOCAL | GUC_SAVE)
+        let local =
+            !stack.is_null() && matches!((*stack).state, GUC_LOCAL | GUC_SET_LOCAL | GUC_SAVE);
+        Some(Origin {
+            local,
+            setter: (*g).srole,
+        })
     }
+}
+
+/// Whether the current value of setting `name` was set inside the current
+/// transaction (see the module comment). False for a setting that does not exist.
+pub fn set_in_this_transaction(name: &str) -> bool {
+    origin(name).is_some_and(|o| o.local)
+}
+
+/// Whether `role` may choose a tenant by itself: a superuser, or a member of
+/// `vital_tenancy_context`. Inside a transaction only (role lookups read the caches).
+pub fn role_is_trusted(role: pg_sys::Oid) -> bool {
+    // SAFETY: superuser_arg and is_member_of_role read the role caches, inside the
+    // transaction role_and_user checked.
+    role_and_user(CONTEXT_ROLE, || role).is_some_and(|(context, r)| unsafe {
+        pg_sys::superuser_arg(r) || pg_sys::is_member_of_role(r, context)
+    })
+}
+
+/// A role that runs inside a request and must not choose its tenant: neither the
+/// login role (`session_user`) nor trusted itself (PostgREST's `anon` and
+/// `authenticated`, `vital_tenancy_service`, an application role after `SET ROLE`).
+pub fn is_confined(role: pg_sys::Oid) -> bool {
+    // SAFETY: GetSessionUserId is this backend's login role.
+    role != pg_sys::InvalidOid
+        && role != unsafe { pg_sys::GetSessionUserId() }
+        && !role_is_trusted(role)
+}
+
+/// The current role as `SET ROLE` left it (outside any SECURITY DEFINER switch).
+pub fn outer_role() -> pg_sys::Oid {
+    // SAFETY: reads a backend global.
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Whether the request currently runs as a confined role.
+pub fn request_is_confined() -> bool {
+    is_confined(outer_role())
 }
 
 fn check_error(code: PgSqlErrorCode, msg: String, hint: Option<&str>) -> bool {
@@ -214,14 +265,36 @@ unsafe extern "C-unwind" fn check_tenant_setting(
             Some("Only trusted application backends choose a tenant: GRANT vital_tenancy_context TO <login role>;"),
         );
     }
+    // SQL running inside a request as a confined role (an RPC body, an injection) does
+    // not choose its tenant; set_tenant() runs as the extension's owner and passes.
+    // SAFETY: GetUserId is the current user; plain query of the transaction state.
+    if interactive
+        && unsafe { pg_sys::IsTransactionState() }
+        && is_confined(unsafe { pg_sys::GetUserId() })
+    {
+        return check_error(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to set vital.tenant_id: role \"{}\" runs inside a request and may not choose its tenant",
+                role_name(unsafe { pg_sys::GetUserId() })
+            ),
+            Some("Choose the tenant before switching roles: SELECT vital_tenancy.set_tenant(...); then SET LOCAL ROLE ...; PostgREST requests take it from the JWT claims through vital_tenancy.pre_request()."),
+        );
+    }
     true
 }
 
 /// The login role's name (for messages).
 pub fn session_user_name() -> String {
+    // SAFETY: reads a backend global.
+    role_name(unsafe { pg_sys::GetSessionUserId() })
+}
+
+/// A role's name (for messages).
+pub fn role_name(role: pg_sys::Oid) -> String {
     // SAFETY: GetUserNameFromId with noerr returns NULL or a palloc'd name.
     unsafe {
-        let p = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true);
+        let p = pg_sys::GetUserNameFromId(role, true);
         if p.is_null() {
             "?".into()
         } else {

@@ -594,7 +594,8 @@ fn the_context_cache_lasts_one_statement_and_one_savepoint() {
     let begin = format!(
         "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
          SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', {}, true),
-                set_config('request.headers', {}, true);",
+                set_config('request.headers', {}, true);
+         SELECT vital_tenancy.pre_request();",
         literal(&sub),
         literal(&hdr)
     );
@@ -636,4 +637,102 @@ fn the_context_cache_lasts_one_statement_and_one_savepoint() {
         "rolled-back membership still honoured"
     );
     owner.batch_execute("ROLLBACK").unwrap();
+}
+
+/// Issue 31, finding 5: SQL that runs inside a PostgREST request as `authenticated`
+/// (an RPC body with dynamic SQL, an injection) chose its own tenant: it set
+/// `vital.tenant_id`, or switched to `vital_tenancy_service` (PostgreSQL checks the
+/// login's membership) and named any tenant in a header. Each path, as a statement of
+/// the request and from inside an RPC function, must read no other tenant's row.
+#[test]
+fn sql_inside_a_request_does_not_choose_its_tenant() {
+    let (db, mut dba) = setup("att_inside");
+    dba.batch_execute(
+        "GRANT vital_tenancy_service TO vt_att_authenticator;
+         CREATE FUNCTION public.vt_rpc(sql text) RETURNS bigint LANGUAGE plpgsql AS $f$
+           DECLARE n bigint; BEGIN EXECUTE sql INTO n; RETURN n; END $f$;
+         GRANT EXECUTE ON FUNCTION public.vt_rpc(text) TO authenticated;",
+    )
+    .unwrap();
+    let mut pgrst = db.connect_as("vt_att_authenticator");
+    let claims =
+        format!(r#"{{"sub": "{DH_USER}", "role": "authenticated", "tenant_id": "{DIGITAL}"}}"#);
+    let pharma_rows = format!("SELECT count(*) FROM public.messages WHERE tenant_id = '{PHARMA}'");
+    let as_dh = |c: &mut Client, sql: &str| request(c, "authenticated", &claims, "{}", true, sql);
+    // Control: the request sees Digital Health's rows, none of Pharmaceuticals'.
+    let own = format!("SELECT count(*) FROM public.messages WHERE tenant_id = '{DIGITAL}'");
+    let n_own = as_dh(&mut pgrst, &own).unwrap();
+    assert_ne!(
+        n_own,
+        vec![vec![Some("0".to_string())]],
+        "the control sees its own rows"
+    );
+    assert_eq!(
+        as_dh(&mut pgrst, &pharma_rows),
+        Ok(vec![vec![Some("0".into())]])
+    );
+    // 1. Setting the tenant itself: refused where it is set.
+    for set in [
+        format!("SET LOCAL vital.tenant_id = '{PHARMA}'"),
+        format!("SELECT set_config('vital.tenant_id', '{PHARMA}', true)"),
+        format!("SELECT vital_tenancy.set_tenant('{PHARMA}')"),
+    ] {
+        assert_eq!(
+            as_dh(&mut pgrst, &format!("{set}; {pharma_rows}")),
+            Err("42501".into()),
+            "{set}"
+        );
+    }
+    // 2. Claims or headers of its own choosing after pre_request(), or a role switch:
+    // no context.
+    for (what, sql) in [
+        (
+            "claims naming Pharmaceuticals",
+            format!(
+                "SELECT set_config('request.jwt.claims', '{{\"role\": \"authenticated\", \"tenant_id\": \"{PHARMA}\"}}', true)"
+            ),
+        ),
+        (
+            "a switch to the service role with a Pharmaceuticals header",
+            format!(
+                "SET LOCAL ROLE vital_tenancy_service; SELECT set_config('request.headers', '{{\"x-tenant-id\": \"{PHARMA}\"}}', true)"
+            ),
+        ),
+        (
+            "back to the login role, a tenant set there, and back to authenticated",
+            format!(
+                "RESET ROLE; SET LOCAL vital.tenant_id = '{PHARMA}'; SET LOCAL ROLE authenticated"
+            ),
+        ),
+    ] {
+        let rows = as_dh(&mut pgrst, &format!("{sql}; {pharma_rows}; {own}"));
+        let rows = rows.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            rows.iter().rev().take(2).cloned().collect::<Vec<_>>(),
+            vec![vec![Some("0".to_string())], vec![Some("0".to_string())]],
+            "{what}: no context at all (neither tenant's rows)"
+        );
+        // Read from inside an RPC function's dynamic SQL: the same.
+        let rpc = format!("SELECT public.vt_rpc({})", literal(&pharma_rows));
+        assert_eq!(
+            as_dh(&mut pgrst, &format!("{sql}; {rpc}")).map(|r| r.last().cloned()),
+            Ok(Some(vec![Some("0".to_string())])),
+            "{what}, read inside an RPC"
+        );
+    }
+    // 3. From inside an RPC body: the same refusals for the tenant setting.
+    let rpc_set = format!(
+        "SELECT public.vt_rpc({})",
+        literal(&format!(
+            "SELECT count(*) FROM (SELECT set_config('vital.tenant_id', '{PHARMA}', true)) s"
+        ))
+    );
+    assert_eq!(as_dh(&mut pgrst, &rpc_set), Err("42501".into()));
+    // 4. A second pre_request() with other values is refused.
+    let again = format!(
+        "SELECT set_config('request.jwt.claims', '{{\"role\": \"authenticated\", \"tenant_id\": \"{PHARMA}\"}}', true); SELECT vital_tenancy.pre_request()"
+    );
+    assert_eq!(as_dh(&mut pgrst, &again), Err("42501".into()));
+    // The real request path still works after all of it (fresh transaction).
+    assert_eq!(as_dh(&mut pgrst, &own).unwrap(), n_own);
 }

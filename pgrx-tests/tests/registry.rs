@@ -28,7 +28,7 @@ fn request(
     claims: &str,
     sql: &str,
 ) -> Result<vital_tenancy_e2e::Rows, String> {
-    vital_tenancy_e2e::postgrest(c, role, claims, "{}", false, sql).map_err(|e| e.0)
+    vital_tenancy_e2e::postgrest(c, role, claims, "{}", true, sql).map_err(|e| e.0)
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn as_digital_health(
     sql: &str,
 ) -> Result<vital_tenancy_e2e::Rows, vital_tenancy_e2e::Failure> {
     let claims = format!(r#"{{"role": "authenticated", "tenant_id": "{DIGITAL}"}}"#);
-    vital_tenancy_e2e::postgrest(c, "authenticated", &claims, "{}", false, sql)
+    vital_tenancy_e2e::postgrest(c, "authenticated", &claims, "{}", true, sql)
 }
 
 fn one_id(dba: &mut Client, sql: &str) -> String {

@@ -8,7 +8,13 @@
 //!
 //! Before that, [`honoured`] decides which settings count at all: none when the
 //! session's login role is not trusted, and only values set inside the current
-//! transaction (pool safety) unless the DBA opted in to session-level context.
+//! transaction (pool safety) unless the DBA opted in to session-level context. Inside
+//! a request that runs as a *confined* role (the current role is neither the login
+//! role nor itself trusted: `anon`, `authenticated`, `vital_tenancy_service` after
+//! PostgREST's role switch), the request's own SQL does not choose its tenant: a value
+//! set by a confined role counts only as `pre_request()` saw it, and once
+//! `pre_request()` has fixed the context, any change of a setting or of the role gives
+//! no context.
 
 use super::tenants::uuid_bytes;
 use serde_json::Value;
@@ -39,6 +45,9 @@ pub struct RawContext {
 pub struct Setting {
     pub value: Option<String>,
     pub local: bool,
+    /// The value was set by a confined role (not the login role, not a trusted role,
+    /// not the extension's own SECURITY DEFINER code): SQL running inside a request.
+    pub by_confined: bool,
 }
 
 impl Setting {
@@ -47,6 +56,7 @@ impl Setting {
         Setting {
             value: Some(v.to_string()),
             local: true,
+            by_confined: false,
         }
     }
     #[cfg(test)]
@@ -54,6 +64,15 @@ impl Setting {
         Setting {
             value: Some(v.to_string()),
             local: false,
+            by_confined: false,
+        }
+    }
+    /// Set transaction-locally by a confined role (SQL inside a request).
+    #[cfg(test)]
+    pub fn confined(v: &str) -> Setting {
+        Setting {
+            by_confined: true,
+            ..Setting::local(v)
         }
     }
     fn is_set(&self) -> bool {
@@ -75,6 +94,9 @@ pub struct Observed {
     /// The request runs as the server-side role `vital_tenancy_service` (its current
     /// role, as set by `SET ROLE`, has that role's privileges; superusers aside).
     pub service: bool,
+    /// Whether `pre_request()` fixed the context in this transaction, and if so whether
+    /// every setting and the current role are still what it saw.
+    pub sealed: Option<bool>,
 }
 
 /// Why a setting that holds a value does not count.
@@ -84,6 +106,10 @@ pub enum IgnoreReason {
     NotThisTransaction,
     /// The session's login role may not establish a tenant context.
     UntrustedSession,
+    /// Set by a confined role inside the request, not fixed by `pre_request()`.
+    SetInsideRequest,
+    /// A setting or the role changed after `pre_request()` fixed the context.
+    ChangedAfterPreRequest,
 }
 
 /// The settings that count, and those that hold a value but were ignored.
@@ -108,8 +134,15 @@ pub fn honoured(o: &Observed) -> Honoured {
         } else if !o.trusted {
             out.ignored.push((name, IgnoreReason::UntrustedSession));
             false
+        } else if o.sealed == Some(false) {
+            out.ignored
+                .push((name, IgnoreReason::ChangedAfterPreRequest));
+            false
         } else if !s.local && !o.session_context {
             out.ignored.push((name, IgnoreReason::NotThisTransaction));
+            false
+        } else if s.by_confined && o.sealed.is_none() {
+            out.ignored.push((name, IgnoreReason::SetInsideRequest));
             false
         } else {
             true
@@ -466,7 +499,67 @@ mod tests {
             trusted,
             session_context: session,
             service: false,
+            sealed: None,
         }
+    }
+
+    #[test]
+    fn sql_inside_a_request_does_not_choose_its_tenant() {
+        let claims = format!(r#"{{"tenant_id": "{T}"}}"#);
+        // PostgREST sets the role first, then the claims: set by the confined role,
+        // they count only once pre_request() fixed them.
+        let mut o = obs(
+            Setting::default(),
+            Setting::confined(&claims),
+            Setting::default(),
+            true,
+            false,
+        );
+        let h = honoured(&o);
+        assert_eq!(resolve(&h.raw), Ok(Source::None));
+        assert_eq!(
+            h.ignored,
+            vec![(CLAIMS_SETTING, IgnoreReason::SetInsideRequest)]
+        );
+        o.sealed = Some(true);
+        assert_eq!(resolve(&honoured(&o).raw), Ok(Source::Claims(b(T))));
+        // A tenant set by a trusted role before the switch (set_tenant(), SET LOCAL as
+        // the login role) counts without pre_request().
+        let h = honoured(&obs(
+            Setting::local(T),
+            Setting::default(),
+            Setting::default(),
+            true,
+            false,
+        ));
+        assert_eq!(resolve(&h.raw), Ok(Source::Setting(b(T))));
+        // The request's own set_config('vital.tenant_id', ..., true), or its own
+        // headers, without pre_request(): nothing.
+        let h = honoured(&obs(
+            Setting::confined(T),
+            Setting::default(),
+            Setting::confined(&format!(r#"{{"x-tenant-id": "{T}"}}"#)),
+            true,
+            false,
+        ));
+        assert_eq!(h.raw, RawContext::default());
+        // Anything changed after pre_request(), or a role switch: no context at all,
+        // even the values pre_request() saw.
+        let mut o = obs(
+            Setting::local(T),
+            Setting::confined(&claims),
+            Setting::default(),
+            true,
+            false,
+        );
+        o.sealed = Some(false);
+        let h = honoured(&o);
+        assert_eq!(h.raw, RawContext::default());
+        assert!(h
+            .ignored
+            .iter()
+            .all(|(_, r)| *r == IgnoreReason::ChangedAfterPreRequest));
+        assert_eq!(h.ignored.len(), 2);
     }
 
     #[test]

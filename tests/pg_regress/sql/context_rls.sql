@@ -6,13 +6,17 @@ begin;
 create extension vital_tenancy;
 select count(*) from vital_tenancy.ensure_tenants('public.tenants', '{"type": "industry"}');
 create role vt_regress_app login;
+-- A trusted login role (a backend, PostgREST's authenticator): the sources below are
+-- set by it, as they are before a request's role switch (NOINHERIT, like Supabase's authenticator).
+create role vt_regress_backend login noinherit;
+grant vital_tenancy_context, vt_regress_app, vital_tenancy_service to vt_regress_backend;
 create temp view t(id, slug) as select id, slug::text from public.tenants;
-grant select on t to vt_regress_app;
+grant select on t to vt_regress_app, vt_regress_backend;
 -- A superuser has the privileges of vital_tenancy_admin, so sees every tenant.
 select vital_tenancy.visible_tenant_ids() = vital_tenancy.all_tenant_ids() as superuser_sees_all;
 
--- Context sources, in order, as an ordinary role. Nothing set: NULL, nothing visible.
-set local role vt_regress_app;
+-- Context sources, in order, as the trusted backend. Nothing set: NULL, nothing visible.
+set local session authorization vt_regress_backend;
 select vital_tenancy.current_tenant_id() is null as no_context, vital_tenancy.visible_tenant_ids(), vital_tenancy.writable_tenant_ids();
 -- 1. vital.tenant_id (set_tenant is transaction-local).
 select vital_tenancy.set_tenant(vital_tenancy.pharma_tenant_id()) is not null as set;
@@ -28,9 +32,9 @@ set local request.jwt.claims = '{"sub": "aaaaaaaa-0000-4000-8000-000000000001"}'
 set local request.headers = '{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}';
 select vital_tenancy.current_tenant_id();
 \echo :LAST_ERROR_SQLSTATE
-reset role;
+reset session authorization;
 insert into vital_tenancy.tenant_members values ('aaaaaaaa-0000-4000-8000-000000000001', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda', 'member');
-set local role vt_regress_app;
+set local session authorization vt_regress_backend;
 select slug from t where id = vital_tenancy.current_tenant_id();
 -- A header without an authenticated user.
 set local request.jwt.claims = '';
@@ -39,7 +43,7 @@ select vital_tenancy.current_tenant_id();
 reset request.headers;
 
 -- Another membership table can be configured (uuid user and tenant columns).
-reset role;
+reset session authorization;
 create table public.org_members (member uuid, org uuid, note text);
 select vital_tenancy.set_membership_table('public.org_members', 'nope', 'org');
 \echo :LAST_ERROR_SQLSTATE
@@ -50,27 +54,27 @@ select vital_tenancy.set_membership_table('pg_temp.tmp_members', 'member', 'org'
 \echo :LAST_ERROR_SQLSTATE
 select vital_tenancy.set_membership_table('public.org_members', 'member', 'org');
 select value from vital_tenancy.settings where name = 'membership_table';
-set local role vt_regress_app;
+set local session authorization vt_regress_backend;
 set local request.jwt.claims = '{"sub": "aaaaaaaa-0000-4000-8000-000000000001"}';
 set local request.headers = '{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}';
 select vital_tenancy.current_tenant_id();
 \echo :LAST_ERROR_SQLSTATE
-reset role;
+reset session authorization;
 insert into public.org_members values ('aaaaaaaa-0000-4000-8000-000000000001', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda');
-set local role vt_regress_app;
+set local session authorization vt_regress_backend;
 select slug from t where id = vital_tenancy.current_tenant_id();
-reset role;
+reset session authorization;
 -- A bare name stored by an earlier version that resolves to a session's own temp table
 -- never decides memberships (no context in policies; 55000 where asked for).
 update vital_tenancy.settings set value = 'tmp_members' where name = 'membership_table';
 insert into pg_temp.tmp_members values ('aaaaaaaa-0000-4000-8000-000000000001', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda');
-set local role vt_regress_app;
+set local session authorization vt_regress_backend;
 select vital_tenancy.visible_tenant_ids() as via_temp_table;
 select vital_tenancy.current_tenant_id();
 \echo :LAST_ERROR_SQLSTATE
-reset role;
+reset session authorization;
 delete from vital_tenancy.settings where name like 'membership%';
-set local role vt_regress_app;
+set local session authorization vt_regress_backend;
 set local request.jwt.claims = '';
 reset request.headers;
 
@@ -101,7 +105,11 @@ select vital_tenancy.set_tenant(NULL) is null as cleared, vital_tenancy.current_
 -- set_config(..., false)) is no context; pre_request() and set_tenant() say so once.
 set vital.tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda';
 select vital_tenancy.current_tenant_id() is null as session_value_ignored, vital_tenancy.visible_tenant_ids();
+-- (pre_request() fixes the request's context until the transaction ends; the savepoint
+-- undoes that, as it undoes the settings.)
+savepoint p;
 select vital_tenancy.pre_request();
+rollback to p;
 select set_config('request.jwt.claims', '{"tenant_id": "11111111-1111-1111-1111-111111111111"}', false);
 select vital_tenancy.current_tenant_id() is null as session_claims_ignored;
 select vital_tenancy.set_tenant(vital_tenancy.digital_health_tenant_id()) = vital_tenancy.current_tenant_id() as local_value_counts;
@@ -137,6 +145,40 @@ select vital_tenancy.set_tenant(NULL) is null as clearing_is_allowed;
 reset session authorization;
 reset role;
 
+-- Inside a request (the trusted login switched to an application role, as PostgREST
+-- does) the request's own SQL does not choose its tenant: a tenant it sets is refused,
+-- set_tenant() too; claims and headers it sets count only once pre_request() has fixed
+-- them; after that, a change of a setting or of the role (a switch to
+-- vital_tenancy_service with a header of its choosing) gives no context.
+set local session authorization vt_regress_backend;
+savepoint r;
+set local role vt_regress_app;
+set local vital.tenant_id = 'f7aa6fd4-0af9-4706-8b31-034f1f7accda';
+\echo :LAST_ERROR_SQLSTATE
+select set_config('vital.tenant_id', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda', true);
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.set_tenant(vital_tenancy.pharma_tenant_id());
+\echo :LAST_ERROR_SQLSTATE
+select set_config('request.jwt.claims', '{"tenant_id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}', true) is not null as claims_set_inside;
+select vital_tenancy.visible_tenant_ids() as before_pre_request;
+select vital_tenancy.current_tenant_id();
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.pre_request();
+select slug from t where id = vital_tenancy.current_tenant_id();
+select set_config('request.jwt.claims', '{"tenant_id": "11111111-1111-1111-1111-111111111111"}', true) is not null as changed;
+select vital_tenancy.visible_tenant_ids() as after_change;
+select vital_tenancy.current_tenant_id();
+\echo :LAST_ERROR_SQLSTATE
+select vital_tenancy.pre_request();
+\echo :LAST_ERROR_SQLSTATE
+select set_config('request.jwt.claims', '{"tenant_id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}', true) is not null as restored;
+select vital_tenancy.visible_tenant_ids() = array[vital_tenancy.pharma_tenant_id(), vital_tenancy.platform_tenant_id()] as restored_context;
+set local role vital_tenancy_service;
+select set_config('request.headers', '{"x-tenant-id": "11111111-1111-1111-1111-111111111111"}', true) is not null as service_header;
+select vital_tenancy.visible_tenant_ids() as after_role_switch;
+rollback to r;
+reset session authorization;
+
 -- Policies. messages gets a tenant column, classified by hand for the test (after
 -- enable_tenant_rls, so that its new index is usable in this transaction).
 alter table public.messages add column tenant_id uuid references public.tenants (id);
@@ -162,7 +204,9 @@ grant select, insert, update, delete on public.messages to vt_regress_app;
 -- As an ordinary role: the boundary holds although the table's own policies say USING (true).
 set local role vt_regress_app;
 select count(*) as without_context from public.messages;
+reset role;
 select vital_tenancy.set_tenant(vital_tenancy.digital_health_tenant_id()) is not null;
+set local role vt_regress_app;
 select slug, count(*) from public.messages m join t on t.id = m.tenant_id group by slug order by slug;
 update public.messages set content = content;
 delete from public.messages where tenant_id = vital_tenancy.platform_tenant_id();

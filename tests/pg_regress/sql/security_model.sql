@@ -16,8 +16,9 @@ select count(*) > 0 as enabled from vital_tenancy.enable_tenant_rls('public.vt_s
 analyze public.vt_secrets;
 create role vt_sm_app;
 grant select, update on public.vt_secrets to vt_sm_app;
-set local role vt_sm_app;
+-- The trusted session chooses the tenant, then switches to the application role.
 select vital_tenancy.set_tenant(vital_tenancy.digital_health_tenant_id()) is not null as in_digital_health;
+set local role vt_sm_app;
 select count(*) as visible from public.vt_secrets;
 
 -- 1. EXPLAIN ANALYZE counts the rows the policy removed: 100 invisible rows show up
