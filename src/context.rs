@@ -685,6 +685,43 @@ fn warn_leftovers(h: &Honoured, who: &str) {
     );
 }
 
+/// ERROR 55000 when the connection holds session state an earlier transaction left
+/// behind: a `WITH HOLD` cursor or a temporary relation (table, sequence, view, type)
+/// made before the current transaction. Both outlive a transaction on a pooled server
+/// connection, filled (or, for a view in `pg_temp`, shadowing a table) under an
+/// earlier client's tenant; a request that starts on such a connection fails closed.
+/// Not checked with `vital_tenancy.session_context` on (a dedicated connection per
+/// tenant, whose state is its own).
+fn refuse_leftover_session_state(who: &str) {
+    if guc::SESSION_CONTEXT.get() {
+        return;
+    }
+    let left: Option<String> = Spi::connect(|c| {
+        crate::catalog::value::<String>(
+            c,
+            "SELECT NULLIF(pg_catalog.concat_ws(', ',
+                      (SELECT pg_catalog.string_agg('WITH HOLD cursor ' || pg_catalog.quote_ident(name), ', ' ORDER BY name)
+                         FROM pg_catalog.pg_cursors
+                        WHERE is_holdable AND creation_time < pg_catalog.transaction_timestamp()),
+                      (SELECT pg_catalog.string_agg('temporary ' || CASE relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                                                                      WHEN 'c' THEN 'type' ELSE 'table' END
+                                                    || ' ' || pg_catalog.quote_ident(relname), ', ' ORDER BY relname)
+                         FROM pg_catalog.pg_class
+                        WHERE relnamespace = pg_catalog.pg_my_temp_schema() AND relkind NOT IN ('i', 'I', 't')
+                          AND pg_catalog.age(xmin) > 0)), '')",
+            &[],
+        )
+    });
+    if let Some(left) = left {
+        raise_full(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{who}: this connection holds session state from an earlier transaction ({left})"),
+            Some("On a pooled server connection it was made under an earlier client's tenant; a request must not start on it.".into()),
+            Some("Reset server connections between clients (PgBouncer: server_reset_query = DISCARD ALL with server_reset_query_always = 1), or CLOSE the cursor / DROP the relation before the transaction ends; a dedicated connection per tenant sets vital_tenancy.session_context = on.".into()),
+        );
+    }
+}
+
 /// The tenant the current request acts for, or NULL (nothing visible, no writes).
 /// A bad context is an ERROR here (it is asked for explicitly, or by a row DEFAULT).
 #[pg_extern(stable, parallel_restricted, security_definer)]
@@ -702,6 +739,7 @@ pub fn current_tenant_id() -> Option<Uuid> {
 #[pg_extern(volatile, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn pre_request() {
+    refuse_leftover_session_state("vital_tenancy.pre_request()");
     // The first call of a transaction fixes the request's context: from here on, the
     // request's own SQL cannot change it (a changed setting or role is no context).
     let now = current_seal();
@@ -738,6 +776,13 @@ fn pre_request() {
                     propagate_to_workers(name, v);
                 }
             }
+            // What pre_request() itself set (the resolved tenant, on Citus) is part of
+            // what it fixed.
+            SEAL.with(|s| {
+                if let Some((seal, _)) = s.borrow_mut().as_mut() {
+                    *seal = current_seal();
+                }
+            });
         }
     }
 }
@@ -771,6 +816,7 @@ fn set_tenant(tenant: Option<Uuid>) -> Option<Uuid> {
         );
     }
     if let Some(t) = tenant {
+        refuse_leftover_session_state("vital_tenancy.set_tenant()");
         if let Err(p) = as_extension_owner(|| check_tenant(*t.as_bytes(), "set_tenant()")) {
             p.raise();
         }

@@ -20,6 +20,8 @@
 //!   by executor hooks in shared memory when the library is preloaded.
 //! - [`keys`]: tenant-scoped unique keys and reference guards (`tenant_keys_plan()`,
 //!   `apply_tenant_keys()`); the key computation the Citus path shares.
+//! - [`explain`]: `EXPLAIN ANALYZE` refused for statements on tables under row level
+//!   security for the current role (`vital_tenancy.restrict_explain_analyze`).
 //! - [`catalog`]: catalog look-ups shared by the functions above.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
@@ -32,6 +34,7 @@ pub mod citus;
 pub mod classify;
 pub mod context;
 pub mod errors;
+pub mod explain;
 pub mod guc;
 pub mod keys;
 pub mod lifecycle;
@@ -51,6 +54,7 @@ pub extern "C-unwind" fn _PG_init() {
     classify::init();
     context::init();
     activity::init();
+    explain::init();
 }
 
 // Objects that are not Rust functions: grants, configuration tables, helpers.

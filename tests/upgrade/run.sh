@@ -161,12 +161,12 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   else
     not_ok "${old} -> ${CURRENT}: policies after the update: service policies, tables, constant-true admin policies = ${refreshed}"
   fi
-  # The updated boundary works: a trusted backend's transaction-local tenant sees its
-  # rows and Platform's, a session-level leftover nothing.
+  # The updated boundary works: a trusted backend's transaction-local tenant (set before
+  # it switches roles) sees its rows and Platform's, a session-level leftover nothing.
   got=$(vt_psql -d "${mdb}" -At <<SQL
 BEGIN;
-SET LOCAL ROLE authenticated;
 SELECT set_config('request.jwt.claims', '{"tenant_id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}', true);
+SET LOCAL ROLE authenticated;
 SELECT count(DISTINCT tenant_id) FROM public.prompts;
 COMMIT;
 SET request.jwt.claims = '{"tenant_id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}';
@@ -185,8 +185,8 @@ SQL
   # role and protects the registry; then the API path works on the updated database.
   got=$(vt_psql -d "${mdb}" -f "${VT_ROOT}/sql/migrations/006_rls_policies.sql" >/dev/null 2>&1 && vt_psql -d "${mdb}" -At <<SQL
 BEGIN;
-SET LOCAL ROLE vital_tenancy_service;
 SELECT set_config('request.headers', '{"x-tenant-id": "f7aa6fd4-0af9-4706-8b31-034f1f7accda"}', true);
+SET LOCAL ROLE vital_tenancy_service;
 SELECT count(DISTINCT tenant_id) FROM public.prompts;
 COMMIT;
 SQL

@@ -21,11 +21,31 @@ select vital_tenancy.set_tenant(vital_tenancy.digital_health_tenant_id()) is not
 set local role vt_sm_app;
 select count(*) as visible from public.vt_secrets;
 
--- 1. EXPLAIN ANALYZE counts the rows the policy removed: 100 invisible rows show up
---    (PostgREST: keep db-plan-enabled off; never give tenants SQL access).
+-- 1. EXPLAIN ANALYZE counts the rows the policy removed. Closed here: refused for a
+--    role under row level security (vital_tenancy.restrict_explain_analyze, on by
+--    default), also through a view, a sub-select or a prepared statement; plain EXPLAIN
+--    and statements on other tables are not.
 set local enable_indexscan = off;
 set local enable_bitmapscan = off;
 explain (analyze, costs off, timing off, summary off) select * from public.vt_secrets;
+\echo :LAST_ERROR_SQLSTATE
+explain (analyze, costs off, timing off, summary off) select 1 where exists (select 1 from public.vt_secrets where body >= 'pharma');
+\echo :LAST_ERROR_SQLSTATE
+prepare vt_sm_p as select count(*) from public.vt_secrets;
+explain (analyze, costs off, timing off, summary off) execute vt_sm_p;
+\echo :LAST_ERROR_SQLSTATE
+explain (costs off) select * from public.vt_secrets;
+explain (analyze, costs off, timing off, summary off) select 1 as unrelated;
+set local vital_tenancy.restrict_explain_analyze = off;
+\echo :LAST_ERROR_SQLSTATE
+-- What it hides: with the option off (a superuser's choice), 100 invisible rows show up.
+reset role;
+set local vital_tenancy.restrict_explain_analyze = off;
+set local role vt_sm_app;
+explain (analyze, costs off, timing off, summary off) select * from public.vt_secrets;
+reset role;
+reset vital_tenancy.restrict_explain_analyze;
+set local role vt_sm_app;
 reset enable_indexscan;
 reset enable_bitmapscan;
 
@@ -40,7 +60,7 @@ select count(*) as pg_stats_rows from pg_stats where tablename = 'vt_secrets';
 -- 4. LOCK TABLE needs only UPDATE: a tenant role can stall every tenant's queries
 --    (set lock_timeout / statement_timeout for application roles).
 lock table public.vt_secrets in access exclusive mode;
-\echo :LAST_ERROR_SQLSTATE
+\echo :SQLSTATE
 
 -- 5. Closed here: the policy shape gives no error-vs-empty oracle and no constant-true
 --    policy (see context_rls); a bad context reads nothing.
