@@ -206,6 +206,8 @@ COMMENT ON FUNCTION vital_tenancy.apply_tenant_keys(integer, integer) IS
     'Apply the keys step: swap each unique constraint onto its per-tenant index (ERROR 55000 if an index is missing: run the plan''s index_ddl first) and create each reference guard, under lock_timeout with retries. Idempotent. DBA only.';
 COMMENT ON FUNCTION vital_tenancy.tenant_reference_check() IS
     'Trigger guarding a reference between tenant tables (created by apply_tenant_keys()): the parent must belong to the row''s tenant, or to Platform where the parent table is shared; the same 23503 whether the parent does not exist or belongs to another tenant; a row of a tenant the writer may not write is left to the policies'' one error. Runs only as a guard matching a recorded foreign key (else 42501); not executable by PUBLIC.';
+COMMENT ON FUNCTION vital_tenancy.tenant_parent_check() IS
+    'Trigger on every referenced tenant table (vt_tenant_parent_guard, created by apply_tenant_keys()): a row that rows of other tenants reference keeps its tenant (unless it becomes a Platform row of a shared table), and a delete never reaches rows of another tenant through ON DELETE CASCADE, SET NULL or SET DEFAULT (23503, nothing changed). Runs only as that trigger (else 42501); not executable by PUBLIC.';
 REVOKE EXECUTE ON FUNCTION vital_tenancy.apply_tenant_keys(integer, integer) FROM PUBLIC;
 
 -- Health, indexes, usage, export ---------------------------------------------------

@@ -10,3 +10,14 @@ CREATE FUNCTION vital_tenancy.tenant_reference_check() RETURNS trigger
     LANGUAGE c VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'tenant_reference_check_wrapper';
+
+-- The parent side (src/keys.rs): a BEFORE UPDATE OF <tenant column> OR DELETE row
+-- trigger, vt_tenant_parent_guard, on every referenced tenant table (apply_tenant_keys()):
+-- a row that other tenants' rows reference keeps its tenant, and a delete never reaches
+-- another tenant's rows through ON DELETE CASCADE / SET NULL / SET DEFAULT. Same
+-- hardening as the reference guard: C, SECURITY INVOKER, not executable by PUBLIC,
+-- runs only as that trigger on a permanent managed table.
+CREATE FUNCTION vital_tenancy.tenant_parent_check() RETURNS trigger
+    LANGUAGE c VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'tenant_parent_check_wrapper';

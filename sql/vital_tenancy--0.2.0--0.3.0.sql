@@ -18,6 +18,22 @@ CREATE OR REPLACE FUNCTION vital_tenancy.tenant_reference_check() RETURNS trigge
 COMMENT ON FUNCTION vital_tenancy.tenant_reference_check() IS
     'Trigger guarding a reference between tenant tables (created by apply_tenant_keys()): the parent must belong to the row''s tenant, or to Platform where the parent table is shared; the same 23503 whether the parent does not exist or belongs to another tenant; a row of a tenant the writer may not write is left to the policies'' one error. Runs only as a guard matching a recorded foreign key (else 42501); not executable by PUBLIC.';
 
+-- Issue 31, finding 4: a row that other tenants' rows reference kept them when it changed
+-- tenant, and a delete cascaded into them. The parent guard (src/keys.rs), created here on
+-- every referenced tenant table of a database that has them (what migration 007 now
+-- creates too), each under lock_timeout with retries: behind a long transaction the
+-- update fails whole (55P03) and can be run again.
+CREATE FUNCTION vital_tenancy.tenant_parent_check() RETURNS trigger
+    LANGUAGE c VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'tenant_parent_check_wrapper';
+COMMENT ON FUNCTION vital_tenancy.tenant_parent_check() IS
+    'Trigger on every referenced tenant table (vt_tenant_parent_guard, created by apply_tenant_keys()): a row that rows of other tenants reference keeps its tenant (unless it becomes a Platform row of a shared table), and a delete never reaches rows of another tenant through ON DELETE CASCADE, SET NULL or SET DEFAULT (23503, nothing changed). Runs only as that trigger (else 42501); not executable by PUBLIC.';
+
+SELECT vital_tenancy.run_ddl(p.ddl, 'tenant keys', p.table_name, 2000, 5)
+  FROM vital_tenancy.tenant_keys_plan() p
+ WHERE p.change LIKE 'parent guard %' AND p.ddl IS NOT NULL;
+
 -- Issue 31, finding 5: inside a request the request's own SQL does not choose its tenant
 -- (src/context.rs, src/guc.rs); the functions are unchanged, their comments say so.
 COMMENT ON FUNCTION vital_tenancy.current_tenant_id() IS

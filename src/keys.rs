@@ -201,7 +201,7 @@ fn plan(c: &SpiClient<'_>) -> Vec<PlanRow> {
     let refs = c
         .select(
             "SELECT k.conrelid::pg_catalog.regclass::text,
-                    pg_catalog.format('reference %I (%I) -> %s (%I): the parent must belong to the row''s tenant or to Platform',
+                    pg_catalog.format('reference %I (%I) -> %s (%I): the parent must belong to the row''s tenant, or to Platform where the parent table is shared',
                                       k.conname, ca.attname, k.confrelid::pg_catalog.regclass, pa.attname),
                     pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE OF %I, %I ON %s FOR EACH ROW EXECUTE FUNCTION vital_tenancy.tenant_reference_check(%L, %L, %L, %L, %L)',
                                       t.name, ca.attname, cr.tenant_column, k.conrelid::pg_catalog.regclass,
@@ -220,6 +220,30 @@ fn plan(c: &SpiClient<'_>) -> Vec<PlanRow> {
         )
         .or_raise("reading references between tenant tables");
     for r in refs {
+        out.push(PlanRow {
+            table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            change: r.get::<String>(2).ok().flatten().unwrap_or_default(),
+            index: None,
+            ddl: r.get::<String>(3).ok().flatten(),
+        });
+    }
+    // Every referenced tenant table, without its parent guard yet.
+    let parents = c
+        .select(
+            "SELECT p.tbl::pg_catalog.regclass::pg_catalog.text,
+                    pg_catalog.format('parent guard %I: a row that other tenants'' rows reference keeps its tenant, and a delete never reaches another tenant''s rows', $1::text),
+                    pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE UPDATE OF %I OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION vital_tenancy.tenant_parent_check()',
+                                      $1::text, p.tenant_column, p.tbl::pg_catalog.regclass)
+               FROM vital_tenancy.rls_tables p
+              WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k JOIN vital_tenancy.rls_tables cr ON cr.tbl = k.conrelid
+                             WHERE k.contype = 'f' AND k.confrelid = p.tbl)
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid = p.tbl AND g.tgname = $1)
+              ORDER BY 1",
+            None,
+            &[PARENT_GUARD.into()],
+        )
+        .or_raise("reading the referenced tenant tables");
+    for r in parents {
         out.push(PlanRow {
             table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
             change: r.get::<String>(2).ok().flatten().unwrap_or_default(),
@@ -546,4 +570,297 @@ fn tenant_reference_check<'a>(
         }),
         None,
     )
+}
+
+/// The trigger every referenced tenant table gets from the keys step.
+pub(crate) const PARENT_GUARD: &str = "vt_tenant_parent_guard";
+
+/// The tenant column of a permanent managed table whose trigger `tgname` is the parent
+/// guard calling `tenant_parent_check()`: (its attnum, whether the table is shared).
+fn recorded_parent(relid: pg_sys::Oid, tgname: &str) -> Option<(i16, bool)> {
+    if tgname != PARENT_GUARD {
+        return None;
+    }
+    Spi::connect(|c| {
+        let rows = c
+            .select(
+                "SELECT a.attnum, r.shared
+                   FROM pg_catalog.pg_trigger g
+                   JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid
+                   JOIN vital_tenancy.rls_tables r ON r.tbl = g.tgrelid
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = g.tgrelid AND a.attname = r.tenant_column
+                        AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
+                  WHERE g.tgrelid = $1 AND g.tgname = $2 AND NOT g.tgisinternal AND g.tgnargs = 0
+                    AND g.tgfoid = 'vital_tenancy.tenant_parent_check()'::pg_catalog.regprocedure
+                    AND c.relpersistence = 'p'",
+                Some(1),
+                &[relid.into(), tgname.into()],
+            )
+            .or_raise("reading the parent guard");
+        if rows.is_empty() {
+            return None;
+        }
+        let r = rows.first();
+        Some((
+            r.get::<i16>(1)
+                .or_raise("reading the parent guard")
+                .unwrap_or_default(),
+            r.get::<bool>(2)
+                .or_raise("reading the parent guard")
+                .unwrap_or(false),
+        ))
+    })
+}
+
+/// A foreign key from a tenant table to the guarded one: the child table, the key's
+/// name, its ON DELETE action, the SQL that finds a child row of another tenant
+/// (`$1..$n` the parent's key values, `$n+1` the tenant the children may have), and
+/// the parent's attribute numbers and types in that order.
+struct Referencing {
+    child: String,
+    key: String,
+    on_delete: char,
+    exists_sql: String,
+    parent_attnums: Vec<i16>,
+    parent_types: Vec<pg_sys::Oid>,
+}
+
+fn referencing_keys(relid: pg_sys::Oid) -> Vec<Referencing> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT k.conrelid::pg_catalog.regclass::pg_catalog.text, k.conname::pg_catalog.text, k.confdeltype::pg_catalog.text,
+                    pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s ch WHERE %s AND ch.%I IS DISTINCT FROM $%s)',
+                        k.conrelid::pg_catalog.regclass,
+                        (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I OPERATOR(pg_catalog.=) $%s', ca.attname, u.i), ' AND ' ORDER BY u.i)
+                           FROM unnest(k.conkey) WITH ORDINALITY u(ck, i)
+                           JOIN pg_catalog.pg_attribute ca ON ca.attrelid = k.conrelid AND ca.attnum = u.ck),
+                        cr.tenant_column, pg_catalog.cardinality(k.conkey) + 1),
+                    k.confkey,
+                    ARRAY(SELECT pa.atttypid FROM unnest(k.confkey) WITH ORDINALITY u(pk, i)
+                            JOIN pg_catalog.pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = u.pk ORDER BY u.i)
+               FROM pg_catalog.pg_constraint k
+               JOIN vital_tenancy.rls_tables cr ON cr.tbl = k.conrelid
+              WHERE k.contype = 'f' AND k.confrelid = $1
+              ORDER BY 1, 2",
+            None,
+            &[relid.into()],
+        )
+        .or_raise("reading the foreign keys to a tenant table")
+        .map(|r| Referencing {
+            child: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            key: r.get::<String>(2).ok().flatten().unwrap_or_default(),
+            on_delete: r
+                .get::<String>(3)
+                .ok()
+                .flatten()
+                .and_then(|s| s.chars().next())
+                .unwrap_or('a'),
+            exists_sql: r.get::<String>(4).ok().flatten().unwrap_or_default(),
+            parent_attnums: r.get::<Vec<i16>>(5).ok().flatten().unwrap_or_default(),
+            parent_types: r.get::<Vec<pg_sys::Oid>>(6).ok().flatten().unwrap_or_default(),
+        })
+        .collect()
+    })
+}
+
+fn refuse_parent_trigger(table: &str, trigger: &str) -> ! {
+    raise_full(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "vital_tenancy.tenant_parent_check() runs only as the parent guard vital_tenancy creates: trigger {} on {table} is not one",
+            quote_ident(trigger)
+        ),
+        Some(format!("The parent guard is the BEFORE UPDATE OR DELETE ... FOR EACH ROW trigger {PARENT_GUARD}, without arguments, on a permanent table under tenant RLS.")),
+        None,
+    )
+}
+
+/// What the parent guard of one table reads from the catalog, kept for the statement
+/// (a bulk delete fires the trigger once per row).
+struct ParentGuard {
+    relid: pg_sys::Oid,
+    tgname: String,
+    statement: (i64, i64, u32),
+    tenant_attnum: i16,
+    shared: bool,
+    keys: Vec<Referencing>,
+}
+
+thread_local! {
+    static PARENT_GUARD_CACHE: std::cell::RefCell<Option<std::rc::Rc<ParentGuard>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The parent guard of `relid` as the catalog records it (`None`: not a parent guard),
+/// read once per statement.
+fn parent_guard(relid: pg_sys::Oid, tgname: &str) -> Option<std::rc::Rc<ParentGuard>> {
+    // SAFETY: reads this backend's transaction and statement clocks and command id
+    // (a DDL between two statements of one query string moves the command id on).
+    let statement = unsafe {
+        (
+            pg_sys::GetCurrentTransactionStartTimestamp(),
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::GetCurrentCommandId(false),
+        )
+    };
+    let hit = PARENT_GUARD_CACHE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|g| g.relid == relid && g.tgname == tgname && g.statement == statement)
+            .cloned()
+    });
+    if hit.is_some() {
+        return hit;
+    }
+    let guard = crate::context::as_extension_owner(|| {
+        recorded_parent(relid, tgname).map(|(tenant_attnum, shared)| ParentGuard {
+            relid,
+            tgname: tgname.to_string(),
+            statement,
+            tenant_attnum,
+            shared,
+            keys: referencing_keys(relid),
+        })
+    })
+    .map(std::rc::Rc::new);
+    PARENT_GUARD_CACHE.with(|c| *c.borrow_mut() = guard.clone());
+    guard
+}
+
+/// The parent side of the references between tenant tables (a BEFORE UPDATE OF the
+/// tenant column OR DELETE row trigger, created by `apply_tenant_keys()` on every
+/// referenced tenant table): a row that rows of other tenants reference does not
+/// change tenant (unless it becomes a Platform row of a shared table), and a delete
+/// never reaches rows of another tenant through ON DELETE CASCADE, SET NULL or SET
+/// DEFAULT. Either is 23503, nothing changed. The children are looked up as the
+/// extension's owner, as PostgreSQL's own foreign-key checks do.
+#[pg_trigger(sql = false)]
+fn tenant_parent_check<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    let relid = trigger.relid().unwrap_or(pg_sys::InvalidOid);
+    let tgname = trigger.name().unwrap_or("?").to_string();
+    let op = trigger.op();
+    let row_before = matches!(trigger.when(), Ok(PgTriggerWhen::Before))
+        && matches!(trigger.level(), PgTriggerLevel::Row)
+        && matches!(
+            op,
+            Ok(PgTriggerOperation::Update | PgTriggerOperation::Delete)
+        );
+    let table = || Spi::connect(|c| crate::catalog::table_name(c, relid));
+    if !row_before {
+        refuse_parent_trigger(&table(), &tgname);
+    }
+    let deleting = matches!(op, Ok(PgTriggerOperation::Delete));
+    let Some(guard) = parent_guard(relid, &tgname) else {
+        refuse_parent_trigger(&table(), &tgname)
+    };
+    let ParentGuard {
+        tenant_attnum,
+        shared,
+        keys,
+        ..
+    } = &*guard;
+    let (tenant_attnum, shared) = (*tenant_attnum, *shared);
+    let data = trigger.trigger_data();
+    let (old, new) = (data.tg_trigtuple, data.tg_newtuple);
+    let rd_att = {
+        // SAFETY: the trigger's relation, open for the trigger call.
+        unsafe { (*data.tg_relation).rd_att }
+    };
+    let attr = |tuple: *mut pg_sys::HeapTupleData, attnum: i16| -> Option<pg_sys::Datum> {
+        let n = NonZeroUsize::new(usize::try_from(attnum).ok()?)?;
+        // SAFETY: a tuple of the trigger's relation and a live column of it.
+        unsafe { pgrx::heap_getattr_raw(tuple, n, rd_att) }
+    };
+    // SAFETY: the tenant column is of type uuid (checked in recorded_parent).
+    let tenant_of = |tuple| {
+        attr(tuple, tenant_attnum)
+            .and_then(|d| unsafe { pgrx::Uuid::from_datum(d, false) })
+            .map(|u| *u.as_bytes())
+    };
+    let keep = || {
+        Ok(if deleting {
+            trigger.old()
+        } else {
+            trigger.new()
+        })
+    };
+    let old_tenant = tenant_of(old);
+    // The tenant the children may have: a delete reaches children of other tenants
+    // than the row's; a move strands children of other tenants than the new one.
+    let allowed = if deleting {
+        old_tenant
+    } else {
+        let new_tenant = tenant_of(new);
+        if new_tenant == old_tenant
+            || (shared && new_tenant == Some(crate::context::platform_bytes()))
+        {
+            return keep();
+        }
+        new_tenant
+    };
+    for k in keys
+        .iter()
+        .filter(|k| !deleting || matches!(k.on_delete, 'c' | 'n' | 'd'))
+    {
+        let values: Vec<Option<pg_sys::Datum>> =
+            k.parent_attnums.iter().map(|a| attr(old, *a)).collect();
+        if values.iter().any(Option::is_none) {
+            continue; // a NULL key is referenced by nothing
+        }
+        let found = crate::context::as_extension_owner(|| {
+            Spi::connect(|c| {
+                let mut args: Vec<DatumWithOid> = values
+                    .iter()
+                    .zip(&k.parent_types)
+                    // SAFETY: each datum is the row's own value of a column of that type.
+                    .map(|(v, t)| unsafe {
+                        DatumWithOid::new(v.unwrap_or(pg_sys::Datum::from(0)), *t)
+                    })
+                    .collect();
+                args.push(allowed.map(pgrx::Uuid::from_bytes).into());
+                crate::catalog::value::<bool>(c, &k.exists_sql, &args).unwrap_or(false)
+            })
+        });
+        if !found {
+            continue;
+        }
+        let table = table();
+        let (message, detail) = if deleting {
+            let effect = match k.on_delete {
+                'c' => "delete",
+                _ => "change",
+            };
+            (
+                format!(
+                    "delete on table {table} would {effect} rows of another tenant in table {} (foreign key {} ON DELETE {})",
+                    k.child,
+                    quote_ident(&k.key),
+                    match k.on_delete {
+                        'c' => "CASCADE",
+                        'n' => "SET NULL",
+                        _ => "SET DEFAULT",
+                    }
+                ),
+                "A tenant's delete never reaches another tenant's rows: delete or re-point those rows first.",
+            )
+        } else {
+            (
+                format!(
+                    "update on table {table} would move a row to another tenant while rows of other tenants in table {} reference it (foreign key {})",
+                    k.child,
+                    quote_ident(&k.key)
+                ),
+                "A row that other tenants' rows reference keeps its tenant: re-point or delete those rows first.",
+            )
+        };
+        raise_full(
+            PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
+            message,
+            Some(detail.into()),
+            Some("vital_tenancy.cross_tenant_references() lists references across tenants.".into()),
+        );
+    }
+    keep()
 }

@@ -270,6 +270,80 @@ fn ordered_tables(c: &SpiClient<'_>) -> (Vec<TenantTable>, Vec<Edge>) {
     (ordered, edges)
 }
 
+/// Rows of other tenants that reference rows of `tenant`, per foreign key between tenant
+/// tables: (child table, foreign key, its ON DELETE action, rows). Deleting the tenant
+/// would delete them (CASCADE), rewrite them (SET NULL / SET DEFAULT) or fail on them.
+fn foreign_children(
+    c: &SpiClient<'_>,
+    tenant: Uuid,
+    tables: &[TenantTable],
+) -> Vec<(String, String, String, i64)> {
+    let names: Vec<String> = tables.iter().map(|t| t.table.clone()).collect();
+    let columns: Vec<String> = tables.iter().map(|t| t.raw_column.clone()).collect();
+    // One count query per foreign key, built by PostgreSQL (format %I/%s).
+    let keys: Vec<(String, String, String, String)> = c
+        .select(
+            "SELECT k.conrelid::pg_catalog.regclass::pg_catalog.text, k.conname::pg_catalog.text,
+                    CASE k.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT'
+                                       WHEN 'r' THEN 'RESTRICT' ELSE 'NO ACTION' END,
+                    pg_catalog.format('SELECT pg_catalog.count(*) FROM %s ch JOIN %s pa ON %s WHERE pa.%I = $1 AND ch.%I IS DISTINCT FROM $1',
+                        k.conrelid::pg_catalog.regclass, k.confrelid::pg_catalog.regclass,
+                        (SELECT pg_catalog.string_agg(pg_catalog.format('ch.%I = pa.%I', ca.attname, pa.attname), ' AND ')
+                           FROM unnest(k.conkey, k.confkey) u(ck, pk)
+                           JOIN pg_catalog.pg_attribute ca ON ca.attrelid = k.conrelid AND ca.attnum = u.ck
+                           JOIN pg_catalog.pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = u.pk),
+                        pt.col, ct.col)
+               FROM pg_catalog.pg_constraint k
+               JOIN unnest($1::text[], $2::text[]) ct(tbl, col) ON ct.tbl = k.conrelid::pg_catalog.regclass::pg_catalog.text
+               JOIN unnest($1::text[], $2::text[]) pt(tbl, col) ON pt.tbl = k.confrelid::pg_catalog.regclass::pg_catalog.text
+              WHERE k.contype = 'f'
+              ORDER BY 1, 2",
+            None,
+            &[names.into(), columns.into()],
+        )
+        .or_raise("listing foreign keys between tenant tables")
+        .map(|r| {
+            (
+                r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                r.get::<String>(2).ok().flatten().unwrap_or_default(),
+                r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                r.get::<String>(4).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect();
+    keys.into_iter()
+        .filter_map(|(child, key, action, count_sql)| {
+            let n: i64 = crate::catalog::value(c, &count_sql, &[tenant.into()]).unwrap_or(0);
+            (n > 0).then_some((child, key, action, n))
+        })
+        .collect()
+}
+
+/// ERROR 23503 when rows of other tenants reference rows of `tenant`: a deletion must
+/// never delete or rewrite another tenant's rows (through CASCADE, SET NULL, SET
+/// DEFAULT), so such a plan is refused, naming every foreign key and how many rows.
+fn refuse_foreign_children(c: &SpiClient<'_>, tenant: Uuid, tables: &[TenantTable]) {
+    let found = foreign_children(c, tenant, tables);
+    if found.is_empty() {
+        return;
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|(child, key, action, n)| {
+            format!("{n} row(s) of {child} through {key} (ON DELETE {action})")
+        })
+        .collect();
+    raise_full(
+        PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
+        format!(
+            "tenant {tenant} cannot be deleted: rows of other tenants reference its rows: {}",
+            list.join("; ")
+        ),
+        Some("Deleting the tenant would delete, rewrite or trip over rows that belong to other tenants; it deletes nothing of them.".into()),
+        Some("Re-point or delete those rows first (vital_tenancy.cross_tenant_references() lists references across tenants), then run the deletion again.".into()),
+    )
+}
+
 /// What `delete_tenant` will do, in order: every tenant table children first (rows of
 /// the tenant, and whether they go in batches or, for a self-referencing or
 /// partitioned table, in one statement), the registry row last. Changes nothing.
@@ -309,6 +383,7 @@ fn tenant_deletion_plan(
             );
         }
         let (tables, edges) = ordered_tables(c);
+        refuse_foreign_children(c, tenant, &tables);
         let mut out = Vec::with_capacity(tables.len() + 1);
         for (
             i,

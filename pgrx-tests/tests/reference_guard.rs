@@ -292,3 +292,170 @@ fn the_guard_answers_only_for_the_tenants_a_request_may_write() {
         .unwrap();
     assert_eq!(deleted, 1);
 }
+
+fn count(dba: &mut Client, sql: &str) -> i64 {
+    dba.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// 4. After a platform admin re-assigned a shared tool to Pharmaceuticals (0.2.0 let
+/// it), Pharmaceuticals deleting "its" tool cascaded into Digital Health's assignments,
+/// and `delete_tenant(Pharmaceuticals)` took every tenant's assignments of it. Now the
+/// re-assignment is refused while other tenants' rows reference the tool; a database
+/// already in that state (made here with the triggers off, as 0.2.0 left it) has its
+/// deletion plan refused and no delete reaches another tenant's rows.
+#[test]
+fn a_referenced_row_keeps_its_tenant_and_no_delete_reaches_another_tenant() {
+    let (db, mut dba) = migrated("guard_cascade");
+    dba.batch_execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_admin') THEN CREATE ROLE vt_rg_admin LOGIN; END IF;
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_authenticator') THEN CREATE ROLE vt_rg_authenticator LOGIN NOINHERIT; END IF;
+         END $$;
+         GRANT vital_tenancy_admin, authenticated TO vt_rg_admin;
+         GRANT anon, authenticated, vital_tenancy_service, vital_tenancy_context TO vt_rg_authenticator;",
+    )
+    .unwrap();
+    let parent_guards = count(
+        &mut dba,
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'vt_tenant_parent_guard'",
+    );
+    assert!(
+        parent_guards >= 5,
+        "007 guards every referenced tenant table ({parent_guards})"
+    );
+    // A shared Platform tool that Digital Health's assignments use.
+    let tool: String = dba
+        .query_one(
+            &format!(
+                "SELECT t.id::text FROM public.tools t JOIN public.agent_tool_assignments a ON a.tool_id = t.id
+                  WHERE t.tenant_id = '{PLATFORM}' AND a.tenant_id = '{DIGITAL}' GROUP BY t.id ORDER BY count(*) DESC, 1 LIMIT 1"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let assignments = |dba: &mut Client| {
+        count(
+            dba,
+            &format!("SELECT count(*) FROM public.agent_tool_assignments WHERE tool_id = '{tool}'"),
+        )
+    };
+    let before = assignments(&mut dba);
+    let dh_before = count(
+        &mut dba,
+        &format!(
+            "SELECT count(*) FROM public.agent_tool_assignments WHERE tenant_id = '{DIGITAL}'"
+        ),
+    );
+    assert!(before > 1);
+    // The re-assignment, as a platform admin and as the owner: refused.
+    let mut admin = db.connect_as("vt_rg_admin");
+    let move_tool = format!("UPDATE public.tools SET tenant_id = '{PHARMA}' WHERE id = '{tool}'");
+    let e = admin
+        .execute(&move_tool, &[])
+        .expect_err("the admin's move must be refused");
+    let d = e.as_db_error().unwrap();
+    assert_eq!(d.code().code(), "23503", "{}", d.message());
+    assert!(
+        d.message().contains("would move a row to another tenant"),
+        "{}",
+        d.message()
+    );
+    assert_eq!(code(dba.execute(&move_tool, &[])), "23503");
+    // Deleting the shared tool would cascade into the tenants' assignments: refused.
+    let delete_tool = format!("DELETE FROM public.tools WHERE id = '{tool}'");
+    let e = dba
+        .execute(&delete_tool, &[])
+        .expect_err("the cascade must be refused");
+    assert!(
+        e.as_db_error()
+            .unwrap()
+            .message()
+            .contains("would delete rows of another tenant in table public.agent_tool_assignments"),
+        "{e}"
+    );
+    assert_eq!(assignments(&mut dba), before);
+    // Moving a row nobody else references still works (a Platform tool without
+    // assignments, as the admin); and back.
+    let lone: Option<String> = dba
+        .query_opt(
+            &format!("SELECT id::text FROM public.tools t WHERE tenant_id = '{PLATFORM}' AND NOT EXISTS (SELECT 1 FROM public.agent_tool_assignments a WHERE a.tool_id = t.id) LIMIT 1"),
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    if let Some(lone) = lone {
+        let n = admin
+            .execute(
+                &format!("UPDATE public.tools SET tenant_id = '{PHARMA}' WHERE id = '{lone}'"),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        admin
+            .execute(
+                &format!("UPDATE public.tools SET tenant_id = '{PLATFORM}' WHERE id = '{lone}'"),
+                &[],
+            )
+            .unwrap();
+    }
+
+    // The state 0.2.0 let an admin create: the tool moved with the triggers off.
+    dba.batch_execute(&format!(
+        "SET session_replication_role = replica; {move_tool}; RESET session_replication_role"
+    ))
+    .unwrap();
+    // The deletion plan names what it would reach in other tenants, and is refused.
+    let e = dba
+        .query(
+            &format!("SELECT * FROM vital_tenancy.tenant_deletion_plan('{PHARMA}')"),
+            &[],
+        )
+        .expect_err("the plan must be refused");
+    let d = e.as_db_error().unwrap();
+    assert_eq!(d.code().code(), "23503");
+    assert!(
+        d.message().contains("public.agent_tool_assignments through agent_tool_assignments_tool_id_fkey (ON DELETE CASCADE)"),
+        "{}",
+        d.message()
+    );
+    let r = dba.batch_execute(&format!(
+        "CALL vital_tenancy.delete_tenant('{PHARMA}', dry_run => false)"
+    ));
+    assert_eq!(
+        r.map_err(|e| e.code().map(|c| c.code().to_string())),
+        Err(Some("23503".into()))
+    );
+    // Pharmaceuticals deleting "its" tool through the API routes' server role.
+    let mut pgrst = db.connect_as("vt_rg_authenticator");
+    let service = vital_tenancy_e2e::simple_rows(
+        &mut pgrst,
+        &format!(
+            "BEGIN; SELECT set_config('role', 'vital_tenancy_service', true), set_config('request.headers', '{{\"x-tenant-id\": \"{PHARMA}\"}}', true);
+             SELECT vital_tenancy.pre_request(); {delete_tool}"
+        ),
+    );
+    let _ = pgrst.batch_execute("ROLLBACK");
+    let e = service.expect_err("the cascade through the API must be refused");
+    assert_eq!(e.code().map(|c| c.code()), Some("23503"), "{e}");
+    // Nothing of any tenant went.
+    assert_eq!(assignments(&mut dba), before);
+    assert_eq!(
+        count(
+            &mut dba,
+            &format!(
+                "SELECT count(*) FROM public.agent_tool_assignments WHERE tenant_id = '{DIGITAL}'"
+            )
+        ),
+        dh_before
+    );
+    assert_eq!(
+        count(
+            &mut dba,
+            &format!("SELECT count(*) FROM public.tools WHERE id = '{tool}'")
+        ),
+        1
+    );
+}

@@ -1,7 +1,9 @@
 -- 007: tenant-scoped keys and references. Every unique key of a tenant table becomes
 -- per tenant ((tenant_id, name) instead of (name): no tenant learns or squats another's
--- names), and every reference between tenant tables gets a guard (a row's parent must
--- belong to its tenant or to Platform). Online: the unique indexes are built
+-- names), every reference between tenant tables gets a guard (a row's parent must
+-- belong to its tenant, or to Platform where the parent table is shared), and every
+-- referenced tenant table a parent guard (a row other tenants' rows reference keeps
+-- its tenant; a delete never cascades into another tenant's rows). Online: the unique indexes are built
 -- CONCURRENTLY first (one statement each, outside a transaction), then the
 -- constraints are swapped onto them and the guards created, each under lock_timeout
 -- with retries. Idempotent: a second run finds nothing to do.

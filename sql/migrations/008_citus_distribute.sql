@@ -14,9 +14,10 @@
 --   * the foreign key agent_tool_assignments.assigned_by -> auth.users is set aside: a
 --     distributed table cannot reference a local table (auth.users stays the auth
 --     server's); validate() keeps counting orphans;
---   * the extension's tenant-reference guards (migration 007) are set aside where the
---     foreign key now includes tenant_id (the key enforces the same) or points at a
---     reference table (Platform rows only); they would query other tables from a shard;
+--   * the extension's tenant-reference guards and parent guards (migration 007) are set
+--     aside where the foreign key now includes tenant_id (the key enforces the same) or
+--     points at a reference table (Platform rows only); they would query other tables
+--     from a shard;
 --   * the application's triggers stay; distribute_all() creates the tables with
 --     citus.enable_unsafe_triggers for the row-local updated_at triggers, and reports
 --     those that touch other tables.
@@ -48,9 +49,12 @@ WITH app AS (
        AND k.confrelid IS DISTINCT FROM vital_tenancy.tenants_table()::oid
 ), tg AS (
     SELECT t.tgrelid::regclass AS tbl, t.tgname, pg_catalog.pg_get_triggerdef(t.oid) AS def,
-           'tenant-reference guard of migration 007: it queries the referenced table, which a shard cannot; the foreign key with tenant_id (or to a Platform-only reference table) holds instead' AS reason
+           CASE WHEN t.tgname = 'vt_tenant_parent_guard'
+                THEN 'parent guard of migration 007: it queries the referencing tables, which a shard cannot; the foreign keys with tenant_id keep every reference within one tenant instead'
+                ELSE 'tenant-reference guard of migration 007: it queries the referenced table, which a shard cannot; the foreign key with tenant_id (or to a Platform-only reference table) holds instead' END AS reason
       FROM pg_catalog.pg_trigger t
-     WHERE NOT t.tgisinternal AND t.tgname LIKE 'vt\_tenant\_ref\_%' AND t.tgrelid IN (SELECT tbl FROM app)
+     WHERE NOT t.tgisinternal AND (t.tgname LIKE 'vt\_tenant\_ref\_%' OR t.tgname = 'vt_tenant_parent_guard')
+       AND t.tgrelid IN (SELECT tbl FROM app)
 )
 INSERT INTO vital_tenancy.originals (tbl, kind, name, definition, action, reason)
 SELECT tbl, 'foreign key', conname, def || ' -- on ' || tbl::text, 'set aside', reason FROM fk
