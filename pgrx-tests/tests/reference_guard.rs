@@ -299,7 +299,7 @@ fn count(dba: &mut Client, sql: &str) -> i64 {
         .get(0)
 }
 
-/// 4. After a platform admin re-assigned a shared tool to Pharmaceuticals (0.2.0 let
+/// Finding 4: after a platform admin re-assigned a shared tool to Pharmaceuticals (0.2.0 let
 /// it), Pharmaceuticals deleting "its" tool cascaded into Digital Health's assignments,
 /// and `delete_tenant(Pharmaceuticals)` took every tenant's assignments of it. Now the
 /// re-assignment is refused while other tenants' rows reference the tool; a database
