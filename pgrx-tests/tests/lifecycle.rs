@@ -597,13 +597,26 @@ fn a_tenant_exported_deleted_and_imported_elsewhere_comes_back_row_for_row() {
 
 /// A cluster that preloads pg_cron and vital_tenancy (scripts/lib.sh's
 /// vt_cluster_start with extra options), with the migrated fixture in `vt_day2`.
+/// Stops the preloading cluster when the test ends, however it ends: a cluster left
+/// running would keep an old build of the library loaded for the next run.
+struct Day2Stop;
+
+impl Drop for Day2Stop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .args(["-c", "source scripts/lib.sh && vt_cluster_stop day2"])
+            .current_dir(vital_tenancy_e2e::repo_root())
+            .output();
+    }
+}
+
 fn day2_cluster() -> (String, String) {
     let root = vital_tenancy_e2e::repo_root();
     let port = "54340";
     let opts = "-c shared_preload_libraries=pg_cron,vital_tenancy -c cron.database_name=postgres \
                 -c cron.use_background_workers=on -c max_worker_processes=16 -c cron.max_running_jobs=4";
     let script = format!(
-        "source scripts/lib.sh && VT_PG_OPTS='{opts}' vt_cluster_start day2 {port} >/dev/null && \
+        "source scripts/lib.sh && vt_cluster_stop day2 && VT_PG_OPTS='{opts}' vt_cluster_start day2 {port} >/dev/null && \
          vt_fresh_fixture_db vt_day2 >/dev/null && \
          vt_psql -d vt_day2 -c 'CREATE EXTENSION vital_tenancy' >/dev/null && \
          PG_BIN=\"$VT_PG_BIN\" bash scripts/migrate \"host=$VT_HOST port=$VT_PORT user=postgres dbname=vt_day2\" --no-backup --report /tmp/vt-day2-report.md >/dev/null && \
@@ -634,6 +647,7 @@ fn day2_connect(host: &str, port: &str, db: &str, user: &str) -> Client {
 
 #[test]
 fn activity_per_tenant_and_the_documented_cron_schedules_run() {
+    let _stop = Day2Stop;
     let (host, port) = day2_cluster();
     let mut c = day2_connect(&host, &port, "vt_day2", "postgres");
     notes_and_role(&mut c);

@@ -196,6 +196,34 @@ SQL
   else
     not_ok "${old} -> ${CURRENT}: service path after re-running 006, got: ${got}"
   fi
+  # The security fixes reach the old database (issue 31): no role can attach the
+  # reference guard to a table of its own any more, and the guard refuses a parent of
+  # another tenant (a Digital Health reply to a Pharmaceuticals message) as on a fresh 0.3.0.
+  attach=$(vt_psql -d "${mdb}" -At 2>&1 <<SQL
+BEGIN;
+CREATE ROLE vt_up_attacker;
+SET LOCAL ROLE vt_up_attacker;
+CREATE TEMP TABLE probe (id uuid, tenant_id uuid);
+CREATE TRIGGER guard BEFORE INSERT ON probe FOR EACH ROW
+  EXECUTE FUNCTION vital_tenancy.tenant_reference_check('public.messages', 'id', 'id', 'tenant_id', 'tenant_id');
+ROLLBACK;
+SQL
+)
+  cross=$(vt_psql -d "${mdb}" -At 2>&1 <<SQL
+BEGIN;
+WITH p AS (INSERT INTO public.messages (role, content, tenant_id) VALUES ('user', 'x', 'f7aa6fd4-0af9-4706-8b31-034f1f7accda') RETURNING id)
+INSERT INTO public.messages (role, content, tenant_id, parent_message_id)
+SELECT 'user', 'reply', '11111111-1111-1111-1111-111111111111', id FROM p;
+ROLLBACK;
+SQL
+)
+  guards=$(q "${mdb}" "SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgname LIKE 'vt\_tenant\_ref\_%'")
+  if [[ "${attach}" == *"permission denied for function vital_tenancy.tenant_reference_check"* ]] \
+     && { [ "${guards}" = "0" ] || [[ "${cross}" == *"violates a tenant reference"* ]]; }; then
+    ok "${old} -> ${CURRENT}: the reference guard cannot be attached by another role$([ "${guards}" = "0" ] || echo ", and its ${guards} guards still refuse another tenant's parent")"
+  else
+    not_ok "${old} -> ${CURRENT}: reference guard after the update: [${attach}] [${cross}]"
+  fi
   # Its policies are now the current definition: equal to those of the same fixture
   # migrated on this version (the application's, the extension's, the registry's).
   q "${mdb}" "${pol}" > "${OUT}/policies-updated-${old}.txt"
