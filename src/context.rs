@@ -148,7 +148,7 @@ pub fn init() {
 fn setting(name: &str) -> Setting {
     let value = guc::value(name);
     let set = value.as_deref().is_some_and(|v| !v.trim().is_empty());
-    let origin = guc::origin(name);
+    let origin = if set { guc::origin(name) } else { None };
     Setting {
         local: set && origin.is_some_and(|o| o.local),
         by_confined: set && origin.is_some_and(|o| guc::is_confined(o.setter)),
@@ -237,14 +237,23 @@ fn current_key(observed: Observed) -> Key {
 /// do), so that the tenants and membership tables need not be readable by the caller.
 /// An error inside `f` aborts the (sub)transaction, which restores the user id.
 pub(crate) fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner: Option<pg_sys::Oid> = Spi::connect(|c| {
+    as_role(extension_owner(), f)
+}
+
+/// The role that owns the extension (`None` before CREATE EXTENSION has finished).
+pub(crate) fn extension_owner() -> Option<pg_sys::Oid> {
+    Spi::connect(|c| {
         crate::catalog::value::<pg_sys::Oid>(
             c,
             "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'vital_tenancy'",
             &[],
         )
-    });
-    let Some(owner) = owner else { return f() };
+    })
+}
+
+/// Run `f` as `role` (see `as_extension_owner`); as the current user when `None`.
+pub(crate) fn as_role<R>(role: Option<pg_sys::Oid>, f: impl FnOnce() -> R) -> R {
+    let Some(owner) = role else { return f() };
     let mut user = pg_sys::InvalidOid;
     let mut sec = 0;
     // SAFETY: save and restore of this backend's current user id and security context.

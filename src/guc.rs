@@ -188,9 +188,12 @@ pub fn role_is_trusted(role: pg_sys::Oid) -> bool {
 /// login role (`session_user`) nor trusted itself (PostgREST's `anon` and
 /// `authenticated`, `vital_tenancy_service`, an application role after `SET ROLE`).
 pub fn is_confined(role: pg_sys::Oid) -> bool {
-    // SAFETY: GetSessionUserId is this backend's login role.
+    // SAFETY: GetSessionUserId is this backend's login role; superuser_arg reads the
+    // role cache (the common setters, the login role and the extension's owner, are
+    // answered without a membership check).
     role != pg_sys::InvalidOid
         && role != unsafe { pg_sys::GetSessionUserId() }
+        && !unsafe { pg_sys::IsTransactionState() && pg_sys::superuser_arg(role) }
         && !role_is_trusted(role)
 }
 

@@ -450,6 +450,91 @@ fn refuse_trigger(table: &str, trigger: &str) -> ! {
     )
 }
 
+/// What identifies the current statement, for the guards' per-statement caches: the
+/// transaction's and the statement's start and the command id (a DDL between two
+/// statements of one query string moves it on).
+fn statement_key() -> (i64, i64, u32) {
+    // SAFETY: reads this backend's transaction and statement clocks and command id.
+    unsafe {
+        (
+            pg_sys::GetCurrentTransactionStartTimestamp(),
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::GetCurrentCommandId(false),
+        )
+    }
+}
+
+/// What the reference guard of one trigger reads from the catalog, kept for the
+/// statement (a bulk insert fires it once per row): the recorded reference (`None`:
+/// not a guard) and the parent look-up, prepared once.
+struct ReferenceGuard {
+    relid: pg_sys::Oid,
+    tgname: String,
+    args: Vec<String>,
+    statement: (i64, i64, u32),
+    owner: Option<pg_sys::Oid>,
+    reference: Option<Reference>,
+    lookup: Option<pgrx::spi::OwnedPreparedStatement>,
+}
+
+thread_local! {
+    static REFERENCE_GUARD_CACHE: std::cell::RefCell<Option<std::rc::Rc<ReferenceGuard>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn reference_guard(
+    relid: pg_sys::Oid,
+    tgname: &str,
+    args: &[String],
+) -> std::rc::Rc<ReferenceGuard> {
+    let statement = statement_key();
+    let hit = REFERENCE_GUARD_CACHE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|g| {
+                g.relid == relid && g.tgname == tgname && g.args == args && g.statement == statement
+            })
+            .cloned()
+    });
+    if let Some(hit) = hit {
+        return hit;
+    }
+    let owner = crate::context::extension_owner();
+    let (reference, lookup) = crate::context::as_role(owner, || {
+        let reference = recorded_reference(relid, tgname, args);
+        let lookup = reference.as_ref().map(|r| {
+            Spi::connect(|c| {
+                c.prepare(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM {} p WHERE p.{} OPERATOR(pg_catalog.=) $1
+                                           AND p.{} OPERATOR(pg_catalog.=) ANY ($2)),
+                                $1::pg_catalog.text",
+                        r.parent, r.parent_column, r.parent_tenant_column
+                    ),
+                    &[
+                        pgrx::pg_sys::PgOid::from(r.child_type),
+                        pgrx::pg_sys::PgOid::from(pg_sys::UUIDARRAYOID),
+                    ],
+                )
+                .or_raise("preparing the parent look-up of a tenant reference")
+                .keep()
+            })
+        });
+        (reference, lookup)
+    });
+    let guard = std::rc::Rc::new(ReferenceGuard {
+        relid,
+        tgname: tgname.to_string(),
+        args: args.to_vec(),
+        statement,
+        owner,
+        reference,
+        lookup,
+    });
+    REFERENCE_GUARD_CACHE.with(|c| *c.borrow_mut() = Some(guard.clone()));
+    guard
+}
+
 /// The guard of a reference between tenant tables (a BEFORE INSERT OR UPDATE row
 /// trigger created by `apply_tenant_keys()`): the parent must belong to the row's
 /// tenant, or to Platform where the parent table is shared. A writer under row level
@@ -461,7 +546,7 @@ fn tenant_reference_check<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
     let relid = trigger.relid().unwrap_or(pg_sys::InvalidOid);
-    let table = Spi::connect(|c| crate::catalog::table_name(c, relid));
+    let table = || Spi::connect(|c| crate::catalog::table_name(c, relid));
     let tgname = trigger.name().unwrap_or("?").to_string();
     let row_before = matches!(trigger.when(), Ok(PgTriggerWhen::Before))
         && matches!(trigger.level(), PgTriggerLevel::Row)
@@ -470,7 +555,7 @@ fn tenant_reference_check<'a>(
             Ok(PgTriggerOperation::Insert | PgTriggerOperation::Update)
         );
     if !row_before {
-        refuse_trigger(&table, &tgname);
+        refuse_trigger(&table(), &tgname);
     }
     let args = trigger.extra_args().unwrap_or_default();
     // As the writer, before any switch of user: is it under the child table's row level
@@ -483,10 +568,9 @@ fn tenant_reference_check<'a>(
     } else {
         Vec::new()
     };
-    let Some(reference) =
-        crate::context::as_extension_owner(|| recorded_reference(relid, &tgname, &args))
-    else {
-        refuse_trigger(&table, &tgname)
+    let guard = reference_guard(relid, &tgname, &args);
+    let (Some(reference), Some(lookup)) = (&guard.reference, &guard.lookup) else {
+        refuse_trigger(&table(), &tgname)
     };
     let data = trigger.trigger_data();
     let tuple = if matches!(trigger.op(), Ok(PgTriggerOperation::Update)) {
@@ -517,30 +601,13 @@ fn tenant_reference_check<'a>(
         GuardCheck::LeaveToRowSecurity => return Ok(trigger.new()),
         GuardCheck::ParentAmong(t) => t,
     };
-    let Reference {
-        parent,
-        parent_column,
-        parent_tenant_column,
-        parent_shared,
-        child_column,
-        child_type,
-        ..
-    } = reference;
     let ids: Vec<pgrx::Uuid> = tenants.iter().map(|t| pgrx::Uuid::from_bytes(*t)).collect();
-    let (found, key_text) = crate::context::as_extension_owner(|| {
+    let (found, key_text) = crate::context::as_role(guard.owner, || {
         Spi::connect(|c| {
             // SAFETY: the datum is the row's own value of the column typed child_type.
-            let key_arg = unsafe { DatumWithOid::new(key, child_type) };
+            let key_arg = unsafe { DatumWithOid::new(key, reference.child_type) };
             let rows = c
-                .select(
-                    &format!(
-                        "SELECT EXISTS (SELECT 1 FROM {parent} p WHERE p.{parent_column} OPERATOR(pg_catalog.=) $1
-                                           AND p.{parent_tenant_column} OPERATOR(pg_catalog.=) ANY ($2)),
-                                $1::pg_catalog.text"
-                    ),
-                    Some(1),
-                    &[key_arg, ids.into()],
-                )
+                .select(lookup, Some(1), &[key_arg, ids.into()])
                 .or_raise("looking up the parent of a tenant reference");
             let r = rows.first();
             (
@@ -556,16 +623,23 @@ fn tenant_reference_check<'a>(
     if found {
         return Ok(trigger.new());
     }
+    let Reference {
+        parent,
+        parent_shared,
+        child_column,
+        ..
+    } = reference;
     let tenant = child_tenant
         .map(|t| crate::logic::context::format_uuid(&t))
         .unwrap_or_else(|| "(none)".into());
+    let table = table();
     raise_full(
         PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
         format!(
             "insert or update on table {table} violates a tenant reference: key ({child_column})=({key_text}) is not present in table {parent} for tenant {tenant}{}",
-            if parent_shared { " or Platform" } else { "" }
+            if *parent_shared { " or Platform" } else { "" }
         ),
-        Some(if parent_shared {
+        Some(if *parent_shared {
             "A row may reference only rows of its own tenant or of Platform.".into()
         } else {
             format!("{parent} is not shared: a row may reference only rows of its own tenant.")
@@ -683,9 +757,11 @@ struct ParentGuard {
     relid: pg_sys::Oid,
     tgname: String,
     statement: (i64, i64, u32),
+    owner: Option<pg_sys::Oid>,
     tenant_attnum: i16,
     shared: bool,
-    keys: Vec<Referencing>,
+    /// Each referencing foreign key with its look-up, prepared once.
+    keys: Vec<(Referencing, pgrx::spi::OwnedPreparedStatement)>,
 }
 
 thread_local! {
@@ -696,15 +772,7 @@ thread_local! {
 /// The parent guard of `relid` as the catalog records it (`None`: not a parent guard),
 /// read once per statement.
 fn parent_guard(relid: pg_sys::Oid, tgname: &str) -> Option<std::rc::Rc<ParentGuard>> {
-    // SAFETY: reads this backend's transaction and statement clocks and command id
-    // (a DDL between two statements of one query string moves the command id on).
-    let statement = unsafe {
-        (
-            pg_sys::GetCurrentTransactionStartTimestamp(),
-            pg_sys::GetCurrentStatementStartTimestamp(),
-            pg_sys::GetCurrentCommandId(false),
-        )
-    };
+    let statement = statement_key();
     let hit = PARENT_GUARD_CACHE.with(|c| {
         c.borrow()
             .as_ref()
@@ -714,14 +782,32 @@ fn parent_guard(relid: pg_sys::Oid, tgname: &str) -> Option<std::rc::Rc<ParentGu
     if hit.is_some() {
         return hit;
     }
-    let guard = crate::context::as_extension_owner(|| {
+    let owner = crate::context::extension_owner();
+    let guard = crate::context::as_role(owner, || {
         recorded_parent(relid, tgname).map(|(tenant_attnum, shared)| ParentGuard {
             relid,
             tgname: tgname.to_string(),
             statement,
+            owner,
             tenant_attnum,
             shared,
-            keys: referencing_keys(relid),
+            keys: referencing_keys(relid)
+                .into_iter()
+                .map(|k| {
+                    let mut types: Vec<pgrx::pg_sys::PgOid> = k
+                        .parent_types
+                        .iter()
+                        .map(|t| pgrx::pg_sys::PgOid::from(*t))
+                        .collect();
+                    types.push(pgrx::pg_sys::PgOid::from(pg_sys::UUIDOID));
+                    let plan = Spi::connect(|c| {
+                        c.prepare(&k.exists_sql, &types)
+                            .or_raise("preparing the look-up of a parent guard")
+                            .keep()
+                    });
+                    (k, plan)
+                })
+                .collect(),
         })
     })
     .map(std::rc::Rc::new);
@@ -802,16 +888,16 @@ fn tenant_parent_check<'a>(
         }
         new_tenant
     };
-    for k in keys
+    for (k, plan) in keys
         .iter()
-        .filter(|k| !deleting || matches!(k.on_delete, 'c' | 'n' | 'd'))
+        .filter(|(k, _)| !deleting || matches!(k.on_delete, 'c' | 'n' | 'd'))
     {
         let values: Vec<Option<pg_sys::Datum>> =
             k.parent_attnums.iter().map(|a| attr(old, *a)).collect();
         if values.iter().any(Option::is_none) {
             continue; // a NULL key is referenced by nothing
         }
-        let found = crate::context::as_extension_owner(|| {
+        let found = crate::context::as_role(guard.owner, || {
             Spi::connect(|c| {
                 let mut args: Vec<DatumWithOid> = values
                     .iter()
@@ -822,7 +908,10 @@ fn tenant_parent_check<'a>(
                     })
                     .collect();
                 args.push(allowed.map(pgrx::Uuid::from_bytes).into());
-                crate::catalog::value::<bool>(c, &k.exists_sql, &args).unwrap_or(false)
+                c.select(plan, Some(1), &args)
+                    .and_then(|t| t.first().get_one::<bool>())
+                    .or_raise("looking up the rows that reference a tenant row")
+                    .unwrap_or(false)
             })
         });
         if !found {

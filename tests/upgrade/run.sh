@@ -46,6 +46,16 @@ drop_check() { # db label [CASCADE]
   fi
 }
 
+# Released versions are frozen: every file under sql/released/ must be byte for byte what
+# was released (tests/upgrade/released.sha256, written when a version is frozen and never
+# edited afterwards), and nothing may be added to a released version's directory.
+if (cd "${VT_ROOT}/sql/released" && find . -type f | sort | xargs sha256sum) | diff -u "${HERE}/released.sha256" - > "${OUT}/released.diff"; then
+  ok "released versions unchanged ($(wc -l < "${HERE}/released.sha256") frozen files under sql/released/)"
+else
+  not_ok "a file under sql/released/ changed, appeared or went (- frozen, + now):"
+  cat "${OUT}/released.diff"
+fi
+
 vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_up_fresh WITH (FORCE)" -c "CREATE DATABASE vt_up_fresh"
 q vt_up_fresh "CREATE EXTENSION vital_tenancy" >/dev/null
 describe() { # db out: fails unless describe.sql ran and printed something
