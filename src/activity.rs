@@ -128,7 +128,7 @@ pub fn init() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn shmem_request() {
-    // SAFETY: the shmem_request_hook protocol (PostgreSQL 15).
+    // SAFETY: the shmem_request_hook protocol (PostgreSQL 15 and later).
     unsafe {
         if let Some(prev) = PREV_REQUEST {
             prev();
@@ -233,6 +233,8 @@ fn nested(query: *mut pg_sys::QueryDesc, f: impl FnOnce()) {
         .execute();
 }
 
+/// ExecutorRun as PostgreSQL 15-17 call it (with `execute_once`).
+#[cfg(not(feature = "pg18"))]
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_run(
     query: *mut pg_sys::QueryDesc,
@@ -245,6 +247,23 @@ unsafe extern "C-unwind" fn executor_run(
         match PREV_RUN {
             Some(prev) => prev(query, direction, count, execute_once),
             None => pg_sys::standard_ExecutorRun(query, direction, count, execute_once),
+        }
+    });
+}
+
+/// ExecutorRun as PostgreSQL 18 calls it (`execute_once` is gone).
+#[cfg(feature = "pg18")]
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_run(
+    query: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+) {
+    // SAFETY: the ExecutorRun_hook protocol.
+    nested(query, || unsafe {
+        match PREV_RUN {
+            Some(prev) => prev(query, direction, count),
+            None => pg_sys::standard_ExecutorRun(query, direction, count),
         }
     });
 }

@@ -9,7 +9,8 @@
 //! At the end of the transaction the stack is emptied; a value with no entry, or whose
 //! newest entry is `GUC_SET`, outlives the transaction: it is a session value, a role
 //! or database default, a startup option, or what an earlier client left on a pooled
-//! server connection. Only PostgreSQL 15's layout is supported (the one server here).
+//! server connection. The record is found with `find_option()` on PostgreSQL 16 and
+//! later, and by the same binary search over the exported array on 15.
 
 use crate::logic::rls::SERVICE_ROLE;
 use pgrx::pg_sys;
@@ -120,6 +121,7 @@ pub fn value(name: &str) -> Option<String> {
 }
 
 /// PostgreSQL's `guc_name_compare`: ASCII case-insensitive, byte-wise.
+#[cfg(feature = "pg15")]
 fn guc_name_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     let fold = |c: u8| c.to_ascii_lowercase();
     a.iter().map(|&c| fold(c)).cmp(b.iter().map(|&c| fold(c)))
@@ -136,17 +138,19 @@ pub struct Origin {
     pub setter: pg_sys::Oid,
 }
 
-/// Where the current value of setting `name` came from; `None` for a setting that
-/// does not exist.
-pub fn origin(name: &str) -> Option<Origin> {
+/// The backend's record of setting `name` (NULL when there is none). PostgreSQL 15
+/// exports only the sorted array of settings, which `find_option()` binary-searches:
+/// the same search here. PostgreSQL 16 and later export `find_option()` itself.
+#[cfg(feature = "pg15")]
+unsafe fn find_setting(name: &str) -> *mut pg_sys::config_generic {
     // SAFETY: get_guc_variables()/GetNumConfigOptions() describe the backend's sorted
-    // array of settings (find_option() binary-searches the same array); it is only
-    // read here, within this call, and no setting is created meanwhile.
+    // array of settings; it is only read here, within this call, and no setting is
+    // created meanwhile.
     unsafe {
         let vars = pg_sys::get_guc_variables();
         let n = pg_sys::GetNumConfigOptions();
         if vars.is_null() || n <= 0 {
-            return None;
+            return std::ptr::null_mut();
         }
         let slice = std::slice::from_raw_parts(vars, n as usize);
         let found = slice.binary_search_by(|&g| {
@@ -155,8 +159,30 @@ pub fn origin(name: &str) -> Option<Origin> {
             }
             guc_name_cmp(CStr::from_ptr((*g).name).to_bytes(), name.as_bytes())
         });
-        let Ok(i) = found else { return None };
-        let g = slice[i];
+        found.map(|i| slice[i]).unwrap_or(std::ptr::null_mut())
+    }
+}
+
+#[cfg(not(feature = "pg15"))]
+unsafe fn find_setting(name: &str) -> *mut pg_sys::config_generic {
+    let Ok(cname) = CString::new(name) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: find_option without creating placeholders and without reporting errors
+    // returns the setting's record or NULL.
+    unsafe { pg_sys::find_option(cname.as_ptr(), false, true, pg_sys::WARNING as i32) }
+}
+
+/// Where the current value of setting `name` came from; `None` for a setting that
+/// does not exist.
+pub fn origin(name: &str) -> Option<Origin> {
+    // SAFETY: find_setting returns the backend's record of the setting or NULL; its
+    // stack (the values this transaction changed) and setter are only read here.
+    unsafe {
+        let g = find_setting(name);
+        if g.is_null() {
+            return None;
+        }
         let stack = (*g).stack;
         use pg_sys::GucStackState::*;
         let local =

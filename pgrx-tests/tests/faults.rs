@@ -135,6 +135,27 @@ fn kill_9_then_resume(column: bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The backfill commits asynchronously (synchronous_commit off): wait until what it
+    // has committed so far is flushed, so that the kill lands after durable progress
+    // (on a fast server the first batches are otherwise still in WAL buffers).
+    let lsn: String = watch
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    while !watch
+        .query_one(
+            "SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn",
+            &[&lsn],
+        )
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the WAL was not flushed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(watch);
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])

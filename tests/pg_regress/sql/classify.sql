@@ -154,7 +154,9 @@ select vital_tenancy.set_rules('prompt', '{"rules": [], "default_tenant": "----1
 set local parallel_setup_cost = 0;
 set local parallel_tuple_cost = 0;
 set local min_parallel_table_scan_size = 0;
-set local force_parallel_mode = on;
+-- (force_parallel_mode is called debug_parallel_query from PostgreSQL 16 on)
+select set_config(case when current_setting('server_version_num')::int >= 160000 then 'debug_parallel_query'
+                       else 'force_parallel_mode' end, 'on', true) as parallel_forced;
 create table public.vt_parallel as
   select id, vital_tenancy.classify_prompt_tenant(name, domain, created_by, null) as tenant from public.prompts;
 select count(*) from public.vt_parallel;

@@ -27,22 +27,22 @@ select count(*) as visible from public.vt_secrets;
 --    and statements on other tables are not.
 set local enable_indexscan = off;
 set local enable_bitmapscan = off;
-explain (analyze, costs off, timing off, summary off) select * from public.vt_secrets;
+explain (analyze, costs off, timing off, summary off, buffers off) select * from public.vt_secrets;
 \echo :LAST_ERROR_SQLSTATE
-explain (analyze, costs off, timing off, summary off) select 1 where exists (select 1 from public.vt_secrets where body >= 'pharma');
+explain (analyze, costs off, timing off, summary off, buffers off) select 1 where exists (select 1 from public.vt_secrets where body >= 'pharma');
 \echo :LAST_ERROR_SQLSTATE
 prepare vt_sm_p as select count(*) from public.vt_secrets;
-explain (analyze, costs off, timing off, summary off) execute vt_sm_p;
+explain (analyze, costs off, timing off, summary off, buffers off) execute vt_sm_p;
 \echo :LAST_ERROR_SQLSTATE
 explain (costs off) select * from public.vt_secrets;
-explain (analyze, costs off, timing off, summary off) select 1 as unrelated;
+explain (analyze, costs off, timing off, summary off, buffers off) select 1 as unrelated;
 set local vital_tenancy.restrict_explain_analyze = off;
 \echo :LAST_ERROR_SQLSTATE
 -- What it hides: with the option off (a superuser's choice), 100 invisible rows show up.
 reset role;
 set local vital_tenancy.restrict_explain_analyze = off;
 set local role vt_sm_app;
-explain (analyze, costs off, timing off, summary off) select * from public.vt_secrets;
+explain (analyze, costs off, timing off, summary off, buffers off) select * from public.vt_secrets;
 reset role;
 reset vital_tenancy.restrict_explain_analyze;
 set local role vt_sm_app;
