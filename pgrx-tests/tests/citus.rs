@@ -510,7 +510,9 @@ fn application_role(c: &mut postgres::Client, role: &str) {
 /// itself skipped, by name, where Citus is absent.
 #[test]
 fn citus_cluster_distribute_and_isolate_on_three_nodes() {
-    let lib = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_config")
+    let pg_config = std::env::var("VT_PG_CONFIG")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".to_string());
+    let lib = std::process::Command::new(pg_config)
         .arg("--pkglibdir")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
