@@ -27,10 +27,10 @@ vt_install_extension --release
 python3 -c "import psycopg" 2>/dev/null || pip install -q "psycopg[binary]"
 FSYNC="${FSYNC:-on}"
 export VT_PG_OPTS="-c fsync=${FSYNC} -c shared_buffers=1GB -c max_wal_size=4GB"
-vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 if [ "$(vt_psql -d postgres -tAc "SELECT current_setting('fsync') || current_setting('shared_buffers')")" != "${FSYNC}1GB" ]; then
-  vt_cluster_stop bench
-  vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+  vt_cluster_stop "$(vt_cluster_name bench)"
+  vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 fi
 if ! vt_psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'vt_bench'" | grep -q 1; then
   vt_fresh_fixture_db vt_bench

@@ -30,10 +30,10 @@ PARTIAL="${PARTIAL:-0}"
 vt_install_deps
 vt_install_extension --release
 export VT_PG_OPTS="-c fsync=on -c shared_buffers=1GB -c max_wal_size=4GB"
-vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 if [ "$(vt_psql -d postgres -tAc "SELECT current_setting('fsync') || current_setting('shared_buffers')")" != "on1GB" ]; then
-  vt_cluster_stop bench
-  vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+  vt_cluster_stop "$(vt_cluster_name bench)"
+  vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 fi
 BASE=vt_real_base
 CONN="host=${VT_HOST} port=${VT_PORT} user=postgres"

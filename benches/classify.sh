@@ -10,7 +10,7 @@ RUNS="${1:-5}"
 
 vt_install_deps
 vt_install_extension --release
-vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 if ! vt_psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'vt_bench'" | grep -q 1; then
   log "loading the fixture and building 1M prompt rows"
   vt_fresh_fixture_db vt_bench

@@ -15,7 +15,7 @@ ROWS="${ROWS:-100000}"
 
 vt_install_deps
 vt_install_extension --release
-vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 vt_fresh_fixture_db vt_bench_ctx
 CONN="host=${VT_HOST} port=${VT_PORT} user=postgres dbname=vt_bench_ctx"
 vt_psql -d vt_bench_ctx -c "CREATE EXTENSION vital_tenancy"

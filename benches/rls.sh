@@ -11,7 +11,7 @@ RUNS="${1:-7}"
 
 vt_install_deps
 vt_install_extension --release
-vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_bench_rls WITH (FORCE)" -c "CREATE DATABASE vt_bench_rls"
 log "building 1M rows over 100 tenants"
 vt_psql -d vt_bench_rls <<'SQL'
@@ -55,7 +55,7 @@ GRANT EXECUTE ON FUNCTION can_read(uuid) TO vt_bench_app;
 SQL
 
 TENANT="'11111111-1111-1111-1111-111111111111'"
-PREFIX="SET max_parallel_workers_per_gather = 0; SET ROLE vt_bench_app; BEGIN; SELECT vital_tenancy.set_tenant(${TENANT});"
+PREFIX="SET max_parallel_workers_per_gather = 0; BEGIN; SELECT vital_tenancy.set_tenant(${TENANT}); SET LOCAL ROLE vt_bench_app;"
 declare -A QUERIES=(
   [a_rls]="SELECT count(*), sum(length(payload)) FROM items"
   [b_explicit]="SELECT count(*), sum(length(payload)) FROM items_plain WHERE tenant_id = ANY (ARRAY[${TENANT}::uuid, vital_tenancy.platform_tenant_id()])"

@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 RUNS="${1:-5}"
 vt_install_deps
 vt_install_extension --release
-vt_cluster_start bench "${VT_BENCH_PORT:-54331}"
+vt_cluster_start "$(vt_cluster_name bench)" "${VT_BENCH_PORT:-54331}"
 vt_psql -d postgres -c "DROP DATABASE IF EXISTS vt_bench_val WITH (FORCE)" -c "CREATE DATABASE vt_bench_val"
 log "six tables x 1M rows"
 vt_psql -d vt_bench_val <<'SQL'

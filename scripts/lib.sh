@@ -99,6 +99,10 @@ vt_install_version_controls() {
   install -m 644 "${VT_ROOT}"/sql/vital_tenancy--*.control "$(${VT_PG_CONFIG} --sharedir)/extension/"
 }
 
+# A cluster name for the selected major (a data directory belongs to one major): NAME on
+# 15, NAME-<major> on the others.
+vt_cluster_name() { if [ "${VT_PG_MAJOR}" = 15 ]; then echo "$1"; else echo "$1-${VT_PG_MAJOR}"; fi; }
+
 # Start (or reuse) a private cluster: vt_cluster_start NAME PORT.
 # Sets VT_HOST/VT_PORT and exports PGHOST/PGPORT/PGUSER for psql.
 vt_cluster_start() {
@@ -107,6 +111,10 @@ vt_cluster_start() {
   mkdir -p "${dir}/sock"
   chown -R postgres:postgres "${dir}"
   chmod 755 "${VT_WORK}" "${dir}"
+  if [ -f "${dir}/data/PG_VERSION" ] && [ "$(cat "${dir}/data/PG_VERSION")" != "${VT_PG_MAJOR}" ]; then
+    echo "cluster ${name} in ${dir} is PostgreSQL $(cat "${dir}/data/PG_VERSION"), not ${VT_PG_MAJOR}" >&2
+    return 1
+  fi
   if [ ! -f "${dir}/data/PG_VERSION" ]; then
     log "initdb ${dir}/data"
     as_postgres "${VT_PG_BIN}/initdb" -D "${dir}/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
