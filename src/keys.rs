@@ -450,6 +450,12 @@ fn refuse_trigger(table: &str, trigger: &str) -> ! {
     )
 }
 
+/// Whether a trigger fires BEFORE, FOR EACH ROW: both guards are such triggers.
+fn before_row(trigger: &PgTrigger<'_>) -> bool {
+    matches!(trigger.when(), Ok(PgTriggerWhen::Before))
+        && matches!(trigger.level(), PgTriggerLevel::Row)
+}
+
 /// What identifies the current statement, for the guards' per-statement caches: the
 /// transaction's and the statement's start and the command id (a DDL between two
 /// statements of one query string moves it on).
@@ -548,8 +554,7 @@ fn tenant_reference_check<'a>(
     let relid = trigger.relid().unwrap_or(pg_sys::InvalidOid);
     let table = || Spi::connect(|c| crate::catalog::table_name(c, relid));
     let tgname = trigger.name().unwrap_or("?").to_string();
-    let row_before = matches!(trigger.when(), Ok(PgTriggerWhen::Before))
-        && matches!(trigger.level(), PgTriggerLevel::Row)
+    let row_before = before_row(trigger)
         && matches!(
             trigger.op(),
             Ok(PgTriggerOperation::Insert | PgTriggerOperation::Update)
@@ -829,8 +834,7 @@ fn tenant_parent_check<'a>(
     let relid = trigger.relid().unwrap_or(pg_sys::InvalidOid);
     let tgname = trigger.name().unwrap_or("?").to_string();
     let op = trigger.op();
-    let row_before = matches!(trigger.when(), Ok(PgTriggerWhen::Before))
-        && matches!(trigger.level(), PgTriggerLevel::Row)
+    let row_before = before_row(trigger)
         && matches!(
             op,
             Ok(PgTriggerOperation::Update | PgTriggerOperation::Delete)

@@ -147,6 +147,19 @@ pub fn public_counts(c: &mut Client) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Whether the server under test has a library (`citus`, `pg_cron`) in its `pkglibdir`:
+/// the major's `pg_config` (`VT_PG_CONFIG`, set by scripts/test), else PostgreSQL 15's.
+pub fn server_has_library(name: &str) -> bool {
+    let pg_config = std::env::var("VT_PG_CONFIG")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".to_string());
+    let lib = Command::new(pg_config)
+        .arg("--pkglibdir")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    std::path::Path::new(&format!("{lib}/{name}.so")).exists()
+}
+
 /// The repository root (for scripts and SQL files).
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

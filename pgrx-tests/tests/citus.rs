@@ -510,14 +510,7 @@ fn application_role(c: &mut postgres::Client, role: &str) {
 /// itself skipped, by name, where Citus is absent.
 #[test]
 fn citus_cluster_distribute_and_isolate_on_three_nodes() {
-    let pg_config = std::env::var("VT_PG_CONFIG")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".to_string());
-    let lib = std::process::Command::new(pg_config)
-        .arg("--pkglibdir")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    if !std::path::Path::new(&format!("{lib}/citus.so")).exists() {
+    if !vital_tenancy_e2e::server_has_library("citus") {
         eprintln!("SKIPPED citus_cluster_distribute_and_isolate_on_three_nodes: citus.so is not installed");
         return;
     }

@@ -615,14 +615,7 @@ impl Drop for Day2Stop {
 
 /// Whether pg_cron is installed for the server under test (Debian packages it for 15).
 fn pg_cron_installed() -> bool {
-    let pg_config = std::env::var("VT_PG_CONFIG")
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".to_string());
-    let lib = std::process::Command::new(pg_config)
-        .arg("--pkglibdir")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    std::path::Path::new(&format!("{lib}/pg_cron.so")).exists()
+    vital_tenancy_e2e::server_has_library("pg_cron")
 }
 
 /// The preloading cluster's name: one per major (a data directory belongs to one).
