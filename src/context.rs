@@ -863,7 +863,7 @@ fn admin_role_oid() -> pg_sys::Oid {
 }
 
 /// Whether the current role has the privileges of the platform-admin role.
-fn current_user_is_admin() -> bool {
+pub(crate) fn current_user_is_admin() -> bool {
     let admin = admin_role_oid();
     // SAFETY: GetUserId is the current (invoker) role; has_privs_of_role only reads
     // the role membership cache.

@@ -20,10 +20,9 @@
 //! PostgREST's `pre_request()` loads it before every request's query.
 
 use crate::errors::raise_full;
-use crate::logic::rls::ADMIN_ROLE;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PgList};
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 
 /// `vital_tenancy.restrict_explain_analyze`.
 pub static RESTRICT_EXPLAIN_ANALYZE: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -108,17 +107,6 @@ unsafe fn analyzes(stmt: *mut pg_sys::ExplainStmt) -> bool {
     }
 }
 
-/// Whether the current role is exempt: RLS never applies to it (superuser,
-/// BYPASSRLS: checked per relation below) or it is a platform admin.
-fn exempt() -> bool {
-    let name = CString::new(ADMIN_ROLE).unwrap_or_default();
-    // SAFETY: missing_ok role lookup and a membership check of the current user.
-    unsafe {
-        let admin = pg_sys::get_role_oid(name.as_ptr(), true);
-        admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), admin)
-    }
-}
-
 /// ERROR 42501 when an `EXPLAIN ANALYZE` would run a statement that reads a relation
 /// under row level security for the current role.
 ///
@@ -137,7 +125,9 @@ unsafe fn check_explain(
             return;
         }
         let stmt = node as *mut pg_sys::ExplainStmt;
-        if !analyzes(stmt) || exempt() {
+        // Platform admins see every tenant's rows anyway; RLS does not apply to
+        // superusers, BYPASSRLS roles and owners (checked per relation below).
+        if !analyzes(stmt) || crate::context::current_user_is_admin() {
             return;
         }
         let mut relations = Vec::new();

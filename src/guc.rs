@@ -87,10 +87,8 @@ fn role_and_user(
 
 /// Whether the session's login role may establish a tenant context.
 pub fn session_is_trusted() -> bool {
-    // SAFETY: GetSessionUserId is this backend's login role; is_member_of_role reads
-    // the role membership cache (inside the transaction role_and_user checked).
-    role_and_user(CONTEXT_ROLE, || unsafe { pg_sys::GetSessionUserId() })
-        .is_some_and(|(role, user)| unsafe { pg_sys::is_member_of_role(user, role) })
+    // SAFETY: GetSessionUserId is this backend's login role.
+    role_is_trusted(unsafe { pg_sys::GetSessionUserId() })
 }
 
 /// Whether the request's current role (as `SET ROLE` left it, outside any SECURITY
@@ -194,20 +192,14 @@ pub fn origin(name: &str) -> Option<Origin> {
     }
 }
 
-/// Whether the current value of setting `name` was set inside the current
-/// transaction (see the module comment). False for a setting that does not exist.
-pub fn set_in_this_transaction(name: &str) -> bool {
-    origin(name).is_some_and(|o| o.local)
-}
-
-/// Whether `role` may choose a tenant by itself: a superuser, or a member of
-/// `vital_tenancy_context`. Inside a transaction only (role lookups read the caches).
-pub fn role_is_trusted(role: pg_sys::Oid) -> bool {
-    // SAFETY: superuser_arg and is_member_of_role read the role caches, inside the
+/// Whether `role` may choose a tenant by itself: a member of `vital_tenancy_context`
+/// (superusers are members of every role). Inside a transaction only (role lookups
+/// read the caches).
+fn role_is_trusted(role: pg_sys::Oid) -> bool {
+    // SAFETY: is_member_of_role reads the role membership cache, inside the
     // transaction role_and_user checked.
-    role_and_user(CONTEXT_ROLE, || role).is_some_and(|(context, r)| unsafe {
-        pg_sys::superuser_arg(r) || pg_sys::is_member_of_role(r, context)
-    })
+    role_and_user(CONTEXT_ROLE, || role)
+        .is_some_and(|(context, r)| unsafe { pg_sys::is_member_of_role(r, context) })
 }
 
 /// A role that runs inside a request and must not choose its tenant: neither the

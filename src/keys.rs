@@ -438,14 +438,34 @@ fn recorded_reference(relid: pg_sys::Oid, tgname: &str, args: &[String]) -> Opti
     })
 }
 
-fn refuse_trigger(table: &str, trigger: &str) -> ! {
+/// ERROR 42501: a guard function (`function`, which runs only as `guard`) fired by a
+/// trigger that is not that guard.
+fn refuse_guard(
+    function: &str,
+    guard: &str,
+    table: &str,
+    trigger: &str,
+    detail: String,
+    hint: Option<String>,
+) -> ! {
     raise_full(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!(
-            "vital_tenancy.tenant_reference_check() runs only as the reference guards vital_tenancy creates: trigger {} on {table} is not one",
+            "vital_tenancy.{function}() runs only as the {guard} vital_tenancy creates: trigger {} on {table} is not one",
             quote_ident(trigger)
         ),
-        Some("A guard is a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger named vt_tenant_ref_<foreign key> on a permanent table under tenant RLS, for a single-column foreign key to another such table, with exactly that reference as its arguments.".into()),
+        Some(detail),
+        hint,
+    )
+}
+
+fn refuse_trigger(table: &str, trigger: &str) -> ! {
+    refuse_guard(
+        "tenant_reference_check",
+        "reference guards",
+        table,
+        trigger,
+        "A guard is a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger named vt_tenant_ref_<foreign key> on a permanent table under tenant RLS, for a single-column foreign key to another such table, with exactly that reference as its arguments.".into(),
         Some("If a table, column or foreign key was renamed since migration 007, drop the trigger and run SELECT * FROM vital_tenancy.apply_tenant_keys() again.".into()),
     )
 }
@@ -470,21 +490,41 @@ fn statement_key() -> (i64, i64, u32) {
     }
 }
 
-/// What the reference guard of one trigger reads from the catalog, kept for the
-/// statement (a bulk insert fires it once per row): the recorded reference (`None`:
-/// not a guard) and the parent look-up, prepared once.
+/// One value per key, kept for the current statement: what a guard reads from the
+/// catalog and prepares, once for all the rows a statement writes.
+type StatementCache<K, V> = std::cell::RefCell<Option<(K, (i64, i64, u32), std::rc::Rc<V>)>>;
+
+/// The cached value for `key` in this statement, or `make()`'s, kept.
+fn per_statement<K: PartialEq, V>(
+    cache: &'static std::thread::LocalKey<StatementCache<K, V>>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> std::rc::Rc<V> {
+    let statement = statement_key();
+    let hit = cache.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(k, s, _)| *k == key && *s == statement)
+            .map(|(_, _, v)| v.clone())
+    });
+    if let Some(hit) = hit {
+        return hit;
+    }
+    let value = std::rc::Rc::new(make());
+    cache.with(|c| *c.borrow_mut() = Some((key, statement, value.clone())));
+    value
+}
+
+/// What the reference guard of one trigger reads from the catalog: the recorded
+/// reference (`None`: not a guard) and the parent look-up, prepared once.
 struct ReferenceGuard {
-    relid: pg_sys::Oid,
-    tgname: String,
-    args: Vec<String>,
-    statement: (i64, i64, u32),
     owner: Option<pg_sys::Oid>,
     reference: Option<Reference>,
     lookup: Option<pgrx::spi::OwnedPreparedStatement>,
 }
 
 thread_local! {
-    static REFERENCE_GUARD_CACHE: std::cell::RefCell<Option<std::rc::Rc<ReferenceGuard>>> =
+    static REFERENCE_GUARDS: StatementCache<(pg_sys::Oid, String, Vec<String>), ReferenceGuard> =
         const { std::cell::RefCell::new(None) };
 }
 
@@ -493,52 +533,39 @@ fn reference_guard(
     tgname: &str,
     args: &[String],
 ) -> std::rc::Rc<ReferenceGuard> {
-    let statement = statement_key();
-    let hit = REFERENCE_GUARD_CACHE.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|g| {
-                g.relid == relid && g.tgname == tgname && g.args == args && g.statement == statement
+    per_statement(
+        &REFERENCE_GUARDS,
+        (relid, tgname.to_string(), args.to_vec()),
+        || {
+            let owner = crate::context::extension_owner();
+            crate::context::as_role(owner, || {
+                let reference = recorded_reference(relid, tgname, args);
+                let lookup = reference.as_ref().map(|r| {
+                    Spi::connect(|c| {
+                        c.prepare(
+                            &format!(
+                            "SELECT EXISTS (SELECT 1 FROM {} p WHERE p.{} OPERATOR(pg_catalog.=) $1
+                                               AND p.{} OPERATOR(pg_catalog.=) ANY ($2)),
+                                    $1::pg_catalog.text",
+                            r.parent, r.parent_column, r.parent_tenant_column
+                        ),
+                            &[
+                                pgrx::pg_sys::PgOid::from(r.child_type),
+                                pgrx::pg_sys::PgOid::from(pg_sys::UUIDARRAYOID),
+                            ],
+                        )
+                        .or_raise("preparing the parent look-up of a tenant reference")
+                        .keep()
+                    })
+                });
+                ReferenceGuard {
+                    owner,
+                    reference,
+                    lookup,
+                }
             })
-            .cloned()
-    });
-    if let Some(hit) = hit {
-        return hit;
-    }
-    let owner = crate::context::extension_owner();
-    let (reference, lookup) = crate::context::as_role(owner, || {
-        let reference = recorded_reference(relid, tgname, args);
-        let lookup = reference.as_ref().map(|r| {
-            Spi::connect(|c| {
-                c.prepare(
-                    &format!(
-                        "SELECT EXISTS (SELECT 1 FROM {} p WHERE p.{} OPERATOR(pg_catalog.=) $1
-                                           AND p.{} OPERATOR(pg_catalog.=) ANY ($2)),
-                                $1::pg_catalog.text",
-                        r.parent, r.parent_column, r.parent_tenant_column
-                    ),
-                    &[
-                        pgrx::pg_sys::PgOid::from(r.child_type),
-                        pgrx::pg_sys::PgOid::from(pg_sys::UUIDARRAYOID),
-                    ],
-                )
-                .or_raise("preparing the parent look-up of a tenant reference")
-                .keep()
-            })
-        });
-        (reference, lookup)
-    });
-    let guard = std::rc::Rc::new(ReferenceGuard {
-        relid,
-        tgname: tgname.to_string(),
-        args: args.to_vec(),
-        statement,
-        owner,
-        reference,
-        lookup,
-    });
-    REFERENCE_GUARD_CACHE.with(|c| *c.borrow_mut() = Some(guard.clone()));
-    guard
+        },
+    )
 }
 
 /// The guard of a reference between tenant tables (a BEFORE INSERT OR UPDATE row
@@ -745,79 +772,59 @@ fn referencing_keys(relid: pg_sys::Oid) -> Vec<Referencing> {
 }
 
 fn refuse_parent_trigger(table: &str, trigger: &str) -> ! {
-    raise_full(
-        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        format!(
-            "vital_tenancy.tenant_parent_check() runs only as the parent guard vital_tenancy creates: trigger {} on {table} is not one",
-            quote_ident(trigger)
-        ),
-        Some(format!("The parent guard is the BEFORE UPDATE OR DELETE ... FOR EACH ROW trigger {PARENT_GUARD}, without arguments, on a permanent table under tenant RLS.")),
+    refuse_guard(
+        "tenant_parent_check",
+        "parent guard",
+        table,
+        trigger,
+        format!("The parent guard is the BEFORE UPDATE OR DELETE ... FOR EACH ROW trigger {PARENT_GUARD}, without arguments, on a permanent table under tenant RLS."),
         None,
     )
 }
 
-/// What the parent guard of one table reads from the catalog, kept for the statement
-/// (a bulk delete fires the trigger once per row).
+/// What the parent guard of one table reads from the catalog: its tenant column, whether
+/// it is shared, and each referencing foreign key with its look-up, prepared once.
 struct ParentGuard {
-    relid: pg_sys::Oid,
-    tgname: String,
-    statement: (i64, i64, u32),
     owner: Option<pg_sys::Oid>,
     tenant_attnum: i16,
     shared: bool,
-    /// Each referencing foreign key with its look-up, prepared once.
     keys: Vec<(Referencing, pgrx::spi::OwnedPreparedStatement)>,
 }
 
 thread_local! {
-    static PARENT_GUARD_CACHE: std::cell::RefCell<Option<std::rc::Rc<ParentGuard>>> =
+    static PARENT_GUARDS: StatementCache<(pg_sys::Oid, String), Option<ParentGuard>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// The parent guard of `relid` as the catalog records it (`None`: not a parent guard),
-/// read once per statement.
-fn parent_guard(relid: pg_sys::Oid, tgname: &str) -> Option<std::rc::Rc<ParentGuard>> {
-    let statement = statement_key();
-    let hit = PARENT_GUARD_CACHE.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|g| g.relid == relid && g.tgname == tgname && g.statement == statement)
-            .cloned()
-    });
-    if hit.is_some() {
-        return hit;
-    }
-    let owner = crate::context::extension_owner();
-    let guard = crate::context::as_role(owner, || {
-        recorded_parent(relid, tgname).map(|(tenant_attnum, shared)| ParentGuard {
-            relid,
-            tgname: tgname.to_string(),
-            statement,
-            owner,
-            tenant_attnum,
-            shared,
-            keys: referencing_keys(relid)
-                .into_iter()
-                .map(|k| {
-                    let mut types: Vec<pgrx::pg_sys::PgOid> = k
-                        .parent_types
-                        .iter()
-                        .map(|t| pgrx::pg_sys::PgOid::from(*t))
-                        .collect();
-                    types.push(pgrx::pg_sys::PgOid::from(pg_sys::UUIDOID));
-                    let plan = Spi::connect(|c| {
-                        c.prepare(&k.exists_sql, &types)
-                            .or_raise("preparing the look-up of a parent guard")
-                            .keep()
-                    });
-                    (k, plan)
-                })
-                .collect(),
+/// The parent guard of `relid` as the catalog records it (`None`: not a parent guard).
+fn parent_guard(relid: pg_sys::Oid, tgname: &str) -> std::rc::Rc<Option<ParentGuard>> {
+    per_statement(&PARENT_GUARDS, (relid, tgname.to_string()), || {
+        let owner = crate::context::extension_owner();
+        crate::context::as_role(owner, || {
+            recorded_parent(relid, tgname).map(|(tenant_attnum, shared)| ParentGuard {
+                owner,
+                tenant_attnum,
+                shared,
+                keys: referencing_keys(relid)
+                    .into_iter()
+                    .map(|k| {
+                        let mut types: Vec<pgrx::pg_sys::PgOid> = k
+                            .parent_types
+                            .iter()
+                            .map(|t| pgrx::pg_sys::PgOid::from(*t))
+                            .collect();
+                        types.push(pgrx::pg_sys::PgOid::from(pg_sys::UUIDOID));
+                        let plan = Spi::connect(|c| {
+                            c.prepare(&k.exists_sql, &types)
+                                .or_raise("preparing the look-up of a parent guard")
+                                .keep()
+                        });
+                        (k, plan)
+                    })
+                    .collect(),
+            })
         })
     })
-    .map(std::rc::Rc::new);
-    PARENT_GUARD_CACHE.with(|c| *c.borrow_mut() = guard.clone());
-    guard
 }
 
 /// The parent side of the references between tenant tables (a BEFORE UPDATE OF the
@@ -844,7 +851,8 @@ fn tenant_parent_check<'a>(
         refuse_parent_trigger(&table(), &tgname);
     }
     let deleting = matches!(op, Ok(PgTriggerOperation::Delete));
-    let Some(guard) = parent_guard(relid, &tgname) else {
+    let cached = parent_guard(relid, &tgname);
+    let Some(guard) = cached.as_ref() else {
         refuse_parent_trigger(&table(), &tgname)
     };
     let ParentGuard {
@@ -852,7 +860,7 @@ fn tenant_parent_check<'a>(
         shared,
         keys,
         ..
-    } = &*guard;
+    } = guard;
     let (tenant_attnum, shared) = (*tenant_attnum, *shared);
     let data = trigger.trigger_data();
     let (old, new) = (data.tg_trigtuple, data.tg_newtuple);

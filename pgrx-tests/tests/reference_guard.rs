@@ -143,6 +143,26 @@ fn no_role_runs_the_reference_guard_as_the_superuser() {
         dba.batch_execute("ROLLBACK").unwrap();
     }
     assert!(!is_superuser(&mut dba, "vt_rg_attacker"));
+    // The parent guard's function, fired by any trigger but the one 007 created, refuses
+    // too (here on a managed table, under another name).
+    dba.batch_execute(
+        "BEGIN; CREATE TRIGGER not_the_parent_guard BEFORE DELETE ON public.messages FOR EACH ROW
+           EXECUTE FUNCTION vital_tenancy.tenant_parent_check();",
+    )
+    .unwrap();
+    let e = dba
+        .execute("DELETE FROM public.messages WHERE true", &[])
+        .expect_err("the parent guard's function must refuse another trigger");
+    let d = e.as_db_error().unwrap();
+    assert_eq!(d.code().code(), "42501");
+    assert!(
+        d.message().contains(
+            "runs only as the parent guard vital_tenancy creates: trigger \"not_the_parent_guard\" on public.messages is not one"
+        ),
+        "{}",
+        d.message()
+    );
+    dba.batch_execute("ROLLBACK").unwrap();
 
     // The guards 007 created still work for every role (EXECUTE is checked when a
     // trigger is created, not when it fires): a Digital Health reply to its own message.
@@ -400,6 +420,28 @@ fn a_referenced_row_keeps_its_tenant_and_no_delete_reaches_another_tenant() {
                 &[],
             )
             .unwrap();
+    }
+
+    // A referenced row of a shared table may become Platform's (its tenant's rows may
+    // reference Platform there), and come back: a Digital Health source with its chunks.
+    let source: String = dba
+        .query_one(
+            &format!("SELECT s.id::text FROM public.knowledge_sources s WHERE s.tenant_id = '{DIGITAL}'
+                       AND EXISTS (SELECT 1 FROM public.knowledge_base b WHERE b.source_id = s.id) LIMIT 1"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for to in [PLATFORM, DIGITAL] {
+        let n = admin
+            .execute(
+                &format!(
+                    "UPDATE public.knowledge_sources SET tenant_id = '{to}' WHERE id = '{source}'"
+                ),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(n, 1, "moved to {to}");
     }
 
     // The state 0.2.0 let an admin create: the tool moved with the triggers off.
