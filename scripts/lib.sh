@@ -80,6 +80,15 @@ vt_install_deps() {
     init+=("--pg${m}" "$(vt_pg_config_for "$m")")
     grep -qs "^pg${m} = \"$(vt_pg_config_for "$m")\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || missing=1
   done
+  # A pg_config that is gone (a hand-built 16 or 17 removed since) breaks every pgrx
+  # build, whatever major it is for, and `cargo pgrx init` keeps it: drop its line.
+  local cfg conf="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+  while read -r cfg; do
+    if [ ! -x "${cfg}" ]; then
+      log "pgrx config: ${cfg} is gone, dropped from ${conf}"
+      grep -vF "= \"${cfg}\"" "${conf}" > "${conf}.tmp" && mv "${conf}.tmp" "${conf}"
+    fi
+  done < <(sed -nE 's/^pg[0-9]+ = "(.*)"$/\1/p' "${conf}" 2>/dev/null)
   if [ "${missing}" = 1 ]; then
     log "cargo pgrx init ${init[*]}"
     cargo pgrx init "${init[@]}"

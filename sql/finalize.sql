@@ -135,7 +135,7 @@ COMMENT ON FUNCTION vital_tenancy.run_ddl(text, text, text, integer, integer) IS
 COMMENT ON PROCEDURE vital_tenancy.backfill(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
     'Assign tenant_id with a classifier in keyset batches (COMMIT per batch), journaled, resumable after a crash; a missing tenant column is added with the majority tenant as catalog default, so only the other rows are rewritten. CALL outside a transaction block.';
 COMMENT ON FUNCTION vital_tenancy.backfill_check_arguments(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
-    'The arguments of CALL backfill checked (NULLs, batch_size, sleep_ms, run_name) before anything is read or written; raises 22023/22004 naming the argument.';
+    'The arguments of CALL backfill checked (NULLs, batch_size 1 to 1000000, sleep_ms 0 to 60000, a tenant_column over 63 bytes, run_name) before anything is read or written; raises 22023/22004/42622 naming the argument.';
 COMMENT ON FUNCTION vital_tenancy.backfill_majority(regclass, jsonb, boolean) IS
     'Before backfill adds a tenant column: the classifier''s tenants counted in one pass that writes nothing (per rule where rules are recorded); the most frequent one becomes the catalog default.';
 COMMENT ON FUNCTION vital_tenancy.backfill_batch_sql(jsonb, text, uuid, boolean, boolean, boolean) IS

@@ -144,12 +144,12 @@ LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be a positive integer, not %', coalesce(batch_size::text, 'NULL')
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 1000000, not %', coalesce(batch_size::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF sleep_ms IS NULL OR sleep_ms < 0 THEN
-        RAISE EXCEPTION 'sleep_ms must not be negative, not %', coalesce(sleep_ms::text, 'NULL')
+    IF sleep_ms IS NULL OR sleep_ms < 0 OR sleep_ms > 60000 THEN
+        RAISE EXCEPTION 'sleep_ms must be between 0 and 60000 (one minute between batches), not %', coalesce(sleep_ms::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF run_name IS NULL THEN
@@ -168,6 +168,12 @@ BEGIN
                      WHEN tenant_column IS NULL THEN 'tenant_column' WHEN overwrite IS NULL THEN 'overwrite'
                      WHEN catch_up IS NULL THEN 'catch_up' WHEN record_rules IS NULL THEN 'record_rules' ELSE 'fire_triggers' END
             USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- PostgreSQL cuts a longer name to 63 bytes; the backfill would look up one name and
+    -- add another (census N01). Refused before anything is read or written.
+    IF octet_length(tenant_column) > 63 THEN
+        RAISE EXCEPTION 'tenant_column is % bytes long; a column name has at most 63', octet_length(tenant_column)
+            USING ERRCODE = 'name_too_long';
     END IF;
 END
 $$;

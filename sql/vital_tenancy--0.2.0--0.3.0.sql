@@ -43,6 +43,54 @@ COMMENT ON FUNCTION vital_tenancy.pre_request() IS
 COMMENT ON FUNCTION vital_tenancy.set_tenant(uuid) IS
     'Set vital.tenant_id for the rest of the transaction (SET LOCAL semantics) after checking the tenant exists; NULL clears it. Only for login roles that are members of vital_tenancy_context, before any switch to a role that is not (ERROR 42501 otherwise); warns about leftover session values.';
 
+-- Issue 33 (census N01) and issue 32 (item 6): the backfill refuses a tenant column name
+-- over 63 bytes (PostgreSQL cut it, and the run looked up one name and added another),
+-- a batch_size over 1000000 and a sleep_ms over 60000, before anything is read or written.
+CREATE OR REPLACE FUNCTION vital_tenancy.backfill_check_arguments(
+    tbl regclass, classifier text, batch_size integer, sleep_ms integer, options jsonb,
+    tenant_column text, overwrite boolean, run_name text, catch_up boolean,
+    record_rules boolean, fire_triggers boolean
+) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 1000000, not %', coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF sleep_ms IS NULL OR sleep_ms < 0 OR sleep_ms > 60000 THEN
+        RAISE EXCEPTION 'sleep_ms must be between 0 and 60000 (one minute between batches), not %', coalesce(sleep_ms::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF run_name IS NULL THEN
+        RAISE EXCEPTION 'run_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF btrim(run_name) = '' THEN
+        RAISE EXCEPTION 'run_name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF octet_length(run_name) > 1000 THEN
+        -- (run names are indexed; a btree entry holds at most ~2.7 kB)
+        RAISE EXCEPTION 'run_name is % bytes long; at most 1000', octet_length(run_name)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF tbl IS NULL OR classifier IS NULL OR options IS NULL OR tenant_column IS NULL
+       OR overwrite IS NULL OR catch_up IS NULL OR record_rules IS NULL OR fire_triggers IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+                CASE WHEN tbl IS NULL THEN 'tbl' WHEN classifier IS NULL THEN 'classifier' WHEN options IS NULL THEN 'options'
+                     WHEN tenant_column IS NULL THEN 'tenant_column' WHEN overwrite IS NULL THEN 'overwrite'
+                     WHEN catch_up IS NULL THEN 'catch_up' WHEN record_rules IS NULL THEN 'record_rules' ELSE 'fire_triggers' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- PostgreSQL cuts a longer name to 63 bytes; the backfill would look up one name and
+    -- add another (census N01). Refused before anything is read or written.
+    IF octet_length(tenant_column) > 63 THEN
+        RAISE EXCEPTION 'tenant_column is % bytes long; a column name has at most 63', octet_length(tenant_column)
+            USING ERRCODE = 'name_too_long';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION vital_tenancy.backfill_check_arguments(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
+    'The arguments of CALL backfill checked (NULLs, batch_size 1 to 1000000, sleep_ms 0 to 60000, a tenant_column over 63 bytes, run_name) before anything is read or written; raises 22023/22004/42622 naming the argument.';
+
 -- Privileges, default deny: no routine of the extension is executable by PUBLIC except
 -- those an application role must call itself (a policy, a column DEFAULT, PostgREST's
 -- pre-request hook, a trusted backend's set_tenant(), the classifiers). Each of them

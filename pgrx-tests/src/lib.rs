@@ -34,8 +34,14 @@ pub fn conninfo(db: &str, user: &str) -> String {
 
 /// Connect to `db` as `user` (trust authentication on the private test cluster).
 pub fn connect(db: &str, user: &str) -> Client {
-    Client::connect(&conninfo(db, user), NoTls)
-        .unwrap_or_else(|e| panic!("cannot connect to {db} as {user}: {e}"))
+    Client::connect(&conninfo(db, user), NoTls).unwrap_or_else(|e| match e.as_db_error() {
+        Some(d) => panic!(
+            "cannot connect to {db} as {user}: {} ({})",
+            d.message(),
+            d.code().code()
+        ),
+        None => panic!("cannot connect to {db} as {user}: {e}"),
+    })
 }
 
 /// A throwaway database holding the real fixture, dropped when the test ends.

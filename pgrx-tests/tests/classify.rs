@@ -192,7 +192,7 @@ fn rule_changes_reach_other_backends_without_reconnecting() {
 fn application_role_classifies_but_cannot_change_rules() {
     let (db, mut c) = setup("classify_role");
     c.batch_execute(
-        "DO $$ BEGIN
+        "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_e2e_classifier') THEN
              CREATE ROLE vt_e2e_classifier LOGIN;
            END IF;

@@ -27,7 +27,7 @@ fn setup(tag: &str) -> (FixtureDb, Client) {
     let (ok, out, err) = migrate(&db.name, &[]);
     assert!(ok, "migration failed: {out}\n{err}");
     c.batch_execute(&format!(
-        "DO $$ BEGIN
+        "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_att_authenticator') THEN
              CREATE ROLE vt_att_authenticator LOGIN NOINHERIT; END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_att_backend') THEN

@@ -156,7 +156,8 @@ fn kill_9_then_resume(column: bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(watch);
+    // `watch` stays open as a canary: the postmaster ends every backend when it
+    // notices the killed one, and only then is a new connection one that survives.
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -164,6 +165,15 @@ fn kill_9_then_resume(column: bool) {
     assert!(status.success());
     let result = handle.join().unwrap();
     assert!(result.is_err(), "the killed CALL must not report success");
+
+    while watch.simple_query("SELECT 1").is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the postmaster did not restart after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(watch);
 
     // After crash recovery: what committed is consistent — journal = checkpoint = rows with a tenant.
     let mut c = wait_for_server(&db.name);

@@ -24,7 +24,7 @@ fn setup(tag: &str) -> (FixtureDb, Client) {
         "CREATE TABLE public.notes (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL REFERENCES public.tenants (id), body text)",
         "SELECT * FROM vital_tenancy.enable_tenant_rls('public.messages')",
         "SELECT * FROM vital_tenancy.enable_tenant_rls('public.notes')",
-        "DO $$ BEGIN
+        "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_iso_app') THEN CREATE ROLE vt_iso_app LOGIN; END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_iso_nobody') THEN CREATE ROLE vt_iso_nobody LOGIN; END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_iso_admin') THEN CREATE ROLE vt_iso_admin LOGIN IN ROLE vital_tenancy_admin; END IF;

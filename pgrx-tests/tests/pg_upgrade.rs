@@ -35,7 +35,7 @@ fn bash(script: &str) -> String {
 }
 
 /// Stops both clusters and removes their data when the test ends, however it ends.
-struct Cleanup(String);
+struct Cleanup(String, String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -43,9 +43,9 @@ impl Drop for Cleanup {
             .args([
                 "-c",
                 &format!(
-                    "source scripts/lib.sh; vt_select_major 15; vt_cluster_stop pgup-old; \
+                    "source scripts/lib.sh; vt_select_major {1}; vt_cluster_stop pgup-old; \
                      vt_select_major {0}; vt_cluster_stop pgup-new; rm -rf \"$VT_WORK/pgup-old\" \"$VT_WORK/pgup-new\"",
-                    self.0
+                    self.0, self.1
                 ),
             ])
             .current_dir(repo_root())
@@ -126,22 +126,25 @@ fn boundary(c: &mut Client) -> Vec<(String, Vec<String>)> {
 }
 
 #[test]
-fn a_database_migrated_on_15_comes_through_pg_upgrade() {
+fn a_database_migrated_on_an_older_major_comes_through_pg_upgrade() {
     let major = std::env::var("VT_PG_MAJOR").unwrap_or_else(|_| "15".into());
-    let with_15 = std::path::Path::new("/usr/lib/postgresql/15/bin/pg_ctl").exists()
-        && std::path::Path::new("/usr/share/postgresql/15/extension/vital_tenancy.control")
-            .exists();
-    if major == "15" || !with_15 {
+    // The old major: 15, or the one in VT_PGUP_FROM (a 16 or 17 built by hand, given to
+    // scripts/lib.sh as VT_PG16_CONFIG / VT_PG17_CONFIG).
+    let from = std::env::var("VT_PGUP_FROM").unwrap_or_else(|_| "15".into());
+    let installed = bash(&format!(
+        "c=\"$(vt_pg_config_for {from})\"; if [ -x \"$c\" ] && [ -e \"$(\"$c\" --sharedir)/extension/vital_tenancy.control\" ]; then echo yes; fi"
+    ));
+    if from.parse::<u32>().unwrap_or(0) >= major.parse::<u32>().unwrap_or(0) || installed != "yes" {
         eprintln!(
-            "SKIPPED a_database_migrated_on_15_comes_through_pg_upgrade: runs in the suites of a newer major, with PostgreSQL 15 and the extension installed for it (this is {major})"
+            "SKIPPED a_database_migrated_on_an_older_major_comes_through_pg_upgrade: runs in the suites of a newer major, with PostgreSQL {from} and the extension installed for it (this is {major})"
         );
         return;
     }
-    let _cleanup = Cleanup(major.clone());
+    let _cleanup = Cleanup(major.clone(), from.clone());
     // The old cluster: 15, the collector preloaded, the fixture migrated by the shipped
     // scripts (000-007).
     let old_host = bash(&format!(
-        "vt_select_major 15; vt_cluster_stop pgup-old; rm -rf \"$VT_WORK/pgup-old\"; \
+        "vt_select_major {from}; vt_cluster_stop pgup-old; rm -rf \"$VT_WORK/pgup-old\"; \
          VT_PG_OPTS='-c shared_preload_libraries=vital_tenancy' vt_cluster_start pgup-old {OLD_PORT} >/dev/null; \
          vt_fresh_fixture_db vt_pgup >/dev/null; vt_psql -d vt_pgup -c 'CREATE EXTENSION vital_tenancy' >/dev/null; \
          PG_BIN=\"$VT_PG_BIN\" bash scripts/migrate \"host=$VT_HOST port=$VT_PORT user=postgres dbname=vt_pgup\" --no-backup --report /dev/null >/dev/null; \
@@ -163,7 +166,7 @@ fn a_database_migrated_on_15_comes_through_pg_upgrade() {
         .get(0);
     if foreign_options > 0 {
         eprintln!(
-            "SKIPPED a_database_migrated_on_15_comes_through_pg_upgrade: this PostgreSQL 15 build stores the attribute option pg_attver on {foreign_options} columns, which PostgreSQL {major}'s pg_upgrade cannot restore"
+            "SKIPPED a_database_migrated_on_an_older_major_comes_through_pg_upgrade: this PostgreSQL {from} build stores the attribute option pg_attver on {foreign_options} columns, which PostgreSQL {major}'s pg_upgrade cannot restore"
         );
         return;
     }
@@ -189,7 +192,7 @@ fn a_database_migrated_on_15_comes_through_pg_upgrade() {
             ),
             ("no context".to_string(), vec![]),
         ],
-        "the boundary on 15, before the upgrade"
+        "the boundary on the old major, before the upgrade"
     );
 
     // The new cluster, the new major's pg_upgrade (as the postgres OS user, from a
@@ -201,7 +204,7 @@ fn a_database_migrated_on_15_comes_through_pg_upgrade() {
         ""
     };
     let new_host = bash(&format!(
-        "vt_select_major 15; vt_cluster_stop pgup-old; OLD_BIN=\"$VT_PG_BIN\"; \
+        "vt_select_major {from}; vt_cluster_stop pgup-old; OLD_BIN=\"$VT_PG_BIN\"; \
          vt_select_major {major}; vt_cluster_stop pgup-new; rm -rf \"$VT_WORK/pgup-new\"; mkdir -p \"$VT_WORK/pgup-new/sock\"; \
          chown -R postgres:postgres \"$VT_WORK/pgup-new\"; \
          as_postgres \"$VT_PG_BIN/initdb\" -D \"$VT_WORK/pgup-new/data\" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 {checksums} >/dev/null; \

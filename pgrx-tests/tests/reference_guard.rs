@@ -52,7 +52,7 @@ fn code(r: Result<u64, postgres::Error>) -> String {
 fn no_role_runs_the_reference_guard_as_the_superuser() {
     let (db, mut dba) = migrated("guard_escalation");
     dba.batch_execute(
-        "DO $$ BEGIN
+        "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_attacker') THEN CREATE ROLE vt_rg_attacker LOGIN; END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_authenticator') THEN CREATE ROLE vt_rg_authenticator LOGIN NOINHERIT; END IF;
          END $$;
@@ -329,7 +329,7 @@ fn count(dba: &mut Client, sql: &str) -> i64 {
 fn a_referenced_row_keeps_its_tenant_and_no_delete_reaches_another_tenant() {
     let (db, mut dba) = migrated("guard_cascade");
     dba.batch_execute(
-        "DO $$ BEGIN
+        "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_admin') THEN CREATE ROLE vt_rg_admin LOGIN; END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_rg_authenticator') THEN CREATE ROLE vt_rg_authenticator LOGIN NOINHERIT; END IF;
          END $$;

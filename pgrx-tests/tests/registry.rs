@@ -8,7 +8,7 @@ use vital_tenancy_e2e::{migrate, sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM}
 
 fn roles(c: &mut Client) {
     c.batch_execute(
-        "DO $$ BEGIN
+        "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_reg_authenticator') THEN
              CREATE ROLE vt_reg_authenticator LOGIN NOINHERIT; END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_reg_admin') THEN

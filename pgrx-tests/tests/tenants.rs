@@ -225,7 +225,7 @@ fn application_role_uses_ids_but_not_ensure_tenants() {
     let mut c = db.dba();
     c.batch_execute(&format!(
         "CREATE EXTENSION vital_tenancy;
-         DO $$ BEGIN
+         DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_e2e_app') THEN
              CREATE ROLE vt_e2e_app LOGIN;
            END IF;

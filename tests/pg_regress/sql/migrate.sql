@@ -144,6 +144,16 @@ select * from vital_tenancy.backfill_batches('public.vt_view');
 \echo :LAST_ERROR_SQLSTATE
 call vital_tenancy.backfill('public.prompts', 'prompt', batch_size => 0);
 \echo :LAST_ERROR_SQLSTATE
+-- A tenant column name over 63 bytes is refused before anything is read or written
+-- (PostgreSQL would cut it: the backfill looked up one name and added another, census
+-- N01), and so are absurd batch sizes and sleeps (a sleep of 24 days between batches).
+call vital_tenancy.backfill('public.tools', 'tool', tenant_column => repeat('t', 64));
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('public.prompts', 'prompt', sleep_ms => 2147483647);
+\echo :LAST_ERROR_SQLSTATE
+call vital_tenancy.backfill('public.prompts', 'prompt', batch_size => 2000000);
+\echo :LAST_ERROR_SQLSTATE
+select count(*) as cut_columns from pg_catalog.pg_attribute where attrelid = 'public.tools'::regclass and attname like 'ttt%';
 -- One batch is counted by backfill_run_batch: rows the classifier left without a
 -- tenant are the rest of the batch; rows inserted into its range count as walked.
 select * from vital_tenancy.backfill_run_batch('select 3::bigint, null::bigint, 3::bigint, null::bigint',
