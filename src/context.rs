@@ -194,7 +194,7 @@ fn clear_seal(rolled_back: Option<pg_sys::SubTransactionId>) {
 }
 
 /// Everything the context depends on, read without a query.
-fn observe() -> Observed {
+pub(crate) fn observe() -> Observed {
     let sealed = SEAL.with(|s| s.borrow().as_ref().map(|(seal, _)| *seal == current_seal()));
     Observed {
         tenant_setting: setting(TENANT_SETTING),
@@ -916,7 +916,11 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
     if current_user_is_admin() {
         return every_tenant();
     }
-    let Some(ctx) = policy_context() else {
+    visible_of(policy_context(), shared)
+}
+
+fn visible_of(ctx: Option<Context>, shared: bool) -> Vec<Uuid> {
+    let Some(ctx) = ctx else {
         return Vec::new();
     };
     let t = Uuid::from_bytes(ctx.tenant);
@@ -926,6 +930,37 @@ fn visible_tenant_ids(shared: default!(bool, true)) -> Vec<Uuid> {
     } else {
         vec![t]
     }
+}
+
+fn writable_of(ctx: Option<Context>) -> Vec<[u8; 16]> {
+    ctx.filter(|c| c.writes)
+        .map(|c| c.tenant)
+        .into_iter()
+        .collect()
+}
+
+/// What the policies' three arrays hold for the current request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PolicyArrays {
+    pub visible_shared: Vec<[u8; 16]>,
+    pub visible_own: Vec<[u8; 16]>,
+    pub writable: Vec<[u8; 16]>,
+}
+
+/// The arrays `visible_tenant_ids(true)`, `visible_tenant_ids(false)` and
+/// `writable_tenant_ids()` return for the current role and context, from one
+/// resolution; `None` for platform admins (every tenant, nothing to route by).
+pub(crate) fn policy_arrays() -> Option<PolicyArrays> {
+    if current_user_is_admin() {
+        return None;
+    }
+    let ctx = policy_context();
+    let bytes = |v: Vec<Uuid>| v.iter().map(|u| *u.as_bytes()).collect();
+    Some(PolicyArrays {
+        visible_shared: bytes(visible_of(ctx, true)),
+        visible_own: bytes(visible_of(ctx, false)),
+        writable: writable_of(ctx),
+    })
 }
 
 /// The tenant ids the current request may write: its own tenant (Platform rows are
@@ -946,11 +981,7 @@ pub(crate) fn writable_tenants() -> Vec<[u8; 16]> {
     if current_user_is_admin() {
         return every_tenant().iter().map(|u| *u.as_bytes()).collect();
     }
-    policy_context()
-        .filter(|c| c.writes)
-        .map(|c| c.tenant)
-        .into_iter()
-        .collect()
+    writable_of(policy_context())
 }
 
 /// Use another table for the membership check of the x-tenant-id header.

@@ -22,6 +22,9 @@
 //!   `apply_tenant_keys()`); the key computation the Citus path shares.
 //! - [`explain`]: `EXPLAIN ANALYZE` refused for statements on tables under row level
 //!   security for the current role (`vital_tenancy.restrict_explain_analyze`).
+//! - [`routing`]: on Citus, a request reaches only its tenants' shards (the planner
+//!   hook adds the context's tenant ids as a constant; routed plans are invalidated
+//!   when the context changes).
 //! - [`catalog`]: catalog look-ups shared by the functions above.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
 
@@ -42,6 +45,7 @@ pub mod logic;
 pub mod migrate;
 pub mod monitor;
 pub mod rls;
+pub mod routing;
 pub mod tenants;
 pub mod validate;
 
@@ -55,6 +59,7 @@ pub extern "C-unwind" fn _PG_init() {
     context::init();
     activity::init();
     explain::init();
+    routing::init();
 }
 
 // Objects that are not Rust functions: grants, configuration tables, helpers.

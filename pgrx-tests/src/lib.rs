@@ -272,6 +272,17 @@ pub struct Bouncer {
 
 impl Bouncer {
     pub fn start(db: &str, users: &[&str], pool_size: u32) -> Bouncer {
+        Bouncer::start_at(
+            &env("VT_E2E_HOST"),
+            &env("VT_E2E_PORT"),
+            db,
+            users,
+            pool_size,
+        )
+    }
+
+    /// The same in front of the server at `host`:`pgport` (a Citus coordinator).
+    pub fn start_at(host: &str, pgport: &str, db: &str, users: &[&str], pool_size: u32) -> Bouncer {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -296,8 +307,6 @@ impl Bouncer {
              max_client_conn = 500\ndefault_pool_size = {pool_size}\nserver_reset_query =\n\
              ignore_startup_parameters = extra_float_digits\n\
              logfile = {log}\npidfile = {pid}\n",
-            host = env("VT_E2E_HOST"),
-            pgport = env("VT_E2E_PORT"),
             users = dir.join("users.txt").display(),
             log = dir.join("pgbouncer.log").display(),
             pid = dir.join("pgbouncer.pid").display(),

@@ -500,6 +500,261 @@ fn application_role(c: &mut postgres::Client, role: &str) {
     .unwrap();
 }
 
+/// The task counts `EXPLAIN sql` shows after `setup`, in one transaction.
+fn task_counts(c: &mut postgres::Client, setup: &str, sql: &str) -> Vec<i64> {
+    let mut tx = c.transaction().unwrap();
+    // One statement at a time (see `unrouted_prompts`).
+    for s in setup.split("; ") {
+        tx.batch_execute(s).unwrap();
+    }
+    tx.query(&format!("EXPLAIN {sql}"), &[])
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let line: String = r.get(0);
+            line.trim()
+                .strip_prefix("Task Count: ")
+                .map(|n| n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The prompts a request reads after `setup`, planned without routing (what the
+/// policies alone give).
+fn unrouted_prompts(c: &mut postgres::Client, setup: &str, filter: &str) -> Vec<String> {
+    let mut tx = c.transaction().unwrap();
+    // One statement at a time: Citus propagates a SET LOCAL to the workers as the
+    // text of the whole query string it came in.
+    tx.batch_execute("SET LOCAL vital_tenancy.citus_routing = off")
+        .unwrap();
+    tx.batch_execute(setup).unwrap();
+    tx.query(
+        &format!("SELECT id::text FROM public.prompts WHERE {filter} ORDER BY 1"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+const POINT: &str = "00000000-0000-0000-0000-0000000000aa";
+
+/// Routing from the context: through every context path a tenant's read plans at
+/// most 2 tasks (its shard and Platform's), its writes 1, and 32 with routing off;
+/// prepared statements (generic and custom plans) executed for one tenant and then
+/// another on one connection, directly and through PgBouncer, give each exactly
+/// what the policies alone give it.
+fn check_routing(c: &mut postgres::Client, app: &mut postgres::Client, db: &str, when: &str) {
+    let shards: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'public.prompts'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for t in [DH, PHARMA] {
+        for setup in context_paths(t) {
+            let read = task_counts(
+                app,
+                &setup,
+                &format!("SELECT * FROM public.prompts WHERE id = '{POINT}'"),
+            );
+            assert!(
+                read.len() == 1 && (1..=2).contains(&read[0]),
+                "{when}, {setup}: a read plans {read:?} tasks"
+            );
+            let all = task_counts(app, &setup, "SELECT count(*) FROM public.prompts");
+            assert!(all[0] <= 2, "{when}, {setup}: a scan plans {all:?} tasks");
+            for write in [
+                format!("UPDATE public.prompts SET name = name WHERE id = '{POINT}'"),
+                format!("DELETE FROM public.prompts WHERE id = '{POINT}'"),
+                format!("INSERT INTO public.prompts (id, tenant_id, name) VALUES ('{POINT}', '{t}', 'x')"),
+            ] {
+                assert_eq!(
+                    task_counts(app, &setup, &write),
+                    vec![1],
+                    "{when}, {setup}: {write}"
+                );
+            }
+            assert_eq!(
+                task_counts(
+                    app,
+                    &format!("SET LOCAL vital_tenancy.citus_routing = off; {setup}"),
+                    &format!("SELECT * FROM public.prompts WHERE id = '{POINT}'"),
+                ),
+                vec![shards],
+                "{when}: without routing every shard"
+            );
+        }
+    }
+    // The server-side role with x-tenant-id (through pre_request, which carries the
+    // context to the workers).
+    let mut svc = postgres::Client::connect(
+        &format!("host=127.0.0.1 port=54350 user=vt_citus_e2e_svc dbname={db}"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    for t in [DH, PHARMA] {
+        let setup = format!(
+            "SELECT set_config('request.headers', '{{\"x-tenant-id\":\"{t}\"}}', true), vital_tenancy.pre_request()"
+        );
+        let read = task_counts(&mut svc, &setup, "SELECT count(*) FROM public.prompts");
+        assert!(read[0] <= 2, "{when}, service as {t}: {read:?}");
+        assert_eq!(
+            task_counts(
+                &mut svc,
+                &setup,
+                &format!("UPDATE public.prompts SET name = name WHERE id = '{POINT}'")
+            ),
+            vec![1],
+            "{when}, service as {t}"
+        );
+        let mut tx = svc.transaction().unwrap();
+        tx.batch_execute(&setup).unwrap();
+        let routed: Vec<String> = tx
+            .query("SELECT id::text FROM public.prompts ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        drop(tx);
+        let unrouted = unrouted_prompts(&mut svc, &setup, "true");
+        assert!(!unrouted.is_empty());
+        assert_eq!(routed, unrouted, "{when}, service as {t}");
+    }
+
+    // Inside one statement: PL/pgSQL's cached plans, the tenant switched between two.
+    c.batch_execute(
+        "CREATE OR REPLACE FUNCTION public.vt_route_two(a uuid, b uuid) RETURNS SETOF bigint
+         LANGUAGE plpgsql AS $$
+         BEGIN
+           EXECUTE format('SET LOCAL vital.tenant_id = %L', a);
+           RETURN QUERY SELECT count(*) FROM public.prompts;
+           EXECUTE format('SET LOCAL vital.tenant_id = %L', b);
+           RETURN QUERY SELECT count(*) FROM public.prompts;
+         END $$;
+         GRANT EXECUTE ON FUNCTION public.vt_route_two(uuid, uuid) TO vt_citus_e2e_app;",
+    )
+    .unwrap();
+    let two = |app: &mut postgres::Client, routing: &str| -> Vec<i64> {
+        let mut tx = app.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "SET LOCAL vital_tenancy.citus_routing = {routing}"
+        ))
+        .unwrap();
+        let mut out = Vec::new();
+        for (a, b) in [(DH, PHARMA), (PHARMA, DH), (DH, PHARMA)] {
+            out.extend(
+                tx.query(
+                    "SELECT * FROM public.vt_route_two($1::text::uuid, $2::text::uuid)",
+                    &[&a, &b],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i64>(0)),
+            );
+        }
+        out
+    };
+    let unrouted = two(app, "off");
+    assert_ne!(unrouted[0], unrouted[1]);
+    assert_eq!(
+        two(app, "on"),
+        unrouted,
+        "{when}: the tenant switched inside a statement"
+    );
+
+    // No context: no tenant's shard at all.
+    assert!(
+        task_counts(app, "SELECT 1", "SELECT count(*) FROM public.prompts")
+            .iter()
+            .all(|n| *n <= 1),
+        "{when}: no context"
+    );
+
+    // One connection, one prepared statement, tenant after tenant, through every
+    // context path: generic plans (no parameters) and custom ones.
+    let expected: Vec<(String, Vec<String>, Vec<String>)> = [DH, PHARMA, DH, PHARMA]
+        .iter()
+        .flat_map(|t| context_paths(t))
+        .map(|setup| {
+            let all = unrouted_prompts(app, &setup, "true");
+            let active = unrouted_prompts(app, &setup, "status = 'active'");
+            (setup, all, active)
+        })
+        .collect();
+    assert!(expected.iter().all(|(_, all, _)| !all.is_empty()));
+    assert_ne!(
+        expected[0].1, expected[3].1,
+        "the tenants read different rows"
+    );
+    for mode in ["auto", "force_custom_plan", "force_generic_plan"] {
+        app.batch_execute(&format!("SET plan_cache_mode = {mode}"))
+            .unwrap();
+        let generic = app
+            .prepare("SELECT id::text FROM public.prompts ORDER BY 1")
+            .unwrap();
+        let custom = app
+            .prepare("SELECT id::text FROM public.prompts WHERE status = $1 ORDER BY 1")
+            .unwrap();
+        for round in 0..2 {
+            for (setup, all, active) in &expected {
+                let mut tx = app.transaction().unwrap();
+                tx.batch_execute(setup).unwrap();
+                let got: Vec<String> = tx
+                    .query(&generic, &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                assert_eq!(&got, all, "{when}, {mode}, round {round}: {setup}");
+                // Citus itself plans no generic multi-shard plan with parameters.
+                if mode != "force_generic_plan" {
+                    let got: Vec<String> = tx
+                        .query(&custom, &[&"active"])
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    assert_eq!(&got, active, "{when}, {mode}, round {round}: {setup} ($1)");
+                }
+                tx.commit().unwrap();
+            }
+        }
+    }
+    app.batch_execute("RESET plan_cache_mode").unwrap();
+
+    // Through PgBouncer (transaction pooling, one server connection): a statement one
+    // client prepared on the server connection, executed by the next client for
+    // another tenant.
+    let bouncer =
+        vital_tenancy_e2e::Bouncer::start_at("127.0.0.1", "54350", db, &["vt_citus_e2e_app"], 1);
+    let mut a = bouncer.connect("vt_citus_e2e_app");
+    let mut b = bouncer.connect("vt_citus_e2e_app");
+    a.batch_execute("PREPARE vt_route_q AS SELECT id::text FROM public.prompts ORDER BY 1")
+        .unwrap();
+    let set_local = |t: &str| format!("SET LOCAL vital.tenant_id = '{t}'");
+    let expect = |t: &str| {
+        expected
+            .iter()
+            .find(|(s, _, _)| *s == set_local(t))
+            .unwrap()
+            .1
+            .clone()
+    };
+    for (first, t) in [(true, DH), (false, PHARMA), (true, PHARMA), (false, DH)] {
+        let client = if first { &mut a } else { &mut b };
+        client.batch_execute("BEGIN").unwrap();
+        client.batch_execute(&set_local(t)).unwrap();
+        let rows = vital_tenancy_e2e::simple_rows(client, "EXECUTE vt_route_q").unwrap();
+        client.batch_execute("COMMIT").unwrap();
+        let got: Vec<String> = rows.into_iter().map(|r| r[0].clone().unwrap()).collect();
+        assert_eq!(got, expect(t), "{when}: through PgBouncer as {t}");
+    }
+    a.batch_execute("DEALLOCATE vt_route_q").unwrap();
+}
+
 /// On a real 3-node Citus cluster (scripts/citus-cluster), when citus.so is installed:
 /// the shipped scripts migrate the real fixture and 008 distributes it; every tenant
 /// table is distributed by its tenant column (or is a reference table) with shards on
@@ -634,6 +889,12 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     assert_eq!(problems, 0);
 
     application_role(&mut c, "vt_citus_e2e_app");
+    // A server-side application role (the API routes' way: x-tenant-id).
+    c.batch_execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_citus_e2e_svc') THEN CREATE ROLE vt_citus_e2e_svc LOGIN; END IF; END $$;
+         GRANT vital_tenancy_context, vital_tenancy_service TO vt_citus_e2e_svc;",
+    )
+    .unwrap();
     // The tables the application role may read at all (the fixture grants nothing on
     // the organisation tables).
     let tables: Vec<(String, String)> = c
@@ -702,6 +963,7 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
         );
     };
     check_cluster(&mut app, "after 008");
+    check_routing(&mut c, &mut app, "vt_citus_e2e", "after 008");
 
     // Move one shard of prompts to the other worker: the moved placement is created
     // again by Citus, from the table's policies.
@@ -732,10 +994,35 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     assert_eq!(problems, 0, "after the move");
     let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
     check_cluster(&mut app, "after citus_move_shard_placement");
+    check_routing(
+        &mut c,
+        &mut app,
+        "vt_citus_e2e",
+        "after citus_move_shard_placement",
+    );
+
+    // Pharmaceuticals on a shard of its own: routing follows Citus's new shard map.
+    c.batch_execute(&format!(
+        "SELECT isolate_tenant_to_new_shard('public.prompts', '{PHARMA}'::uuid, 'CASCADE', shard_transfer_mode => 'block_writes')"
+    ))
+    .unwrap();
+    let (_, problems) = placements(&mut c);
+    assert_eq!(problems, 0, "after isolate_tenant_to_new_shard");
+    let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
+    check_cluster(&mut app, "after isolate_tenant_to_new_shard");
+    check_routing(
+        &mut c,
+        &mut app,
+        "vt_citus_e2e",
+        "after isolate_tenant_to_new_shard",
+    );
 
     // PostgREST's NOLOGIN roles: Citus opens its worker connections as the current
     // role, so after SET ROLE authenticated every distributed query fails to log in.
+    // (With a tenant context: without one, routing sends the query to no worker.)
     let mut tx = app.transaction().unwrap();
+    tx.batch_execute(&format!("SET LOCAL vital.tenant_id = '{DH}'"))
+        .unwrap();
     tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
     let m = vital_tenancy_e2e::message(tx.query_one("SELECT count(*) FROM public.prompts", &[]));
     assert!(m.contains("not permitted to log in"), "{m}");

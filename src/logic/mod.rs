@@ -8,4 +8,5 @@ pub mod ident;
 pub mod lifecycle;
 pub mod migrate;
 pub mod rls;
+pub mod routing;
 pub mod tenants;
