@@ -133,10 +133,17 @@ pub fn init() {
 
 const PROCOID: i32 = pg_sys::SysCacheIdentifier::PROCOID as i32;
 
-/// The hash of the marker: function OID 0, which no function has.
+thread_local! {
+    static MARK_HASH: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// The hash of the marker: function OID 0, which no function has (computed once).
 fn mark_hash() -> u32 {
+    if let Some(h) = MARK_HASH.with(|h| h.get()) {
+        return h;
+    }
     // SAFETY: a hash computation on the syscache's key types.
-    unsafe {
+    let h = unsafe {
         pg_sys::GetSysCacheHashValue(
             PROCOID,
             pg_sys::Datum::from(0),
@@ -144,7 +151,9 @@ fn mark_hash() -> u32 {
             0.into(),
             0.into(),
         )
-    }
+    };
+    MARK_HASH.with(|c| c.set(Some(h)));
+    h
 }
 
 /// Invalidate every plan marked as routed in this backend's plan cache.

@@ -761,8 +761,9 @@ fn check_routing(c: &mut postgres::Client, app: &mut postgres::Client, db: &str,
 /// both workers; every shard placement holds the boundary; through each of the three
 /// context paths a LOGIN application role reads exactly what it reads on one node,
 /// nothing of the other tenant, and cannot write into it or into Platform; a
-/// context-less request reads nothing; all of it again after a shard move. Reports
-/// itself skipped, by name, where Citus is absent.
+/// context-less request reads nothing; each request is routed to its tenants' shards
+/// ([`check_routing`]); all of it again after a shard move and after
+/// `isolate_tenant_to_new_shard`. Reports itself skipped, by name, where Citus is absent.
 #[test]
 fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     if !vital_tenancy_e2e::server_has_library("citus") {
