@@ -23,6 +23,7 @@
 
 use crate::context::{observe, policy_arrays, PolicyArrays};
 use crate::errors::raise_full;
+use crate::logic::context::request_context_without_pre_request;
 use crate::logic::context::Observed;
 use crate::logic::routing::{bound, Array, Qual, RouteState};
 use pgrx::prelude::*;
@@ -205,10 +206,10 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: i32,
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    let routed = if CITUS_ROUTING.get() && citus_loaded() {
+    let routed = if citus_loaded() {
         match Busy::enter() {
             // SAFETY: parse is the rewritten query about to be planned.
-            Some(_busy) => unsafe { route(parse) },
+            Some(_busy) => unsafe { route(parse, CITUS_ROUTING.get()) },
             None => false,
         }
     } else {
@@ -235,12 +236,13 @@ struct Candidate {
     index: i32,
 }
 
-/// Route the relations of `parse` (and of its sub-queries and CTEs); true when any
-/// was routed.
+/// Route the relations of `parse` (and of its sub-queries and CTEs) when `routing`;
+/// true when any was routed. Whether or not, a request whose context would not reach
+/// the workers is refused before it reads nothing there.
 ///
 /// # Safety
 /// `parse` is a valid, rewritten Query.
-unsafe fn route(parse: *mut pg_sys::Query) -> bool {
+unsafe fn route(parse: *mut pg_sys::Query, routing: bool) -> bool {
     let mut found = Vec::new();
     // SAFETY: the walk only reads the tree.
     unsafe { collect(parse, &mut found) };
@@ -258,10 +260,19 @@ unsafe fn route(parse: *mut pg_sys::Query) -> bool {
         // SAFETY: securityQuals is a List of expressions of this relation.
         let (quals, template) = unsafe { shapes((*c.rte).securityQuals, c.index, column) };
         let Some(template) = template else { continue };
-        let arrays = arrays.get_or_insert_with(policy_arrays);
+        let arrays = arrays.get_or_insert_with(|| {
+            let a = policy_arrays();
+            if a.is_some() && request_context_without_pre_request(&observe()) {
+                refuse_context_without_pre_request();
+            }
+            a
+        });
         let Some(a) = arrays.as_ref() else {
             return false; // a platform admin: every tenant
         };
+        if !routing {
+            return false;
+        }
         let ids = |x: Array| match x {
             Array::Visible { shared: true } => a.visible_shared.clone(),
             Array::Visible { shared: false } => a.visible_own.clone(),
@@ -285,6 +296,18 @@ unsafe fn route(parse: *mut pg_sys::Query) -> bool {
         }
     }
     routed
+}
+
+/// ERROR 55000: the request's claims or headers hold its tenant, but only
+/// `pre_request()` carries them to the workers (PostgREST's `set_config()` is not
+/// propagated by Citus), where the policies would see no context and return nothing.
+fn refuse_context_without_pre_request() -> ! {
+    raise_full(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "on Citus, a tenant context from request.jwt.claims or request.headers reaches the workers only through vital_tenancy.pre_request()",
+        Some("Citus does not propagate set_config(); without pre_request() the shards would see no tenant context and return no rows.".into()),
+        Some("Configure PostgREST with db-pre-request = vital_tenancy.pre_request (or call it after setting the claims).".into()),
+    )
 }
 
 /// # Safety

@@ -665,6 +665,47 @@ fn check_routing(c: &mut postgres::Client, app: &mut postgres::Client, db: &str,
         "{when}: the tenant switched inside a statement"
     );
 
+    // Claims (or the service role's header) without pre_request(): they would not
+    // reach the workers, so every statement on a tenant table says so, routing or not,
+    // instead of reading nothing.
+    for (client, routing) in [(&mut *app, "on"), (&mut svc, "off")] {
+        let setting = if routing == "on" {
+            format!(
+                "SELECT set_config('request.jwt.claims', '{{\"tenant_id\":\"{PHARMA}\"}}', true)"
+            )
+        } else {
+            format!(
+                "SELECT set_config('request.headers', '{{\"x-tenant-id\":\"{PHARMA}\"}}', true)"
+            )
+        };
+        for sql in [
+            "SELECT count(*) FROM public.prompts",
+            "SELECT count(*) FROM public.agents WHERE id = '00000000-0000-0000-0000-0000000000aa'",
+            "UPDATE public.prompts SET name = name WHERE false",
+        ] {
+            let mut tx = client.transaction().unwrap();
+            tx.batch_execute(&format!(
+                "SET LOCAL vital_tenancy.citus_routing = {routing}"
+            ))
+            .unwrap();
+            tx.batch_execute(&setting).unwrap();
+            let r = tx.query(sql, &[]);
+            let m = match &r {
+                Err(e) => e.as_db_error().map(|d| {
+                    (
+                        d.code().code().to_string(),
+                        d.hint().unwrap_or("").to_string(),
+                    )
+                }),
+                Ok(_) => None,
+            };
+            assert!(
+                matches!(&m, Some((code, hint)) if code == "55000" && hint.contains("db-pre-request")),
+                "{when}, routing {routing}, {setting}: {sql}: {r:?}"
+            );
+        }
+    }
+
     // No context: no tenant's shard at all.
     assert!(
         task_counts(app, "SELECT 1", "SELECT count(*) FROM public.prompts")
@@ -1007,8 +1048,41 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
         "SELECT isolate_tenant_to_new_shard('public.prompts', '{PHARMA}'::uuid, 'CASCADE', shard_transfer_mode => 'block_writes')"
     ))
     .unwrap();
-    let (_, problems) = placements(&mut c);
-    assert_eq!(problems, 0, "after isolate_tenant_to_new_shard");
+    // ... and that shard on a worker of its own: the other one.
+    let (shard, from, to): (i64, i32, i32) = {
+        let r = c
+            .query_one(
+                "SELECT s.shardid, n.nodeport, (SELECT nodeport FROM pg_dist_node WHERE nodeport <> n.nodeport AND groupid <> 0 AND isactive LIMIT 1)
+                   FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
+                  WHERE s.shardid = get_shard_id_for_distribution_column('public.prompts', $1::text::uuid)",
+                &[&PHARMA],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let isolated: (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT shardminvalue::bigint, shardmaxvalue::bigint FROM pg_dist_shard WHERE shardid = $1",
+                &[&shard],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        isolated.0, isolated.1,
+        "Pharmaceuticals' shard holds one hash value"
+    );
+    c.batch_execute(&format!(
+        "SELECT citus_move_shard_placement({shard}, '127.0.0.1', {from}, '127.0.0.1', {to}, shard_transfer_mode => 'block_writes')"
+    ))
+    .unwrap();
+    let (checked, problems) = placements(&mut c);
+    assert!(checked > 200);
+    assert_eq!(
+        problems, 0,
+        "after isolate_tenant_to_new_shard and the move"
+    );
     let mut app = postgres::Client::connect(&app_conn, postgres::NoTls).unwrap();
     check_cluster(&mut app, "after isolate_tenant_to_new_shard");
     check_routing(

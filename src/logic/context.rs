@@ -353,6 +353,21 @@ pub fn resolve_as(raw: &RawContext, service: bool) -> Result<Source, ContextErro
     Ok(Source::None)
 }
 
+/// Whether the context comes from the request's claims or headers without
+/// `pre_request()` having fixed it: on a Citus coordinator those settings
+/// (`set_config(…, true)`, as PostgREST sets them) never reach the workers, whose
+/// policies would then see no context and return nothing. `vital.tenant_id` is not
+/// counted: `SET LOCAL` of it reaches them.
+pub fn request_context_without_pre_request(o: &Observed) -> bool {
+    if o.sealed.is_some() {
+        return false;
+    }
+    matches!(
+        resolve_as(&honoured(o).raw, o.service),
+        Ok(Source::Claims(_) | Source::Header { .. } | Source::Service(_))
+    )
+}
+
 /// Canonical text of a uuid.
 pub fn format_uuid(b: &[u8; 16]) -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -501,6 +516,58 @@ mod tests {
             service: false,
             sealed: None,
         }
+    }
+
+    #[test]
+    fn claims_and_headers_need_pre_request_to_reach_citus_workers() {
+        let claims = format!(r#"{{"tenant_id": "{T}"}}"#);
+        let headers = format!(r#"{{"x-tenant-id": "{T}"}}"#);
+        let mut o = obs(
+            Setting::default(),
+            Setting::local(&claims),
+            Setting::default(),
+            true,
+            false,
+        );
+        assert!(request_context_without_pre_request(&o));
+        o.sealed = Some(true);
+        assert!(!request_context_without_pre_request(&o));
+        // The service role's header, likewise.
+        let mut s = obs(
+            Setting::default(),
+            Setting::default(),
+            Setting::local(&headers),
+            true,
+            false,
+        );
+        s.service = true;
+        assert!(request_context_without_pre_request(&s));
+        // vital.tenant_id by SET LOCAL reaches them; no context at all is no context.
+        let t = obs(
+            Setting::local(T),
+            Setting::default(),
+            Setting::default(),
+            true,
+            false,
+        );
+        assert!(!request_context_without_pre_request(&t));
+        let none = obs(
+            Setting::default(),
+            Setting::default(),
+            Setting::default(),
+            true,
+            false,
+        );
+        assert!(!request_context_without_pre_request(&none));
+        // Claims that do not count (an untrusted session) are no context either.
+        let u = obs(
+            Setting::default(),
+            Setting::local(&claims),
+            Setting::default(),
+            false,
+            false,
+        );
+        assert!(!request_context_without_pre_request(&u));
     }
 
     #[test]
