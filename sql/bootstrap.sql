@@ -7,9 +7,10 @@
 -- and DROP EXTENSION leaves it, empty.
 DO $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'vital_tenancy') THEN
-    IF (SELECT e.extnamespace FROM pg_catalog.pg_extension e WHERE e.extname = 'vital_tenancy')
-       IS DISTINCT FROM 'vital_tenancy'::regnamespace THEN
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) 'vital_tenancy') THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e
+                    WHERE e.extname OPERATOR(pg_catalog.=) 'vital_tenancy'
+                      AND e.extnamespace OPERATOR(pg_catalog.=) 'vital_tenancy'::pg_catalog.regnamespace) THEN
       RAISE EXCEPTION USING ERRCODE = '42P06',
         MESSAGE = 'schema "vital_tenancy" already exists',
         HINT = 'If it is empty (DROP EXTENSION of 0.1.0 leaves it), DROP SCHEMA vital_tenancy and create the extension again.';
@@ -29,7 +30,7 @@ GRANT USAGE ON SCHEMA vital_tenancy TO PUBLIC;
 CREATE TABLE vital_tenancy.settings (
     name       text PRIMARY KEY,
     value      text NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE vital_tenancy.settings IS
     'vital_tenancy settings (name -> value); tenants_table is recorded by ensure_tenants()';
@@ -43,7 +44,7 @@ CREATE TABLE vital_tenancy.tenant_members (
     user_id    uuid NOT NULL,
     tenant_id  uuid NOT NULL,
     role       text NOT NULL DEFAULT 'member',
-    created_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (user_id, tenant_id)
 );
 CREATE INDEX tenant_members_tenant_idx ON vital_tenancy.tenant_members (tenant_id);
@@ -55,9 +56,9 @@ SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_members', '');
 -- Written with set_rules()/reset_rules(); kept by pg_dump; readable by every role
 -- because the classifiers read it (once per backend per change) as the caller.
 CREATE TABLE vital_tenancy.classification_rules (
-    kind       text PRIMARY KEY CHECK (kind IN ('prompt', 'knowledge', 'agent')),
+    kind       text PRIMARY KEY CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['prompt', 'knowledge', 'agent'])),
     rules      jsonb NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_by name NOT NULL DEFAULT CURRENT_USER
 );
 COMMENT ON TABLE vital_tenancy.classification_rules IS
@@ -75,8 +76,8 @@ CREATE TABLE vital_tenancy.rls_tables (
     created_index   name,
     rls_was_enabled boolean NOT NULL,
     rls_was_forced  boolean NOT NULL,
-    enabled_at      timestamptz NOT NULL DEFAULT now(),
-    policy_shape    text NOT NULL DEFAULT 'restrictive' CHECK (policy_shape IN ('restrictive', 'citus'))
+    enabled_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    policy_shape    text NOT NULL DEFAULT 'restrictive' CHECK (policy_shape OPERATOR(pg_catalog.=) ANY (ARRAY['restrictive', 'citus']))
 );
 COMMENT ON TABLE vital_tenancy.rls_tables IS
     'Tables under vital_tenancy tenant RLS and their state before enable_tenant_rls()';
@@ -86,12 +87,12 @@ COMMENT ON COLUMN vital_tenancy.rls_tables.policy_shape IS
 
 CREATE TABLE vital_tenancy.originals (
     tbl         regclass NOT NULL,
-    kind        text NOT NULL CHECK (kind IN ('policy', 'foreign key', 'trigger')),
+    kind        text NOT NULL CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['policy', 'foreign key', 'trigger'])),
     name        name NOT NULL,
     definition  text NOT NULL,
-    action      text NOT NULL CHECK (action IN ('folded', 'set aside')),
+    action      text NOT NULL CHECK (action OPERATOR(pg_catalog.=) ANY (ARRAY['folded', 'set aside'])),
     reason      text NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
+    recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (tbl, kind, name)
 );
 COMMENT ON TABLE vital_tenancy.originals IS
@@ -104,7 +105,7 @@ SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.originals', '');
 -- statement; only overrides are stored, so pg_dump keeps exactly the DBA's rows.
 CREATE TABLE vital_tenancy.tenant_statuses (
     status text PRIMARY KEY,
-    access text NOT NULL CHECK (access IN ('read-write', 'read-only', 'none'))
+    access text NOT NULL CHECK (access OPERATOR(pg_catalog.=) ANY (ARRAY['read-write', 'read-only', 'none']))
 );
 COMMENT ON TABLE vital_tenancy.tenant_statuses IS
     'Overrides of what a tenant status allows (read-write, read-only, none); statuses not listed keep their built-in meaning, unknown ones give none (set_status_access())';
@@ -117,7 +118,7 @@ CREATE TABLE vital_tenancy.tenant_deletions (
     table_name text NOT NULL,
     batch      integer NOT NULL,
     rows       bigint NOT NULL,
-    done_at    timestamptz NOT NULL DEFAULT now()
+    done_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 CREATE INDEX ON vital_tenancy.tenant_deletions (tenant, table_name);
 COMMENT ON TABLE vital_tenancy.tenant_deletions IS
@@ -129,7 +130,7 @@ SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.tenant_deletions_id_se
 -- their own policy. Roles are cluster-wide, so it outlives DROP EXTENSION.
 DO $$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_admin') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'vital_tenancy_admin') THEN
     CREATE ROLE vital_tenancy_admin NOLOGIN;
   END IF;
 END $$;
@@ -140,7 +141,7 @@ END $$;
 -- never to a role that clients log in as directly. Cluster-wide, like the admin role.
 DO $$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_context') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'vital_tenancy_context') THEN
     CREATE ROLE vital_tenancy_context NOLOGIN;
   END IF;
 END $$;
@@ -152,7 +153,7 @@ END $$;
 -- it to the login role the server path uses; never to anon or authenticated.
 DO $$
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'vital_tenancy_service') THEN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) 'vital_tenancy_service') THEN
     CREATE ROLE vital_tenancy_service NOLOGIN;
   END IF;
 END $$;
@@ -162,8 +163,8 @@ END $$;
 CREATE TABLE vital_tenancy.migration_runs (
     run_id      bigserial PRIMARY KEY,
     name        text NOT NULL,
-    status      text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'completed', 'failed', 'reverted')),
-    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    status      text NOT NULL DEFAULT 'running' CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'completed', 'failed', 'reverted'])),
+    started_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     finished_at timestamptz
 );
 CREATE INDEX migration_runs_name_idx ON vital_tenancy.migration_runs (name, run_id);
@@ -177,7 +178,7 @@ CREATE TABLE vital_tenancy.migration_steps (
     tenant_column name NOT NULL,
     classifier    text NOT NULL,
     options       jsonb NOT NULL DEFAULT '{}',
-    phase         text NOT NULL DEFAULT 'queue' CHECK (phase IN ('queue', 'catch_up', 'done')),
+    phase         text NOT NULL DEFAULT 'queue' CHECK (phase OPERATOR(pg_catalog.=) ANY (ARRAY['queue', 'catch_up', 'done'])),
     bounds        text[],
     batch_size    integer NOT NULL DEFAULT 5000,
     next_batch    integer NOT NULL DEFAULT 1,
@@ -188,7 +189,7 @@ CREATE TABLE vital_tenancy.migration_steps (
     rows_changed  bigint NOT NULL DEFAULT 0,
     rows_failed   bigint NOT NULL DEFAULT 0,
     rule_counts   jsonb,
-    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     finished_at   timestamptz,
     -- Rows the batches wrote (rows_changed counts the rows given a tenant, which for a
     -- column the backfill added includes those given one by the catalog default).
@@ -213,7 +214,7 @@ CREATE TABLE vital_tenancy.migration_journal_batches (
     old_tenant  uuid,
     new_tenant  uuid NOT NULL,
     keys        text[] NOT NULL,
-    changed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+    changed_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 DO $lz4$
 BEGIN
@@ -227,7 +228,7 @@ SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_journal_batc
 SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_journal_batches_batch_id_seq', '');
 CREATE VIEW vital_tenancy.migration_journal AS
 SELECT b.run_id, b.tbl, k.key, b.old_tenant, b.new_tenant, b.changed_at
-  FROM vital_tenancy.migration_journal_batches b, unnest(b.keys) AS k(key);
+  FROM vital_tenancy.migration_journal_batches b, pg_catalog.unnest(b.keys) AS k(key);
 COMMENT ON VIEW vital_tenancy.migration_journal IS
     'One row per row a backfill changed: run, table, key, old and new tenant (what revert_run puts back)';
 
@@ -240,7 +241,7 @@ CREATE TABLE vital_tenancy.migration_metrics (
     records_failed    bigint NOT NULL DEFAULT 0,
     duration_ms       bigint,
     error_message     text,
-    created_at        timestamptz NOT NULL DEFAULT clock_timestamp()
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_metrics', '');
 SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_metrics_id_seq', '');
@@ -248,7 +249,7 @@ SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_metrics_id_s
 -- Every DDL step the toolkit ran (or retried).
 CREATE TABLE vital_tenancy.migration_log (
     id       bigserial PRIMARY KEY,
-    at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    at       timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     tbl      text,
     step     text NOT NULL,
     detail   text,
@@ -262,7 +263,7 @@ CREATE TABLE vital_tenancy.count_snapshots (
     label      text NOT NULL,
     table_name text NOT NULL,
     row_count  bigint NOT NULL,
-    taken_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    taken_at   timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     PRIMARY KEY (label, table_name)
 );
 SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.count_snapshots', '');

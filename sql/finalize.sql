@@ -296,10 +296,10 @@ DECLARE
     r record;
 BEGIN
     FOR r IN
-        SELECT pg_catalog.format('%s %I.%I(%s)', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+        SELECT pg_catalog.format('%s %I.%I(%s)', CASE WHEN p.prokind OPERATOR(pg_catalog.=) 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
                                  n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)) AS routine
-          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname = 'vital_tenancy'
+          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+         WHERE n.nspname OPERATOR(pg_catalog.=) 'vital_tenancy'
            AND p.proname OPERATOR(pg_catalog.<>) ALL (ARRAY[
                  -- called by the policies, the tenant column's DEFAULT, PostgREST and backends
                  'current_tenant_id', 'visible_tenant_ids', 'writable_tenant_ids', 'pre_request', 'set_tenant',

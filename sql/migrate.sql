@@ -110,12 +110,13 @@ BEGIN
                          plan ->> 'pk', plan ->> 'table', v_where);
     END IF;
     rows_todo := 0;
-    OPEN c FOR EXECUTE v_keys;
+    -- (Here and in MOVE below a sub-select: pgspot parses these operands as statements.)
+    OPEN c FOR EXECUTE (SELECT v_keys);
     LOOP
         -- (MOVE FORWARD 0 would re-read the current row: nothing to skip for batches of 1.)
         n_moved := 0;
         IF batch_size > 1 THEN
-            MOVE FORWARD (batch_size - 1) IN c;
+            MOVE FORWARD (SELECT batch_size - 1) IN c;
             GET DIAGNOSTICS n_moved = ROW_COUNT;
         END IF;
         rows_todo := rows_todo + n_moved;
@@ -195,8 +196,9 @@ CREATE FUNCTION vital_tenancy.backfill_majority(
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_kind text := plan ->> 'classifier';
-    grp    record;
+    v_kind   text := plan ->> 'classifier';
+    v_tenant uuid;
+    v_n      bigint;
 BEGIN
     default_rows := 0;
     rows_total := 0;
@@ -210,12 +212,12 @@ BEGIN
           INTO rule_counts, default_tenant, default_rows, rows_total;
         RETURN;
     END IF;
-    FOR grp IN EXECUTE format('SELECT e.tenant, count(*) AS n FROM (SELECT (%s) AS tenant FROM %s t) e GROUP BY 1',
-                              plan ->> 'expression', plan ->> 'table') LOOP
-        rows_total := rows_total + grp.n;
-        IF grp.tenant IS NOT NULL AND (grp.n > default_rows OR (grp.n = default_rows AND grp.tenant::text < default_tenant::text)) THEN
-            default_tenant := grp.tenant;
-            default_rows := grp.n;
+    FOR v_tenant, v_n IN EXECUTE format('SELECT e.tenant, count(*) AS n FROM (SELECT (%s) AS tenant FROM %s t) e GROUP BY 1',
+                                        plan ->> 'expression', plan ->> 'table') LOOP
+        rows_total := rows_total + v_n;
+        IF v_tenant IS NOT NULL AND (v_n > default_rows OR (v_n = default_rows AND v_tenant::text < default_tenant::text)) THEN
+            default_tenant := v_tenant;
+            default_rows := v_n;
         END IF;
     END LOOP;
 END

@@ -32,7 +32,7 @@ COMMENT ON FUNCTION vital_tenancy.tenant_parent_check() IS
 
 SELECT vital_tenancy.run_ddl(p.ddl, 'tenant keys', p.table_name, 2000, 5)
   FROM vital_tenancy.tenant_keys_plan() p
- WHERE p.change LIKE 'parent guard %' AND p.ddl IS NOT NULL;
+ WHERE p.change OPERATOR(pg_catalog.~~) 'parent guard %' AND p.ddl IS NOT NULL;
 
 -- Issue 31, finding 5: inside a request the request's own SQL does not choose its tenant
 -- (src/context.rs, src/guc.rs); the functions are unchanged, their comments say so.
@@ -91,6 +91,139 @@ $$;
 COMMENT ON FUNCTION vital_tenancy.backfill_check_arguments(regclass, text, integer, integer, jsonb, text, boolean, text, boolean, boolean, boolean) IS
     'The arguments of CALL backfill checked (NULLs, batch_size 1 to 1000000, sleep_ms 0 to 60000, a tenant_column over 63 bytes, run_name) before anything is read or written; raises 22023/22004/42622 naming the argument.';
 
+-- backfill_batches: the cursor's query and its MOVE count are sub-selects (pgspot parses
+-- those operands as statements); backfill_majority: typed loop variables instead of a
+-- record (plpgsql_check reads their types). Behaviour unchanged.
+-- The batches of a backfill, fixed when a phase starts: how many rows are to do and
+-- the key that ends every batch_size-th of them (the last bound is the table's
+-- highest key, so the last batch also covers rows appended meanwhile). One count,
+-- then one ordered pass over the keys in a cursor, skipping batch_size - 1 rows at a
+-- time with MOVE (the executor discards them; no window function, no array of every
+-- key: memory is one bound per batch). When few rows are to do (a catch-up after a
+-- run), the keys are collected from a plain scan and sorted, rather than walking the
+-- whole primary key index past rows that already have a tenant.
+CREATE OR REPLACE FUNCTION vital_tenancy.backfill_batches(
+    tbl regclass,
+    batch_size integer DEFAULT 5000,
+    tenant_column text DEFAULT 'tenant_id',
+    only_missing boolean DEFAULT true,
+    OUT rows_todo bigint,
+    OUT bounds text[]
+)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    plan    jsonb;
+    v_where text;
+    v_total bigint;
+    v_keys  text;
+    c       refcursor;
+    v_key   text;
+    n_moved bigint;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'batch_size must be a positive integer, not %', batch_size USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF only_missing IS NULL THEN
+        RAISE EXCEPTION 'only_missing must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF tbl IS NULL OR tenant_column IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN tbl IS NULL THEN 'tbl' ELSE 'tenant_column' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Validates the table, its key and the tenant column; quotes the identifiers.
+    plan := vital_tenancy.backfill_plan(tbl, 'platform', '{}'::jsonb, tenant_column);
+    IF only_missing AND NOT (plan -> 'column_exists')::boolean THEN
+        RAISE EXCEPTION 'column % of table % does not exist', plan ->> 'tenant_column', plan ->> 'table'
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    v_where := CASE WHEN only_missing THEN format('t.%s IS NULL', plan ->> 'tenant_column') ELSE 'true' END;
+    -- One scan counts the rows to do and all rows (exact, whatever the statistics say).
+    EXECUTE format('SELECT count(*) FILTER (WHERE %s), count(*) FROM %s t', v_where, plan ->> 'table')
+       INTO rows_todo, v_total;
+    bounds := '{}';
+    IF rows_todo = 0 THEN
+        RETURN;
+    END IF;
+    IF rows_todo * 2 >= v_total THEN
+        -- Most rows: stream them in key order from the primary key index.
+        v_keys := format('SELECT t.%1$s FROM %2$s t WHERE %3$s ORDER BY t.%1$s', plan ->> 'pk', plan ->> 'table', v_where);
+    ELSE
+        -- Few rows: a scan (or a tenant index) and a sort of just those keys.
+        v_keys := format('SELECT f.k FROM (SELECT t.%1$s AS k FROM %2$s t WHERE %3$s OFFSET 0) f ORDER BY f.k',
+                         plan ->> 'pk', plan ->> 'table', v_where);
+    END IF;
+    rows_todo := 0;
+    -- (Here and in MOVE below a sub-select: pgspot parses these operands as statements.)
+    OPEN c FOR EXECUTE (SELECT v_keys);
+    LOOP
+        -- (MOVE FORWARD 0 would re-read the current row: nothing to skip for batches of 1.)
+        n_moved := 0;
+        IF batch_size > 1 THEN
+            MOVE FORWARD (SELECT batch_size - 1) IN c;
+            GET DIAGNOSTICS n_moved = ROW_COUNT;
+        END IF;
+        rows_todo := rows_todo + n_moved;
+        FETCH c INTO v_key;
+        EXIT WHEN NOT FOUND;
+        rows_todo := rows_todo + 1;
+        bounds := bounds || v_key;
+    END LOOP;
+    CLOSE c;
+    IF rows_todo > batch_size::bigint * cardinality(bounds) THEN
+        -- (ORDER BY ... DESC LIMIT 1, not max(): not every key type has a max, uuid has not.)
+        EXECUTE format('SELECT t.%1$s::text FROM %2$s t ORDER BY t.%1$s DESC LIMIT 1', plan ->> 'pk', plan ->> 'table')
+           INTO v_key;
+        bounds := bounds || v_key;
+    END IF;
+END
+$$;
+
+-- Before the backfill adds a tenant column: one pass that writes nothing counts the
+-- classifier's tenants: the rule preview where the run records per-rule counts (the
+-- same rules, per rule), else the classification expression grouped. The most
+-- frequent tenant becomes the catalog default (ties: the smallest id). No SET clause:
+-- the classification expression runs as it would in the CALL (the caller's search_path).
+CREATE OR REPLACE FUNCTION vital_tenancy.backfill_majority(
+    tbl regclass,
+    plan jsonb,
+    record_rules boolean,
+    OUT rule_counts jsonb,
+    OUT default_tenant uuid,
+    OUT default_rows bigint,
+    OUT rows_total bigint
+)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_kind   text := plan ->> 'classifier';
+    v_tenant uuid;
+    v_n      bigint;
+BEGIN
+    default_rows := 0;
+    rows_total := 0;
+    IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
+        WITH p AS MATERIALIZED (SELECT * FROM vital_tenancy.preview_classification(v_kind, tbl)),
+             g AS (SELECT p.tenant_id, sum(p.row_count)::bigint AS n FROM p GROUP BY 1)
+        SELECT (SELECT jsonb_object_agg(coalesce(p.tenant_name, p.tenant_id::text) || ' / ' || p.rule, p.row_count) FROM p),
+               (SELECT g.tenant_id FROM g ORDER BY g.n DESC, g.tenant_id::text LIMIT 1),
+               coalesce((SELECT max(g.n) FROM g), 0),
+               coalesce((SELECT sum(g.n) FROM g), 0)::bigint
+          INTO rule_counts, default_tenant, default_rows, rows_total;
+        RETURN;
+    END IF;
+    FOR v_tenant, v_n IN EXECUTE format('SELECT e.tenant, count(*) AS n FROM (SELECT (%s) AS tenant FROM %s t) e GROUP BY 1',
+                                        plan ->> 'expression', plan ->> 'table') LOOP
+        rows_total := rows_total + v_n;
+        IF v_tenant IS NOT NULL AND (v_n > default_rows OR (v_n = default_rows AND v_tenant::text < default_tenant::text)) THEN
+            default_tenant := v_tenant;
+            default_rows := v_n;
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- Privileges, default deny: no routine of the extension is executable by PUBLIC except
 -- those an application role must call itself (a policy, a column DEFAULT, PostgREST's
 -- pre-request hook, a trusted backend's set_tenant(), the classifiers). Each of them
@@ -102,10 +235,10 @@ DECLARE
     r record;
 BEGIN
     FOR r IN
-        SELECT pg_catalog.format('%s %I.%I(%s)', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+        SELECT pg_catalog.format('%s %I.%I(%s)', CASE WHEN p.prokind OPERATOR(pg_catalog.=) 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
                                  n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)) AS routine
-          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-         WHERE n.nspname = 'vital_tenancy'
+          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+         WHERE n.nspname OPERATOR(pg_catalog.=) 'vital_tenancy'
            AND p.proname OPERATOR(pg_catalog.<>) ALL (ARRAY[
                  -- called by the policies, the tenant column's DEFAULT, PostgREST and backends
                  'current_tenant_id', 'visible_tenant_ids', 'writable_tenant_ids', 'pre_request', 'set_tenant',

@@ -12,6 +12,11 @@
 -- checked first.
 \set ON_ERROR_STOP on
 BEGIN;
+-- Never queue behind a long transaction holding a table this script alters (its
+-- ACCESS EXCLUSIVE request would block every reader behind it): give up instead, and
+-- run the script again later (it is idempotent).
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '5min';
 
 ALTER TABLE public.tools ADD COLUMN IF NOT EXISTS category text;
 -- Filling the new column is not an edit of the tools: keep their updated_at (the

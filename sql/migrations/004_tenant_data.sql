@@ -31,8 +31,13 @@ SELECT a.ddl
                     'public.departments', 'public.organizational_roles']) t,
        LATERAL vital_tenancy.add_tenant_column(t::regclass) a
  WHERE a.ddl IS NOT NULL \gexec
--- The old-name view again, now that messages has its tenant column.
+-- The old-name view again, now that messages has its tenant column (without queueing
+-- behind a long transaction: give up instead; the script can run again).
+SET lock_timeout = '10s';
+SET statement_timeout = '1min';
 CREATE OR REPLACE VIEW public.chat_messages WITH (security_invoker = true) AS SELECT * FROM public.messages;
+RESET lock_timeout;
+RESET statement_timeout;
 \echo 'messages: matched to a tenant-specific agent / to a shared agent / to no agent (the last two: Digital Health)'
 SELECT count(*) FILTER (WHERE a.tenant_id IS NOT NULL AND a.tenant_id <> vital_tenancy.platform_tenant_id()) AS tenant_agent,
        count(*) FILTER (WHERE a.tenant_id = vital_tenancy.platform_tenant_id()) AS shared_agent,
