@@ -3,6 +3,8 @@
 //! Module map (one module per thing a SQL user sees; pure logic lives in [`logic`]):
 //! - [`tenants`]: the tenant registry (`platform_tenant_id()`, `ensure_tenants()`, ...).
 //! - [`citus`]: `citus_readiness()`, `prepare_for_citus()`, `distribute_all()`.
+//! - [`boundary`]: the tenant boundary in the Citus shape (`citus_safe_policies()`,
+//!   `boundary_problems()`).
 //! - [`classify`]: rule-driven tenant classifiers, explain/preview, configurable rules.
 //! - [`context`]: tenant context (`current_tenant_id()`, `pre_request()`, `set_tenant()`,
 //!   visible/writable ids).
