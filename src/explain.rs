@@ -64,28 +64,17 @@ unsafe extern "C-unwind" fn process_utility(
         if RESTRICT_EXPLAIN_ANALYZE.get() && !pstmt.is_null() {
             check_explain((*pstmt).utilityStmt, query_string, params);
         }
-        match PREV_UTILITY {
-            Some(prev) => prev(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
+        crate::hooks::process_utility_next(
+            PREV_UTILITY,
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        );
     }
 }
 

@@ -29,6 +29,7 @@
 //!   when the context changes).
 //! - [`catalog`]: catalog look-ups shared by the functions above.
 //! - [`errors`]: how every user-facing error is raised (SQLSTATE + message, never a panic).
+//! - [`hooks`]: calling on down PostgreSQL's hook chains.
 
 use pgrx::prelude::*;
 
@@ -41,6 +42,7 @@ pub mod context;
 pub mod errors;
 pub mod explain;
 pub mod guc;
+pub mod hooks;
 pub mod keys;
 pub mod lifecycle;
 pub mod logic;

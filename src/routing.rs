@@ -110,7 +110,7 @@ pub fn init() {
     GucRegistry::define_bool_guc(
         c"vital_tenancy.citus_routing",
         c"On Citus, route a request with a tenant context to the shards of its tenants only.",
-        c"Adds the tenant ids of the context as a constant to the row security quals of hash-distributed tables, which Citus prunes shards by. It only narrows what the policies allow. Off: every request plans one task per shard.",
+        c"Adds the tenant ids of the context as a constant where the policies filter each hash-distributed table (the query's WHERE or an outer join's ON clause), which Citus prunes shards by. It only narrows what the policies allow. Off: every request plans one task per shard.",
         &CITUS_ROUTING,
         GucContext::Userset,
         GucFlags::default(),
@@ -698,28 +698,17 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     // SAFETY: the ProcessUtility_hook protocol.
     unsafe {
-        match PREV_UTILITY {
-            Some(prev) => prev(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
+        crate::hooks::process_utility_next(
+            PREV_UTILITY,
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        );
     }
     checkpoint();
 }

@@ -500,6 +500,27 @@ fn application_role(c: &mut postgres::Client, role: &str) {
     .unwrap();
 }
 
+/// Pharmaceuticals' shard of prompts, the worker port it is on, and the other worker's.
+fn pharma_prompts_shard(c: &mut postgres::Client) -> (i64, i32, i32) {
+    let r = c
+        .query_one(
+            "SELECT s.shardid, n.nodeport, (SELECT nodeport FROM pg_dist_node WHERE nodeport <> n.nodeport AND groupid <> 0 AND isactive LIMIT 1)
+               FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
+              WHERE s.shardid = get_shard_id_for_distribution_column('public.prompts', $1::text::uuid)",
+            &[&PHARMA],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// Move a shard (and its co-located ones) from one worker to another, writes held.
+fn move_shard(c: &mut postgres::Client, shard: i64, from: i32, to: i32) {
+    c.batch_execute(&format!(
+        "SELECT citus_move_shard_placement({shard}, '127.0.0.1', {from}, '127.0.0.1', {to}, shard_transfer_mode => 'block_writes')"
+    ))
+    .unwrap();
+}
+
 /// The task counts `EXPLAIN sql` shows after `setup`, in one transaction.
 fn task_counts(c: &mut postgres::Client, setup: &str, sql: &str) -> Vec<i64> {
     let mut tx = c.transaction().unwrap();
@@ -1009,21 +1030,8 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
 
     // Move one shard of prompts to the other worker: the moved placement is created
     // again by Citus, from the table's policies.
-    let (shard, from, to): (i64, i32, i32) = {
-        let r = c
-            .query_one(
-                "SELECT s.shardid, n.nodeport, (SELECT nodeport FROM pg_dist_node WHERE nodeport <> n.nodeport AND groupid <> 0 AND isactive LIMIT 1)
-                   FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
-                  WHERE s.shardid = get_shard_id_for_distribution_column('public.prompts', $1::text::uuid)",
-                &[&PHARMA],
-            )
-            .unwrap();
-        (r.get(0), r.get(1), r.get(2))
-    };
-    c.batch_execute(&format!(
-        "SELECT citus_move_shard_placement({shard}, '127.0.0.1', {from}, '127.0.0.1', {to}, shard_transfer_mode => 'block_writes')"
-    ))
-    .unwrap();
+    let (shard, from, to) = pharma_prompts_shard(&mut c);
+    move_shard(&mut c, shard, from, to);
     let moved: i32 = c
         .query_one(
             "SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid) WHERE p.shardid = $1",
@@ -1049,17 +1057,7 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
     ))
     .unwrap();
     // ... and that shard on a worker of its own: the other one.
-    let (shard, from, to): (i64, i32, i32) = {
-        let r = c
-            .query_one(
-                "SELECT s.shardid, n.nodeport, (SELECT nodeport FROM pg_dist_node WHERE nodeport <> n.nodeport AND groupid <> 0 AND isactive LIMIT 1)
-                   FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid)
-                  WHERE s.shardid = get_shard_id_for_distribution_column('public.prompts', $1::text::uuid)",
-                &[&PHARMA],
-            )
-            .unwrap();
-        (r.get(0), r.get(1), r.get(2))
-    };
+    let (shard, from, to) = pharma_prompts_shard(&mut c);
     let isolated: (i64, i64) = {
         let r = c
             .query_one(
@@ -1073,10 +1071,7 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
         isolated.0, isolated.1,
         "Pharmaceuticals' shard holds one hash value"
     );
-    c.batch_execute(&format!(
-        "SELECT citus_move_shard_placement({shard}, '127.0.0.1', {from}, '127.0.0.1', {to}, shard_transfer_mode => 'block_writes')"
-    ))
-    .unwrap();
+    move_shard(&mut c, shard, from, to);
     let (checked, problems) = placements(&mut c);
     assert!(checked > 200);
     assert_eq!(
