@@ -645,6 +645,54 @@ fn check_routing(c: &mut postgres::Client, app: &mut postgres::Client, db: &str,
         assert_eq!(routed, unrouted, "{when}, service as {t}");
     }
 
+    // Outer joins: the constant goes where it filters as the policies do (the ON clause
+    // of the nullable side), never turning the join into an inner one; a FULL JOIN's
+    // sides are left unrouted. Each reads exactly what the policies alone give.
+    let ids = |c: &mut postgres::Client, routing: &str, setup: &str, sql: &str| -> Vec<String> {
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "SET LOCAL vital_tenancy.citus_routing = {routing}"
+        ))
+        .unwrap();
+        tx.batch_execute(setup).unwrap();
+        tx.query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:?}|{:?}",
+                    r.get::<_, Option<String>>(0),
+                    r.get::<_, Option<String>>(1)
+                )
+            })
+            .collect()
+    };
+    for join in ["LEFT", "RIGHT", "FULL"] {
+        let sql = format!(
+            "SELECT a.id::text, p.id::text FROM public.agents a {join} JOIN public.prompts p
+                 ON p.tenant_id = a.tenant_id AND p.name = a.name ORDER BY 1, 2"
+        );
+        for setup in context_paths(PHARMA) {
+            let unrouted = ids(app, "off", &setup, &sql);
+            assert!(
+                unrouted.iter().any(|r| r.contains("None")),
+                "{when}, {join} JOIN: rows without a match are part of the test"
+            );
+            assert_eq!(
+                ids(app, "on", &setup, &sql),
+                unrouted,
+                "{when}, {join} JOIN, {setup}"
+            );
+            let n = task_counts(app, &setup, &sql);
+            if join != "FULL" {
+                assert!(
+                    n.iter().all(|n| *n <= 2),
+                    "{when}, {join} JOIN: {n:?} tasks"
+                );
+            }
+        }
+    }
+
     // Inside one statement: PL/pgSQL's cached plans, the tenant switched between two.
     c.batch_execute(
         "CREATE OR REPLACE FUNCTION public.vt_route_two(a uuid, b uuid) RETURNS SETOF bigint
