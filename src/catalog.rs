@@ -7,6 +7,12 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
+/// The application's tenants table as an SQL expression (a regclass, NULL when there is
+/// none): the one `ensure_tenants()` recorded, else `public.tenants` where it exists.
+/// The one definition of that fallback.
+pub(crate) const TENANTS_TABLE: &str =
+    "COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))";
+
 /// The first column of the first row, or `None` when there is no row (or it is NULL).
 pub(crate) fn value<T: FromDatum + IntoDatum>(
     c: &SpiClient<'_>,
@@ -48,11 +54,7 @@ pub(crate) fn table_name(c: &SpiClient<'_>, oid: pg_sys::Oid) -> String {
 /// The application's tenants table as SQL text (regclass output): the one recorded by
 /// `ensure_tenants()`, else `public.tenants` if it exists.
 pub(crate) fn tenants_table(c: &SpiClient<'_>) -> Option<String> {
-    value::<String>(
-        c,
-        "SELECT COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))::pg_catalog.text",
-        &[],
-    )
+    value::<String>(c, &format!("SELECT {TENANTS_TABLE}::pg_catalog.text"), &[])
 }
 
 /// The tenants table, or ERROR 55000 when none is known.
@@ -118,7 +120,8 @@ fn tenant_column_candidates(
         check_schemas(c, list);
     }
     c.select(
-        "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text,
+        &format!(
+            "SELECT c.oid::pg_catalog.regclass::pg_catalog.text, a.attname::text,
                 pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
            FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -128,8 +131,9 @@ fn tenant_column_candidates(
             AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'vital_tenancy') AND n.nspname NOT LIKE 'pg\\_%'
             AND ($1::text[] IS NULL OR n.nspname = ANY ($1))
             AND a.attname = COALESCE(r.tenant_column, 'tenant_id')
-            AND c.oid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
-          ORDER BY 1",
+            AND c.oid IS DISTINCT FROM {TENANTS_TABLE}
+          ORDER BY 1"
+        ),
         None,
         &[schemas.clone().into()],
     )
@@ -204,10 +208,12 @@ pub(crate) fn application_table_problem(
 ) -> Option<String> {
     let row = c
         .select(
-            "SELECT n.nspname::text, c.relpersistence = 't',
-                    c.oid = COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
+            &format!(
+                "SELECT n.nspname::text, c.relpersistence = 't',
+                    c.oid = {TENANTS_TABLE}
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.oid = $1",
+              WHERE c.oid = $1"
+            ),
             Some(1),
             &[oid.into()],
         )

@@ -10,7 +10,7 @@ use pgrx::{JsonB, Uuid};
 
 use crate::catalog::{
     check_schemas, has_column, table_name, tenant_tables as tenanted_tables,
-    TenantTable as Tenanted,
+    TenantTable as Tenanted, TENANTS_TABLE,
 };
 
 /// The same filter on schemas as `catalog::tenant_tables`, for catalog queries here.
@@ -160,7 +160,7 @@ fn references(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<Reference
                    JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE co.contype = 'f' AND {USER_SCHEMAS}
-                    AND co.confrelid IS DISTINCT FROM COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))
+                    AND co.confrelid IS DISTINCT FROM {TENANTS_TABLE}
                   ORDER BY 1, 2"
             ),
             None,
@@ -588,9 +588,10 @@ fn rls_problems(c: &SpiClient<'_>, schemas: &Option<Vec<String>>) -> Vec<(String
 /// writable by roles other than its owner and vital_tenancy_admin (superusers aside).
 fn registry_problems(c: &SpiClient<'_>) -> Vec<(String, String)> {
     c.select(
-        "WITH r AS (SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text AS name, c.relrowsecurity, c.relowner, c.relacl
+        &format!(
+            "WITH r AS (SELECT c.oid, c.oid::pg_catalog.regclass::pg_catalog.text AS name, c.relrowsecurity, c.relowner, c.relacl
                       FROM pg_catalog.pg_class c
-                     WHERE c.oid = COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))),
+                     WHERE c.oid = {TENANTS_TABLE}),
               g AS (SELECT r.name, a.privilege_type, a.grantee,
                            CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END AS role
                       FROM r, pg_catalog.aclexplode(r.relacl) a
@@ -601,7 +602,8 @@ fn registry_problems(c: &SpiClient<'_>) -> Vec<(String, String)> {
          UNION ALL
          SELECT g.name, pg_catalog.format('the tenants registry is writable by %s: only DBAs and vital_tenancy_admin should write it (run vital_tenancy.protect_tenants_table())',
                                           pg_catalog.string_agg(DISTINCT g.role, ', '))
-           FROM g WHERE g.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') GROUP BY g.name",
+           FROM g WHERE g.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') GROUP BY g.name"
+        ),
         None,
         &[],
     )
