@@ -87,6 +87,17 @@ impl FixtureDb {
     }
 
     /// A connection as the cluster's superuser (the DBA).
+    /// A fixture database with the extension created and the shipped migration run
+    /// (scripts/migrate, 000-007), and a superuser connection to it.
+    pub fn migrated(tag: &str) -> (FixtureDb, Client) {
+        let db = FixtureDb::new(tag);
+        let mut c = db.dba();
+        c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
+        let (ok, out, err) = migrate(&db.name, &[]);
+        assert!(ok, "migration failed: {out}\n{err}");
+        (db, c)
+    }
+
     pub fn dba(&self) -> Client {
         connect(&self.name, "postgres")
     }

@@ -5,16 +5,10 @@
 //! ways that path must stay closed to anonymous and user requests.
 
 use postgres::Client;
-use vital_tenancy_e2e::{
-    literal, migrate, simple_rows, sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM,
-};
+use vital_tenancy_e2e::{literal, simple_rows, sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM};
 
 fn setup(tag: &str) -> (FixtureDb, Client) {
-    let db = FixtureDb::new(tag);
-    let mut c = db.dba();
-    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, out, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed: {out}\n{err}");
+    let (db, mut c) = FixtureDb::migrated(tag);
     c.batch_execute(
         "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_api_authenticator') THEN

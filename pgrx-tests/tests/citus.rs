@@ -2,7 +2,7 @@
 //! machine's registries): the exact blockers, prepare_for_citus applied with data
 //! unchanged and the application still working, idempotence, distribute_all refusing.
 
-use vital_tenancy_e2e::{checksums, migrate, sqlstate, FixtureDb};
+use vital_tenancy_e2e::{checksums, sqlstate, FixtureDb};
 
 fn readiness(c: &mut postgres::Client) -> Vec<(String, String, String)> {
     c.query(
@@ -21,11 +21,7 @@ fn r(t: &str, role: &str, b: &str) -> (String, String, String) {
 
 #[test]
 fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
-    let db = FixtureDb::new("citus");
-    let mut c = db.dba();
-    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, _, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed:\n{err}");
+    let (db, mut c) = FixtureDb::migrated("citus");
 
     let trig = |t: &str| {
         format!("trigger update_{t}_updated_at: Citus runs triggers on distributed tables only with citus.enable_unsafe_triggers")
@@ -242,11 +238,7 @@ fn readiness_prepare_and_distribute_on_the_migrated_fixture() {
 /// boundary is reported; disable_tenant_rls() puts the application's policies back.
 #[test]
 fn citus_shape_holds_the_boundary_with_permissive_policies_only() {
-    let db = FixtureDb::new("citus_shape");
-    let mut c = db.dba();
-    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, _, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed:\n{err}");
+    let (db, mut c) = FixtureDb::migrated("citus_shape");
     // A restrictive application policy is refused (Citus would make it permissive),
     // naming it, and nothing changes.
     c.batch_execute(
@@ -895,11 +887,7 @@ fn citus_cluster_distribute_and_isolate_on_three_nodes() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     // The same fixture and shipped scripts on one node, for what each tenant reads.
-    let single = FixtureDb::new("citus_single");
-    let mut sc = single.dba();
-    sc.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, _, err) = migrate(&single.name, &[]);
-    assert!(ok, "single-node migration failed:\n{err}");
+    let (single, mut sc) = FixtureDb::migrated("citus_single");
     application_role(&mut sc, "vt_citus_e2e_app");
 
     let conn = run(&["scripts/citus-cluster", "start", "vt_citus_e2e", "--fresh"]);

@@ -10,7 +10,7 @@
 
 use postgres::Client;
 use vital_tenancy_e2e::{
-    literal, migrate, simple_rows, sqlstate, Bouncer, FixtureDb, DIGITAL, PHARMA, PLATFORM,
+    literal, simple_rows, sqlstate, Bouncer, FixtureDb, DIGITAL, PHARMA, PLATFORM,
 };
 
 /// A Digital Health user (member of Digital Health only).
@@ -21,11 +21,7 @@ const SECRET: &str = "pharma-secret-7f3a: Q3 trial readout";
 /// has: PostgREST's NOINHERIT authenticator and an app backend (both trusted), and a
 /// direct SQL login as an application role (untrusted); a Pharmaceuticals secret.
 fn setup(tag: &str) -> (FixtureDb, Client) {
-    let db = FixtureDb::new(tag);
-    let mut c = db.dba();
-    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, out, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed: {out}\n{err}");
+    let (db, mut c) = FixtureDb::migrated(tag);
     c.batch_execute(&format!(
         "DO $$ BEGIN PERFORM pg_catalog.pg_advisory_xact_lock(74657374); -- roles are cluster-wide: one test at a time creates them
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_att_authenticator') THEN

@@ -4,7 +4,7 @@
 //! schedules on a cluster that preloads both libraries.
 
 use postgres::Client;
-use vital_tenancy_e2e::{message, migrate, sqlstate, FixtureDb};
+use vital_tenancy_e2e::{message, sqlstate, FixtureDb};
 
 const PHARMA: &str = "f7aa6fd4-0af9-4706-8b31-034f1f7accda";
 const DH: &str = "11111111-1111-1111-1111-111111111111";
@@ -14,11 +14,7 @@ const PLATFORM: &str = "00000000-0000-0000-0000-000000000001";
 /// application may write, and a LOGIN application role `vt_lc_app` (trusted to set
 /// a tenant, member of `authenticated`, neither owner nor superuser).
 fn setup(tag: &str) -> (FixtureDb, Client) {
-    let db = FixtureDb::new(tag);
-    let mut c = db.dba();
-    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, _, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed:\n{err}");
+    let (db, mut c) = FixtureDb::migrated(tag);
     notes_and_role(&mut c);
     (db, c)
 }

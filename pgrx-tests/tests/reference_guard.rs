@@ -11,16 +11,12 @@
 //! no parent the row's tenant cannot see.
 
 use postgres::Client;
-use vital_tenancy_e2e::{migrate, postgrest, Failure, FixtureDb, Rows, DIGITAL, PHARMA, PLATFORM};
+use vital_tenancy_e2e::{postgrest, Failure, FixtureDb, Rows, DIGITAL, PHARMA, PLATFORM};
 
 const MISSING: &str = "99999999-9999-4999-8999-999999999999";
 
 fn migrated(tag: &str) -> (FixtureDb, Client) {
-    let db = FixtureDb::new(tag);
-    let mut dba = db.dba();
-    dba.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, out, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed: {out}\n{err}");
+    let (db, dba) = FixtureDb::migrated(tag);
     (db, dba)
 }
 

@@ -4,7 +4,7 @@
 //! migration the fixture's grants let a tenant rename another (the control).
 
 use postgres::Client;
-use vital_tenancy_e2e::{migrate, sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM};
+use vital_tenancy_e2e::{sqlstate, FixtureDb, DIGITAL, PHARMA, PLATFORM};
 
 fn roles(c: &mut Client) {
     c.batch_execute(
@@ -70,11 +70,7 @@ fn the_registry_is_inside_the_boundary() {
     drop(c);
     drop(before);
 
-    let db = FixtureDb::new("reg_after");
-    let mut c = db.dba();
-    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, out, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed: {out}\n{err}");
+    let (db, mut c) = FixtureDb::migrated("reg_after");
     roles(&mut c);
     let n: i64 = c
         .query_one(

@@ -1,14 +1,10 @@
 //! Validation on the migrated real fixture: every check finds exactly the problems
 //! planted, reads only, and refuses bad input; health, index advice, usage, export.
 
-use vital_tenancy_e2e::{checksums, migrate, sqlstate, FixtureDb};
+use vital_tenancy_e2e::{checksums, sqlstate, FixtureDb};
 
 fn migrated(tag: &str) -> (FixtureDb, postgres::Client) {
-    let db = FixtureDb::new(tag);
-    let mut c = db.dba();
-    c.batch_execute("CREATE EXTENSION vital_tenancy").unwrap();
-    let (ok, _, err) = migrate(&db.name, &[]);
-    assert!(ok, "migration failed:\n{err}");
+    let (db, c) = FixtureDb::migrated(tag);
     (db, c)
 }
 
