@@ -48,6 +48,16 @@ struct RouteKey {
 }
 
 impl RouteKey {
+    /// The key of the current request, with the arrays its context gives.
+    fn now(arrays: PolicyArrays) -> RouteKey {
+        RouteKey {
+            observed: observe(),
+            // SAFETY: reads the current user id.
+            role: unsafe { pg_sys::GetUserId() },
+            arrays,
+        }
+    }
+
     /// Whether the settings are unchanged (a check point: no query). Only asked of a
     /// statement that ends as the role the plans were routed for: statements run as
     /// another role (SECURITY DEFINER code, Citus's own catalog work) say nothing of
@@ -285,12 +295,7 @@ unsafe fn route(parse: *mut pg_sys::Query, routing: bool) -> bool {
         }
     }
     if routed {
-        let key = RouteKey {
-            observed: observe(),
-            // SAFETY: reads the current user id.
-            role: unsafe { pg_sys::GetUserId() },
-            arrays: arrays.flatten().unwrap_or_default(),
-        };
+        let key = RouteKey::now(arrays.flatten().unwrap_or_default());
         if STATE.with(|s| s.borrow_mut().planned(&key)) {
             invalidate();
         }
@@ -653,12 +658,7 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
 fn refuse_if_stale() {
     let ok = {
         let Some(_busy) = Busy::enter() else { return };
-        let now = RouteKey {
-            observed: observe(),
-            // SAFETY: reads the current user id.
-            role: unsafe { pg_sys::GetUserId() },
-            arrays: policy_arrays().unwrap_or_default(),
-        };
+        let now = RouteKey::now(policy_arrays().unwrap_or_default());
         STATE.with(|s| s.borrow_mut().may_run(|k| k.serves(&now)))
     };
     if !ok {
