@@ -53,8 +53,9 @@ as_postgres() {
 vt_install_deps() {
   # pgbouncer: the e2e pool tests run through a real one in transaction mode;
   # postgresql-15-cron: the lifecycle tests run the documented monitoring schedules;
-  # postgresql-15-plpgsql-check: the lint suite checks every PL/pgSQL routine.
-  local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libclang-dev clang sudo build-essential pkg-config pgbouncer postgresql-15-cron postgresql-15-plpgsql-check python3-venv)
+  # postgresql-15-plpgsql-check: the lint suite checks every PL/pgSQL routine;
+  # postgresql-15-hypopg: query_advice() verifies its indexes with it.
+  local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libclang-dev clang sudo build-essential pkg-config pgbouncer postgresql-15-cron postgresql-15-plpgsql-check postgresql-15-hypopg python3-venv)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -217,6 +217,10 @@ COMMENT ON FUNCTION vital_tenancy.index_advice(text[]) IS
     'Missing tenant indexes and the plan''s composite indexes, each with a CREATE INDEX CONCURRENTLY IF NOT EXISTS statement for \gexec.';
 COMMENT ON FUNCTION vital_tenancy.index_coverage(text[]) IS
     'Percentage of tables with a tenant column whose tenant column leads a valid index (the plan''s > 95% goal).';
+COMMENT ON FUNCTION vital_tenancy.query_advice() IS
+    'Index advice from the application''s statements in pg_stat_statements: each planned as the role that ran it, under its policies and without them (parsed and planned only, never run); tenant-leading (or, for a page of the newest rows, order-leading) indexes where a plan scans or sorts a tenant table, each checked with hypopg (cost before and after). Rows: index (ddl: CREATE INDEX CONCURRENTLY IF NOT EXISTS), rebuild (ddl: drop an invalid index first), rls_leakproof (a condition that loses an index only under RLS), seq_scan (still scanned), not_planned (why). Apply with SELECT ddl FROM vital_tenancy.query_advice() WHERE ddl IS NOT NULL \gexec or scripts/migrate --apply-advice. Not executable by PUBLIC.';
+COMMENT ON FUNCTION vital_tenancy.query_coverage() IS
+    'Index coverage as the migration plan means it: the percentage of the application''s calls on tenant tables (pg_stat_statements) whose plan reads no tenant table sequentially; NULL without such calls. Not executable by PUBLIC.';
 COMMENT ON FUNCTION vital_tenancy.tenant_usage(text[]) IS
     'Rows, estimated bytes and last change per tenant and table.';
 COMMENT ON FUNCTION vital_tenancy.export_tenant(uuid, text[]) IS

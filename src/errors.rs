@@ -89,3 +89,39 @@ pub fn reading_rows<R>(f: impl FnOnce() -> R) -> R {
         })
     }
 }
+
+/// Run `f` inside an internal subtransaction that is always rolled back, so whatever
+/// `f` set (settings, the user id, catalog caches) is undone; a PostgreSQL ERROR raised
+/// inside is caught and returned as its SQLSTATE and message instead of aborting the
+/// caller. `f` must not use SPI and must return Rust-owned values only.
+pub fn catching<T>(f: impl FnOnce() -> T) -> Result<T, (PgSqlErrorCode, String)> {
+    use pgrx::pg_sys::panic::CaughtError;
+    // SAFETY: the protocol PL/pgSQL's exception blocks follow: remember the memory
+    // context and resource owner, begin a subtransaction, run in the caller's context,
+    // roll the subtransaction back on both paths and restore both.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let restore = move || {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        };
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            let v = f();
+            restore();
+            Ok(v)
+        }))
+        .catch_others(|e| {
+            restore();
+            let report = match e {
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+                CaughtError::RustPanic { ereport, .. } => ereport,
+            };
+            Err((report.sql_error_code(), report.message().to_string()))
+        })
+        .execute()
+    }
+}

@@ -15,6 +15,8 @@
 //!   (the batched `backfill` procedure is PL/pgSQL in `sql/migrate.sql`).
 //! - [`validate`]: validation set-returning functions, `validate()`, `assert_valid()`.
 //! - [`monitor`]: `health()`, `index_advice()`, `index_coverage()`, `tenant_usage()`, `export_tenant()`.
+//! - [`advice`]: `query_advice()` and `query_coverage()`: index advice from the
+//!   application's statements (pg_stat_statements), verified with hypopg.
 //! - [`lifecycle`]: what tenant statuses allow (`tenant_status()`, `set_status_access()`),
 //!   offboarding (`tenant_deletion_plan()`, the `delete_tenant` procedure in
 //!   `sql/lifecycle.sql`) and moving a tenant (`import_tenant()`).
@@ -34,6 +36,7 @@
 use pgrx::prelude::*;
 
 pub mod activity;
+pub mod advice;
 pub mod boundary;
 pub mod catalog;
 pub mod citus;

@@ -1059,6 +1059,16 @@ fn migration_report(run_name: default!(&str, "'vital-multi-tenant'")) -> String 
             );
         }
 
+        out.push_str("## Index coverage\n\n");
+        let doc = crate::advice::coverage_document(c);
+        match doc["coverage_percent"].as_f64() {
+            Some(v) => out.push_str(&format!(
+                "**{v}%** (the plan's target: 95%); measured from {}. `vital_tenancy.query_advice()` proposes the indexes that would serve the rest.\n\n",
+                doc["source"].as_str().unwrap_or_default()
+            )),
+            None => out.push_str("No reads of tenant tables recorded yet (pg_stat_statements or pg_stat_user_tables).\n\n"),
+        }
+
         out.push_str("## Durations (migration_metrics)\n\n");
         let rows = query_rows(
             c,

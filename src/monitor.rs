@@ -143,7 +143,10 @@ fn index_advice(
 /// (the plan's > 95% goal); NULL when there is no such table.
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
-fn index_coverage(schemas: default!(Option<Vec<String>>, "NULL")) -> Option<pgrx::AnyNumeric> {
+fn index_coverage(
+    schemas: default!(Option<Vec<Option<String>>>, "NULL"),
+) -> Option<pgrx::AnyNumeric> {
+    let schemas = schemas.map(|v| crate::errors::no_null_elements("schemas", v));
     Spi::connect(|c| {
         let tables = tenanted(c, &schemas);
         if tables.is_empty() {
@@ -519,6 +522,8 @@ fn health() -> JsonB {
         if !citus.is_null() {
             citus["status"] = json!(if citus_ok { "healthy" } else { "degraded" });
         }
+        // Advisory: the plan's index coverage target (should-have), not part of status.
+        let indexes = crate::advice::coverage_document(c);
         let all_ok = healthy && bad == 0 && rls_ok && citus_ok;
         json!({
             "status": if all_ok { "healthy" } else { "degraded" },
@@ -527,6 +532,7 @@ fn health() -> JsonB {
             "referential_integrity": integrity,
             "rls": rls,
             "citus": citus,
+            "indexes": indexes,
             "last_migration": last,
         })
     });

@@ -1,6 +1,7 @@
 //! Pure Rust logic, free of pgrx: everything here is unit-tested with plain
 //! `cargo test` and never touches a Postgres server.
 
+pub mod advice;
 pub mod classify;
 pub mod context;
 pub mod fk;

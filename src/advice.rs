@@ -1,0 +1,1323 @@
+//! Index advice from what the application runs: `query_advice()` reads its statements
+//! from pg_stat_statements, plans each one as the role that ran it (under its tables'
+//! policies, and again without them), proposes tenant-leading (or, for a page of the
+//! newest rows, order-leading) indexes where a plan scans a tenant table or sorts it,
+//! and verifies each with hypopg's hypothetical indexes. `query_coverage()` is the share
+//! of those statements' calls that no sequential scan of a tenant table serves.
+//!
+//! Statements are only parsed and planned here, never executed: as their own role,
+//! with `SECURITY_RESTRICTED_OPERATION` (what the planner may evaluate runs with that
+//! role's rights only), inside a subtransaction that is always rolled back. The
+//! decisions are in `logic::advice`.
+
+use crate::catalog::value;
+use crate::errors::{catching, raise_full, OrRaise};
+use crate::logic::advice::{
+    candidates, coverage, create_ddl, definition, index_name, lost_under_rls, merge, needs_help,
+    scan_counts, verified, Candidate, KeyColumn, PlanFacts, Shape, Use,
+};
+use crate::logic::ident::quote_ident;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, PgList};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+
+/// The statements read: the busiest by total time.
+const MAX_STATEMENTS: i64 = 500;
+
+/// A statement of pg_stat_statements.
+struct Statement {
+    queryid: i64,
+    role: pg_sys::Oid,
+    role_name: String,
+    calls: i64,
+    mean_ms: f64,
+    query: String,
+}
+
+impl Statement {
+    fn json(&self) -> Value {
+        let text: String = self.query.chars().take(300).collect();
+        json!({"queryid": self.queryid, "role": self.role_name, "calls": self.calls,
+               "mean_ms": (self.mean_ms * 100.0).round() / 100.0, "query": text})
+    }
+}
+
+/// A table with a tenant column.
+struct Table {
+    /// regclass text.
+    name: String,
+    /// Schema-qualified and quoted, whatever the search_path (for DDL).
+    qualified: String,
+    relname: String,
+    namespace: String,
+    column: String,
+    indexes: Vec<u32>,
+    /// Read whole by PostgreSQL whatever its indexes (`logic::advice::scan_counts`).
+    small: bool,
+}
+
+/// What planning one statement found.
+struct Analysis {
+    /// (table OID, what the statement asks of it), one per reference of a tenant table.
+    uses: Vec<(u32, Use)>,
+    /// (table OID, a function of a condition on it that is not LEAKPROOF).
+    leaky: Vec<(u32, String)>,
+    with_rls: PlanFacts,
+    without_rls: PlanFacts,
+}
+
+/// One row of `query_advice()`.
+struct Row {
+    kind: &'static str,
+    table: Option<String>,
+    definition: Option<String>,
+    statements: Vec<Value>,
+    cost_before: Option<f64>,
+    cost_after: Option<f64>,
+    why: String,
+    ddl: Option<String>,
+}
+
+fn schema_of_extension(c: &SpiClient<'_>, name: &str) -> Option<String> {
+    value::<String>(
+        c,
+        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+          WHERE e.extname OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    )
+}
+
+/// pg_stat_statements' schema, or ERROR 55000 saying how to get it.
+fn stat_statements_schema(c: &SpiClient<'_>) -> String {
+    schema_of_extension(c, "pg_stat_statements").unwrap_or_else(|| {
+        raise_full(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "vital_tenancy reads the application's statements from pg_stat_statements, which is not installed in this database",
+            None,
+            Some("Add pg_stat_statements to shared_preload_libraries, restart, run CREATE EXTENSION pg_stat_statements, and let the application run.".into()),
+        )
+    })
+}
+
+/// The application's statements in the current database, busiest first: those of
+/// roles that are not superusers (the DBA's own and the migration's are not the
+/// application's); with the number of statements of other roles whose text the caller
+/// may not read.
+fn statements(c: &SpiClient<'_>, schema: &str) -> (Vec<Statement>, i64) {
+    let sql = format!(
+        "SELECT s.queryid, s.userid, COALESCE(r.rolname::text, s.userid::text), s.calls, s.mean_exec_time, s.query
+           FROM {schema}.pg_stat_statements s LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) s.userid
+          WHERE s.dbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+            AND s.calls OPERATOR(pg_catalog.>) 0 AND NOT COALESCE(r.rolsuper, false)
+          ORDER BY s.total_exec_time DESC LIMIT {MAX_STATEMENTS}"
+    );
+    let mut out = Vec::new();
+    let mut hidden = 0;
+    for row in c
+        .select(&sql, None, &[])
+        .or_raise("reading pg_stat_statements")
+    {
+        let query: Option<String> = row.get(6).ok().flatten();
+        let Some(query) = query.filter(|q| q != "<insufficient privilege>") else {
+            hidden += 1;
+            continue;
+        };
+        out.push(Statement {
+            queryid: row.get(1).ok().flatten().unwrap_or(0),
+            role: row.get(2).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+            role_name: row.get(3).ok().flatten().unwrap_or_default(),
+            calls: row.get(4).ok().flatten().unwrap_or(0),
+            mean_ms: row.get(5).ok().flatten().unwrap_or(0.0),
+            query,
+        });
+    }
+    (out, hidden)
+}
+
+/// The tables with a tenant column, by OID, with their indexes.
+fn tables(c: &SpiClient<'_>) -> HashMap<u32, Table> {
+    let list = crate::catalog::tenant_tables(c, &None);
+    let mut out = HashMap::new();
+    for t in list {
+        let row = c
+            .select(
+                "SELECT x.oid, x.relname::text, pg_catalog.quote_ident(n.nspname),
+                        ARRAY(SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) x.oid),
+                        (pg_catalog.pg_relation_size(x.oid) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8)
+                   FROM pg_catalog.pg_class x JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) x.relnamespace
+                  WHERE x.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+                Some(1),
+                &[t.table.as_str().into()],
+            )
+            .or_raise("reading a tenant table");
+        let Some(r) = row.into_iter().next() else {
+            continue;
+        };
+        let oid: pg_sys::Oid = r.get(1).ok().flatten().unwrap_or(pg_sys::InvalidOid);
+        let indexes: Vec<pg_sys::Oid> = r.get(4).ok().flatten().unwrap_or_default();
+        let relname: String = r.get(2).ok().flatten().unwrap_or_default();
+        let namespace: String = r.get(3).ok().flatten().unwrap_or_default();
+        out.insert(
+            oid.to_u32(),
+            Table {
+                name: t.table,
+                qualified: format!("{namespace}.{}", quote_ident(&relname)),
+                relname,
+                namespace,
+                column: t.raw_column,
+                indexes: indexes.into_iter().map(|o| o.to_u32()).collect(),
+                small: !scan_counts(r.get::<i64>(5).ok().flatten().unwrap_or(0)),
+            },
+        );
+    }
+    out
+}
+
+/// Why `role` cannot be planned as by the caller, if it cannot.
+fn cannot_act_as(role: pg_sys::Oid) -> Option<String> {
+    // SAFETY: catalog lookups by OID.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(role, true);
+        if name.is_null() {
+            return Some(format!(
+                "the role (OID {}) that ran it no longer exists",
+                role.to_u32()
+            ));
+        }
+        if !pg_sys::has_privs_of_role(pg_sys::GetUserId(), role) {
+            let name = CStr::from_ptr(name).to_string_lossy();
+            return Some(format!(
+                "it ran as role {}, whose privileges you do not have: it is planned only by a member of that role or a superuser",
+                quote_ident(&name)
+            ));
+        }
+    }
+    None
+}
+
+/// Parse and plan `st` as its role (see the module comment); the planner sees the
+/// hypothetical indexes hypopg holds at the time. `None`: a statement that touches no
+/// tenant table or is no query.
+fn analyze(
+    st: &Statement,
+    tables: &HashMap<u32, Table>,
+) -> Result<Option<Analysis>, (PgSqlErrorCode, String)> {
+    let query = CString::new(st.query.as_str()).map_err(|_| {
+        (
+            PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+            "its text holds a NUL byte".to_string(),
+        )
+    })?;
+    let search_path = unsafe {
+        // SAFETY: a setting's reset value: the session's own default, not the one this
+        // function pins (the application's unqualified names resolve as they did).
+        CStr::from_ptr(pg_sys::GetConfigOptionResetString(c"search_path".as_ptr())).to_owned()
+    };
+    let run = || unsafe {
+        // SAFETY: the statement is parsed, analyzed and planned as PostgreSQL's own
+        // PREPARE would, as its role, in the subtransaction `catching` rolls back; the
+        // user id is restored on both paths.
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_context = 0;
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            st.role,
+            saved_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        PgTryBuilder::new(|| {
+            pg_sys::SetConfigOption(
+                c"search_path".as_ptr(),
+                search_path.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+            plan_statement(query.as_ptr(), tables)
+        })
+        .finally(|| pg_sys::SetUserIdAndSecContext(saved_user, saved_context))
+        .execute()
+    };
+    catching(run)
+}
+
+/// # Safety
+/// `query` is a NUL-terminated statement; called inside `analyze`.
+unsafe fn plan_statement(
+    query: *const std::ffi::c_char,
+    tables: &HashMap<u32, Table>,
+) -> Option<Analysis> {
+    // SAFETY: PostgreSQL's own parse, analysis and planning of one statement.
+    unsafe {
+        let raw = PgList::<pg_sys::RawStmt>::from_pg(pg_sys::raw_parser(
+            query,
+            pg_sys::RawParseMode::RAW_PARSE_DEFAULT,
+        ));
+        if raw.len() != 1 {
+            return None;
+        }
+        let mut types: *mut pg_sys::Oid = std::ptr::null_mut();
+        let mut n: std::ffi::c_int = 0;
+        let queries = PgList::<pg_sys::Query>::from_pg(pg_sys::pg_analyze_and_rewrite_varparams(
+            raw.get_ptr(0)?,
+            query,
+            &mut types,
+            &mut n,
+            std::ptr::null_mut(),
+        ));
+        let q = queries.iter_ptr().find(|q| (**q).canSetTag)?;
+        if !matches!(
+            (*q).commandType,
+            pg_sys::CmdType::CMD_SELECT | pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_DELETE
+        ) || !(*q).utilityStmt.is_null()
+        {
+            return None;
+        }
+        let mut walk = Walk {
+            tables,
+            uses: Vec::new(),
+            leaky: Vec::new(),
+        };
+        collect(q, &mut walk);
+        if walk.uses.is_empty() {
+            return None;
+        }
+        let copy = || pg_sys::copyObjectImpl(q.cast()).cast::<pg_sys::Query>();
+        let plan = |q: *mut pg_sys::Query| {
+            let stmt = pg_sys::pg_plan_query(
+                q,
+                query,
+                pg_sys::CURSOR_OPT_PARALLEL_OK as i32,
+                std::ptr::null_mut(),
+            );
+            facts(stmt, tables)
+        };
+        let with_rls = plan(copy());
+        let bare = copy();
+        strip_policies(bare);
+        let without_rls = plan(bare);
+        Some(Analysis {
+            uses: walk.uses,
+            leaky: walk.leaky,
+            with_rls,
+            without_rls,
+        })
+    }
+}
+
+/// The walk over a statement's queries (sub-queries, CTEs, sub-links).
+struct Walk<'a> {
+    tables: &'a HashMap<u32, Table>,
+    uses: Vec<(u32, Use)>,
+    leaky: Vec<(u32, String)>,
+}
+
+/// # Safety
+/// `q` is a valid, analyzed Query.
+unsafe fn collect(q: *mut pg_sys::Query, w: &mut Walk<'_>) {
+    // SAFETY: reads the tree; the walker calls back here for every sub-query.
+    unsafe {
+        for (i, rte) in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable)
+            .iter_ptr()
+            .enumerate()
+        {
+            if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION
+                && w.tables.contains_key(&(*rte).relid.to_u32())
+            {
+                let relid = (*rte).relid;
+                let (u, leaky) = use_of(q, i as i32 + 1, relid);
+                w.uses.push((relid.to_u32(), u));
+                w.leaky
+                    .extend(leaky.into_iter().map(|f| (relid.to_u32(), f)));
+            }
+        }
+        pg_sys::query_tree_walker(q, Some(walker), (w as *mut Walk<'_>).cast(), 0);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn walker(
+    node: *mut pg_sys::Node,
+    context: *mut std::ffi::c_void,
+) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: context is the Walk passed by `collect`.
+    unsafe {
+        if (*node).type_ == pg_sys::NodeTag::T_Query {
+            collect(node.cast(), &mut *context.cast::<Walk<'_>>());
+            return false;
+        }
+        pg_sys::expression_tree_walker(node, Some(walker), context)
+    }
+}
+
+/// The column of range table entry `rti` that `node` is (through a binary-compatible
+/// relabelling), if it is one.
+///
+/// # Safety
+/// `node` is an expression node or NULL.
+unsafe fn column_of(
+    node: *mut pg_sys::Node,
+    rti: i32,
+) -> Option<(pg_sys::AttrNumber, pg_sys::Oid)> {
+    // SAFETY: node tags checked before each cast.
+    unsafe {
+        let mut n = node;
+        while !n.is_null() && (*n).type_ == pg_sys::NodeTag::T_RelabelType {
+            n = (*n.cast::<pg_sys::RelabelType>()).arg.cast();
+        }
+        if n.is_null() || (*n).type_ != pg_sys::NodeTag::T_Var {
+            return None;
+        }
+        let v = n.cast::<pg_sys::Var>();
+        ((*v).varno == rti && (*v).varlevelsup == 0 && (*v).varattno > 0)
+            .then(|| ((*v).varattno, (*v).vartype))
+    }
+}
+
+/// The btree strategy of operator `opno` for values of `type_` (0: not a btree operator).
+fn btree_strategy(opno: pg_sys::Oid, type_: pg_sys::Oid) -> u32 {
+    // SAFETY: catalog lookups.
+    unsafe {
+        let class = pg_sys::GetDefaultOpClass(type_, pg_sys::BTREE_AM_OID);
+        if class == pg_sys::InvalidOid {
+            return 0;
+        }
+        pg_sys::get_op_opfamily_strategy(opno, pg_sys::get_opclass_family(class)).max(0) as u32
+    }
+}
+
+fn attname(relid: pg_sys::Oid, att: pg_sys::AttrNumber) -> String {
+    // SAFETY: a catalog lookup; NULL for a missing attribute.
+    unsafe {
+        let p = pg_sys::get_attname(relid, att, true);
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// What query `q` asks of its range table entry `rti` (relation `relid`): its
+/// conditions, ORDER BY and LIMIT; and the functions of its conditions on it that
+/// are not LEAKPROOF.
+///
+/// # Safety
+/// `q` is a valid, analyzed Query and `rti` one of its relations.
+unsafe fn use_of(q: *mut pg_sys::Query, rti: i32, relid: pg_sys::Oid) -> (Use, Vec<String>) {
+    let mut u = Use::default();
+    let mut leaky = Vec::new();
+    // SAFETY: node tags checked before each cast; lists of the analyzed tree.
+    unsafe {
+        let quals = if (*q).jointree.is_null() {
+            std::ptr::null_mut()
+        } else {
+            (*(*q).jointree).quals
+        };
+        let mut conjuncts = Vec::new();
+        if !quals.is_null() {
+            if (*quals).type_ == pg_sys::NodeTag::T_BoolExpr
+                && (*quals.cast::<pg_sys::BoolExpr>()).boolop == pg_sys::BoolExprType::AND_EXPR
+            {
+                conjuncts.extend(
+                    PgList::<pg_sys::Node>::from_pg((*quals.cast::<pg_sys::BoolExpr>()).args)
+                        .iter_ptr(),
+                );
+            } else {
+                conjuncts.push(quals);
+            }
+        }
+        for c in conjuncts {
+            condition(c, rti, relid, &mut u);
+            if references(c, rti) {
+                non_leakproof(c, &mut leaky);
+            }
+        }
+        let targets = (*q).targetList;
+        let mut order = Vec::new();
+        for sgc in PgList::<pg_sys::SortGroupClause>::from_pg((*q).sortClause).iter_ptr() {
+            let tle = pg_sys::get_sortgroupclause_tle(sgc, targets);
+            match column_of((*tle).expr.cast(), rti) {
+                Some((att, type_)) => order.push(KeyColumn {
+                    name: attname(relid, att),
+                    desc: btree_strategy((*sgc).sortop, type_) == pg_sys::BTGreaterStrategyNumber,
+                    nulls_first: (*sgc).nulls_first,
+                    ordered: true,
+                }),
+                None => {
+                    order.clear();
+                    break;
+                }
+            }
+        }
+        u.order = order;
+        u.limited = !(*q).limitCount.is_null();
+    }
+    leaky.sort();
+    leaky.dedup();
+    (u, leaky)
+}
+
+/// Record what one top-level condition asks of range table entry `rti`.
+///
+/// # Safety
+/// `c` is an expression node of the query.
+unsafe fn condition(c: *mut pg_sys::Node, rti: i32, relid: pg_sys::Oid, u: &mut Use) {
+    // SAFETY: node tags checked before each cast.
+    unsafe {
+        let free = |n: *mut pg_sys::Node| {
+            !pg_sys::contain_vars_of_level(n, 0) && !pg_sys::contain_volatile_functions(n)
+        };
+        match (*c).type_ {
+            pg_sys::NodeTag::T_OpExpr => {
+                let op = c.cast::<pg_sys::OpExpr>();
+                let args = PgList::<pg_sys::Node>::from_pg((*op).args);
+                if args.len() != 2 {
+                    return;
+                }
+                let (l, r) = (args.get_ptr(0).unwrap(), args.get_ptr(1).unwrap());
+                let (att, opno, type_) = match (column_of(l, rti), column_of(r, rti)) {
+                    (Some((att, _)), None) if free(r) => (att, (*op).opno, pg_sys::exprType(l)),
+                    (None, Some((att, _))) if free(l) => {
+                        (att, pg_sys::get_commutator((*op).opno), pg_sys::exprType(r))
+                    }
+                    _ => return,
+                };
+                match btree_strategy(opno, type_) {
+                    s if s == pg_sys::BTEqualStrategyNumber => u.equal.push(attname(relid, att)),
+                    1 | 2 | 4 | 5 => u.range.push(attname(relid, att)),
+                    _ => {}
+                }
+            }
+            pg_sys::NodeTag::T_ScalarArrayOpExpr => {
+                let op = c.cast::<pg_sys::ScalarArrayOpExpr>();
+                let args = PgList::<pg_sys::Node>::from_pg((*op).args);
+                if !(*op).useOr || args.len() != 2 {
+                    return;
+                }
+                let (l, r) = (args.get_ptr(0).unwrap(), args.get_ptr(1).unwrap());
+                if let Some((att, _)) = column_of(l, rti) {
+                    if free(r)
+                        && btree_strategy((*op).opno, pg_sys::exprType(l))
+                            == pg_sys::BTEqualStrategyNumber
+                    {
+                        u.equal.push(attname(relid, att));
+                    }
+                }
+            }
+            pg_sys::NodeTag::T_NullTest => {
+                let t = c.cast::<pg_sys::NullTest>();
+                if let (Some((att, _)), false) = (column_of((*t).arg.cast(), rti), (*t).argisrow) {
+                    let not = if (*t).nulltesttype == pg_sys::NullTestType::IS_NOT_NULL {
+                        " NOT"
+                    } else {
+                        ""
+                    };
+                    u.partial.push(format!(
+                        "{} IS{not} NULL",
+                        quote_ident(&attname(relid, att))
+                    ));
+                }
+            }
+            pg_sys::NodeTag::T_Var => {
+                if let Some((att, pg_sys::BOOLOID)) = column_of(c, rti) {
+                    u.partial.push(quote_ident(&attname(relid, att)));
+                }
+            }
+            pg_sys::NodeTag::T_BoolExpr => {
+                let b = c.cast::<pg_sys::BoolExpr>();
+                let args = PgList::<pg_sys::Node>::from_pg((*b).args);
+                if (*b).boolop == pg_sys::BoolExprType::NOT_EXPR && args.len() == 1 {
+                    if let Some((att, pg_sys::BOOLOID)) = column_of(args.get_ptr(0).unwrap(), rti) {
+                        u.partial
+                            .push(format!("NOT {}", quote_ident(&attname(relid, att))));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether expression `n` reads a column of range table entry `rti` of its own query.
+///
+/// # Safety
+/// `n` is an expression node.
+unsafe fn references(n: *mut pg_sys::Node, rti: i32) -> bool {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn walk(n: *mut pg_sys::Node, rti: *mut std::ffi::c_void) -> bool {
+        if n.is_null() {
+            return false;
+        }
+        // SAFETY: node tag checked; rti points at the i32 passed below.
+        unsafe {
+            if (*n).type_ == pg_sys::NodeTag::T_Var {
+                let v = n.cast::<pg_sys::Var>();
+                return (*v).varlevelsup == 0 && (*v).varno == *rti.cast::<i32>();
+            }
+            pg_sys::expression_tree_walker(n, Some(walk), rti)
+        }
+    }
+    let mut rti = rti;
+    // SAFETY: the walker only reads.
+    unsafe { walk(n, (&mut rti as *mut i32).cast()) }
+}
+
+/// The functions (operators by their function) in `n` that are not LEAKPROOF:
+/// under RLS PostgreSQL applies the policies first and cannot use an index for them.
+///
+/// # Safety
+/// `n` is an expression node.
+unsafe fn non_leakproof(n: *mut pg_sys::Node, out: &mut Vec<String>) {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn walk(n: *mut pg_sys::Node, out: *mut std::ffi::c_void) -> bool {
+        if n.is_null() {
+            return false;
+        }
+        // SAFETY: node tags checked; out is the Vec passed below.
+        unsafe {
+            let (func, op) = match (*n).type_ {
+                pg_sys::NodeTag::T_OpExpr => {
+                    let o = n.cast::<pg_sys::OpExpr>();
+                    (pg_sys::get_opcode((*o).opno), Some((*o).opno))
+                }
+                pg_sys::NodeTag::T_ScalarArrayOpExpr => {
+                    let o = n.cast::<pg_sys::ScalarArrayOpExpr>();
+                    (pg_sys::get_opcode((*o).opno), Some((*o).opno))
+                }
+                pg_sys::NodeTag::T_FuncExpr => ((*n.cast::<pg_sys::FuncExpr>()).funcid, None),
+                _ => (pg_sys::InvalidOid, None),
+            };
+            if func != pg_sys::InvalidOid && !pg_sys::get_func_leakproof(func) {
+                let name = |p: *mut std::ffi::c_char| {
+                    if p.is_null() {
+                        String::from("?")
+                    } else {
+                        CStr::from_ptr(p).to_string_lossy().into_owned()
+                    }
+                };
+                let f = name(pg_sys::get_func_name(func));
+                let text = match op {
+                    Some(op) => format!("operator {} (function {f})", name(pg_sys::get_opname(op))),
+                    None => format!("function {f}"),
+                };
+                (*out.cast::<Vec<String>>()).push(text);
+            }
+            pg_sys::expression_tree_walker(n, Some(walk), out)
+        }
+    }
+    // SAFETY: the walker only reads the tree.
+    unsafe {
+        walk(n, (out as *mut Vec<String>).cast());
+    }
+}
+
+/// Remove every relation's policy conditions from a copy of a query that is only
+/// planned: the plan the statement would get without RLS.
+///
+/// # Safety
+/// `q` is a valid Query that is not executed.
+unsafe fn strip_policies(q: *mut pg_sys::Query) {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn walk(n: *mut pg_sys::Node, cx: *mut std::ffi::c_void) -> bool {
+        if n.is_null() {
+            return false;
+        }
+        // SAFETY: node tag checked.
+        unsafe {
+            if (*n).type_ == pg_sys::NodeTag::T_Query {
+                strip_policies(n.cast());
+                return false;
+            }
+            pg_sys::expression_tree_walker(n, Some(walk), cx)
+        }
+    }
+    // SAFETY: the range table of a valid Query.
+    unsafe {
+        for rte in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).iter_ptr() {
+            (*rte).securityQuals = std::ptr::null_mut();
+        }
+        (*q).hasRowSecurity = false;
+        pg_sys::query_tree_walker(q, Some(walk), std::ptr::null_mut(), 0);
+    }
+}
+
+/// What a plan reads: its cost, the tenant tables it scans sequentially, its sorts
+/// and the indexes it uses.
+///
+/// # Safety
+/// `stmt` is a planned statement.
+unsafe fn facts(stmt: *mut pg_sys::PlannedStmt, tables: &HashMap<u32, Table>) -> PlanFacts {
+    let mut f = PlanFacts::default();
+    // SAFETY: the plan tree and the statement's lists.
+    unsafe {
+        f.total_cost = (*(*stmt).planTree).total_cost;
+        let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*stmt).rtable);
+        let mut stack: Vec<*mut pg_sys::Plan> = vec![(*stmt).planTree];
+        stack.extend(PgList::<pg_sys::Plan>::from_pg((*stmt).subplans).iter_ptr());
+        while let Some(p) = stack.pop() {
+            if p.is_null() {
+                continue;
+            }
+            let list = |l: *mut pg_sys::List| {
+                PgList::<pg_sys::Plan>::from_pg(l)
+                    .iter_ptr()
+                    .collect::<Vec<_>>()
+            };
+            match (*p).type_ {
+                pg_sys::NodeTag::T_SeqScan => {
+                    let rti = (*p.cast::<pg_sys::Scan>()).scanrelid as usize;
+                    if let Some(rte) = rtable.get_ptr(rti.wrapping_sub(1)) {
+                        let relid = (*rte).relid.to_u32();
+                        if tables.get(&relid).is_some_and(|t| !t.small) {
+                            f.seq_scans.push(relid);
+                        }
+                    }
+                }
+                pg_sys::NodeTag::T_IndexScan => {
+                    let i = p.cast::<pg_sys::IndexScan>();
+                    f.index((*i).indexid, (*i).indexqual);
+                }
+                pg_sys::NodeTag::T_IndexOnlyScan => {
+                    let i = p.cast::<pg_sys::IndexOnlyScan>();
+                    f.index((*i).indexid, (*i).indexqual);
+                }
+                pg_sys::NodeTag::T_BitmapIndexScan => {
+                    let i = p.cast::<pg_sys::BitmapIndexScan>();
+                    f.index((*i).indexid, (*i).indexqual);
+                }
+                pg_sys::NodeTag::T_Sort | pg_sys::NodeTag::T_IncrementalSort => f.sorts += 1,
+                pg_sys::NodeTag::T_Append => {
+                    stack.extend(list((*p.cast::<pg_sys::Append>()).appendplans))
+                }
+                pg_sys::NodeTag::T_MergeAppend => {
+                    stack.extend(list((*p.cast::<pg_sys::MergeAppend>()).mergeplans))
+                }
+                pg_sys::NodeTag::T_BitmapAnd => {
+                    stack.extend(list((*p.cast::<pg_sys::BitmapAnd>()).bitmapplans))
+                }
+                pg_sys::NodeTag::T_BitmapOr => {
+                    stack.extend(list((*p.cast::<pg_sys::BitmapOr>()).bitmapplans))
+                }
+                pg_sys::NodeTag::T_SubqueryScan => {
+                    stack.push((*p.cast::<pg_sys::SubqueryScan>()).subplan)
+                }
+                pg_sys::NodeTag::T_CustomScan => {
+                    stack.extend(list((*p.cast::<pg_sys::CustomScan>()).custom_plans))
+                }
+                _ => {}
+            }
+            stack.push((*p).lefttree);
+            stack.push((*p).righttree);
+        }
+    }
+    f
+}
+
+trait Record {
+    fn index(&mut self, oid: pg_sys::Oid, quals: *mut pg_sys::List);
+}
+
+impl Record for PlanFacts {
+    fn index(&mut self, oid: pg_sys::Oid, quals: *mut pg_sys::List) {
+        self.indexes.push(oid.to_u32());
+        if !quals.is_null() {
+            self.searched.push(oid.to_u32());
+        }
+    }
+}
+
+/// Names to OIDs for reading EXPLAIN: the tenant tables by (schema, table), their
+/// indexes by name.
+struct Names {
+    relations: HashMap<(String, String), u32>,
+    indexes: HashMap<String, u32>,
+}
+
+fn names(c: &SpiClient<'_>, tables: &HashMap<u32, Table>) -> Names {
+    let oids: Vec<pg_sys::Oid> = tables.keys().map(|o| pg_sys::Oid::from(*o)).collect();
+    let mut n = Names {
+        relations: HashMap::new(),
+        indexes: HashMap::new(),
+    };
+    let rows = c
+        .select(
+            "SELECT x.oid, n.nspname::text, x.relname::text, ARRAY(SELECT i.relname::text FROM pg_catalog.pg_index ix
+                      JOIN pg_catalog.pg_class i ON i.oid OPERATOR(pg_catalog.=) ix.indexrelid WHERE ix.indrelid OPERATOR(pg_catalog.=) x.oid ORDER BY i.oid),
+                    ARRAY(SELECT ix.indexrelid FROM pg_catalog.pg_index ix WHERE ix.indrelid OPERATOR(pg_catalog.=) x.oid ORDER BY ix.indexrelid)
+               FROM pg_catalog.pg_class x JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) x.relnamespace
+              WHERE x.oid OPERATOR(pg_catalog.=) ANY ($1)",
+            None,
+            &[oids.into()],
+        )
+        .or_raise("reading table and index names");
+    for r in rows {
+        let oid: pg_sys::Oid = r.get(1).ok().flatten().unwrap_or(pg_sys::InvalidOid);
+        let schema: String = r.get(2).ok().flatten().unwrap_or_default();
+        let rel: String = r.get(3).ok().flatten().unwrap_or_default();
+        let inames: Vec<String> = r.get(4).ok().flatten().unwrap_or_default();
+        let ioids: Vec<pg_sys::Oid> = r.get(5).ok().flatten().unwrap_or_default();
+        if tables.get(&oid.to_u32()).is_some_and(|t| !t.small) {
+            n.relations.insert((schema, rel), oid.to_u32());
+        }
+        for (name, ioid) in inames.into_iter().zip(ioids) {
+            n.indexes.insert(name, ioid.to_u32());
+        }
+    }
+    n
+}
+
+/// The plan `st` gets today with the hypothetical indexes hypopg holds (which it shows
+/// to EXPLAIN only): PREPAREd as its role and explained as a generic plan, in a
+/// subtransaction that is rolled back; the prepared statement is deallocated.
+fn explained(st: &Statement, names: &Names) -> Option<PlanFacts> {
+    const NAME: &str = "vital_tenancy_query_advice";
+    let search_path = unsafe {
+        // SAFETY: see `analyze`.
+        CStr::from_ptr(pg_sys::GetConfigOptionResetString(c"search_path".as_ptr())).to_owned()
+    };
+    let run = || unsafe {
+        // SAFETY: as in `analyze`; the SPI calls use the caller's connection, as a
+        // PL/pgSQL exception block does.
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_context = 0;
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        // PREPARE (parse analysis only: nothing of the statement runs) is refused in a
+        // security-restricted operation; the EXPLAIN that plans it runs in one.
+        let local = saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32;
+        pg_sys::SetUserIdAndSecContext(st.role, local);
+        PgTryBuilder::new(|| {
+            for (k, v) in [
+                (c"search_path", search_path.as_c_str()),
+                (c"plan_cache_mode", c"force_generic_plan"),
+            ] {
+                pg_sys::SetConfigOption(
+                    k.as_ptr(),
+                    v.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                );
+            }
+            let prepared = PreparedGuard(NAME);
+            utility(&format!("PREPARE {NAME} AS {}", st.query));
+            pg_sys::SetUserIdAndSecContext(
+                st.role,
+                local | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            );
+            let ps = pg_sys::FetchPreparedStatement(c"vital_tenancy_query_advice".as_ptr(), true);
+            let n = (*(*ps).plansource).num_params.max(0) as usize;
+            let args = if n > 0 {
+                format!("({})", vec!["NULL"; n].join(", "))
+            } else {
+                String::new()
+            };
+            let plan = utility(&format!(
+                "EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {NAME}{args}"
+            ));
+            drop(prepared);
+            plan.and_then(|p| serde_json::from_str::<Value>(&p).ok())
+                .map(|p| crate::logic::advice::explain_facts(&p, &names.relations, &names.indexes))
+        })
+        .finally(|| pg_sys::SetUserIdAndSecContext(saved_user, saved_context))
+        .execute()
+    };
+    match catching(run) {
+        Ok(v) => v,
+        Err((_, m)) => {
+            let _ = m;
+            None
+        }
+    }
+}
+
+/// Deallocates the prepared statement when dropped, on the error path too.
+struct PreparedGuard(&'static str);
+
+impl Drop for PreparedGuard {
+    fn drop(&mut self) {
+        // SAFETY: a lookup in this backend's prepared statements, then their removal.
+        unsafe {
+            let name = CString::new(self.0).unwrap_or_default();
+            if !pg_sys::FetchPreparedStatement(name.as_ptr(), false).is_null() {
+                pg_sys::DropPreparedStatement(name.as_ptr(), false);
+            }
+        }
+    }
+}
+
+/// Run a utility statement (PREPARE, EXPLAIN) on the current SPI connection, as SPI
+/// runs statements of a volatile function (no transaction id is assigned); the first
+/// column of its first row as text.
+fn utility(sql: &str) -> Option<String> {
+    let q = CString::new(sql).ok()?;
+    // SAFETY: an SPI call on the open connection; its result read right after.
+    unsafe {
+        let rc = pg_sys::SPI_execute(q.as_ptr(), false, 0);
+        if rc < 0 {
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("vital_tenancy internal error: SPI_execute returned {rc}"),
+            );
+        }
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() || pg_sys::SPI_processed == 0 {
+            return None;
+        }
+        let v = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, 1);
+        (!v.is_null()).then(|| CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
+}
+
+/// A hypothetical index (hypopg), dropped when this goes out of scope.
+struct Hypothetical<'a, 'c> {
+    c: &'a SpiClient<'c>,
+    schema: &'a str,
+    oid: u32,
+}
+
+impl<'a, 'c> Hypothetical<'a, 'c> {
+    fn create(c: &'a SpiClient<'c>, schema: &'a str, table: &str, cand: &Candidate) -> Self {
+        let oid: Option<pg_sys::Oid> = value(
+            c,
+            &format!("SELECT indexrelid FROM {schema}.hypopg_create_index($1)"),
+            &[format!("CREATE INDEX ON {table} {}", definition(cand)).into()],
+        );
+        Hypothetical {
+            c,
+            schema,
+            oid: oid.map(|o| o.to_u32()).unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for Hypothetical<'_, '_> {
+    fn drop(&mut self) {
+        let _ = self.c.select(
+            &format!("SELECT {}.hypopg_drop_index($1)", self.schema),
+            None,
+            &[pg_sys::Oid::from(self.oid).into()],
+        );
+    }
+}
+
+/// A chosen candidate: the table, the candidate, and the statements it serves.
+struct Chosen {
+    table: u32,
+    cand: Candidate,
+    statements: Vec<usize>,
+}
+
+/// The name for `cand` on `table`, and whether an invalid index of that name (a build
+/// that failed) must be dropped first; `None` when a valid index of that name exists
+/// (built from this advice before: the name spells the columns), so that applying the
+/// advice again never builds the same index twice.
+fn free_name(c: &SpiClient<'_>, table: &Table, cand: &Candidate) -> Option<(String, bool)> {
+    let name = index_name(&table.relname, cand);
+    let valid = value::<bool>(
+        c,
+        "SELECT i.indisvalid FROM pg_catalog.pg_class x JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) x.oid
+          WHERE x.relname OPERATOR(pg_catalog.=) $1 AND x.relnamespace OPERATOR(pg_catalog.=) $2::pg_catalog.regnamespace",
+        &[name.as_str().into(), table.namespace.as_str().into()],
+    );
+    match valid {
+        None => Some((name, false)),
+        Some(false) => Some((name, true)),
+        Some(true) => None,
+    }
+}
+
+fn not_planned(st: &Statement, why: String) -> Row {
+    Row {
+        kind: "not_planned",
+        table: None,
+        definition: None,
+        statements: vec![st.json()],
+        cost_before: None,
+        cost_after: None,
+        why,
+        ddl: None,
+    }
+}
+
+fn advise(c: &SpiClient<'_>) -> Vec<Row> {
+    let schema = stat_statements_schema(c);
+    let hypopg = schema_of_extension(c, "hypopg");
+    let tables = tables(c);
+    let (stmts, hidden) = statements(c, &schema);
+    let mut rows = Vec::new();
+    if hidden > 0 {
+        rows.push(Row {
+            kind: "not_planned",
+            table: None,
+            definition: None,
+            statements: vec![],
+            cost_before: None,
+            cost_after: None,
+            why: format!("{hidden} statements of other roles are hidden from you: a member of pg_read_all_stats sees their text"),
+            ddl: None,
+        });
+    }
+    // Plan every statement as it runs today. One row per role the caller cannot act as;
+    // one per statement that no longer plans (a dropped table or column, a changed
+    // type), except the texts pg_stat_statements' normalization leaves without a type
+    // for a parameter (`SELECT $1`), which never ran as written.
+    let mut planned: Vec<(usize, Analysis)> = Vec::new();
+    let mut refused: Vec<(pg_sys::Oid, String, Vec<Value>)> = Vec::new();
+    for (i, st) in stmts.iter().enumerate() {
+        if let Some(why) = cannot_act_as(st.role) {
+            match refused.iter_mut().find(|(r, _, _)| *r == st.role) {
+                Some((_, _, list)) => list.push(st.json()),
+                None => refused.push((st.role, why, vec![st.json()])),
+            }
+            continue;
+        }
+        match analyze(st, &tables) {
+            Ok(Some(a)) => planned.push((i, a)),
+            Ok(None) => {}
+            Err((PgSqlErrorCode::ERRCODE_INDETERMINATE_DATATYPE, _)) => {}
+            Err((_, e)) => rows.push(not_planned(st, format!("no longer plans: {e}"))),
+        }
+    }
+    for (_, why, list) in refused {
+        rows.push(Row {
+            kind: "not_planned",
+            table: None,
+            definition: None,
+            why: format!("{} statements not planned: {why}", list.len()),
+            statements: list,
+            cost_before: None,
+            cost_after: None,
+            ddl: None,
+        });
+    }
+    // Each use that leaves work: its best candidate (verified one by one where hypopg is,
+    // against the plan EXPLAIN shows today).
+    let names = names(c, &tables);
+    let base: Vec<Option<PlanFacts>> = planned
+        .iter()
+        .map(|(i, _)| hypopg.as_ref().and_then(|_| explained(&stmts[*i], &names)))
+        .collect();
+    let mut chosen: Vec<Chosen> = Vec::new();
+    for (k, (i, a)) in planned.iter().enumerate() {
+        for (table, u) in &a.uses {
+            let t = &tables[table];
+            if !needs_help(&a.with_rls, *table, !u.order.is_empty()) {
+                continue;
+            }
+            let cands = candidates(&t.column, u);
+            let best = match &hypopg {
+                None => Some(cands[0].clone()),
+                Some(h) => {
+                    let Some(today) = base[k].as_ref() else {
+                        continue;
+                    };
+                    let mut best: Option<(f64, Candidate)> = None;
+                    for cand in cands {
+                        let hypo = Hypothetical::create(c, h, &t.qualified, &cand);
+                        if let Some(after) = explained(&stmts[*i], &names) {
+                            if verified(today, &after, hypo.oid)
+                                && best
+                                    .as_ref()
+                                    .is_none_or(|(cost, _)| after.total_cost < *cost)
+                            {
+                                best = Some((after.total_cost, cand));
+                            }
+                        }
+                    }
+                    best.map(|(_, cand)| cand)
+                }
+            };
+            if let Some(cand) = best {
+                chosen.push(Chosen {
+                    table: *table,
+                    cand,
+                    statements: vec![k],
+                });
+            }
+        }
+    }
+    // Merge per table; then all of them at once, hypothetically, for the costs after.
+    let mut proposals: Vec<Chosen> = Vec::new();
+    let mut by_table: Vec<u32> = chosen.iter().map(|x| x.table).collect();
+    by_table.sort_unstable();
+    by_table.dedup();
+    for table in by_table {
+        let of: Vec<&Chosen> = chosen.iter().filter(|x| x.table == table).collect();
+        let cands: Vec<Candidate> = of.iter().map(|x| x.cand.clone()).collect();
+        for (cand, served) in merge(&cands) {
+            let mut statements: Vec<usize> = served
+                .iter()
+                .flat_map(|&s| of[s].statements.clone())
+                .collect();
+            statements.sort_unstable();
+            statements.dedup();
+            proposals.push(Chosen {
+                table,
+                cand,
+                statements,
+            });
+        }
+    }
+    let hypos: Vec<Hypothetical<'_, '_>> = match &hypopg {
+        Some(h) => proposals
+            .iter()
+            .map(|p| Hypothetical::create(c, h, &tables[&p.table].qualified, &p.cand))
+            .collect(),
+        None => Vec::new(),
+    };
+    let after: Vec<Option<PlanFacts>> = planned
+        .iter()
+        .map(|(i, _)| {
+            (!hypos.is_empty())
+                .then(|| explained(&stmts[*i], &names))
+                .flatten()
+        })
+        .collect();
+    for (n, p) in proposals.iter().enumerate() {
+        let t = &tables[&p.table];
+        let used = hypos.get(n).map(|h| h.oid);
+        let served: Vec<usize> = p
+            .statements
+            .iter()
+            .copied()
+            .filter(|&k| {
+                used.is_none_or(|oid| after[k].as_ref().is_some_and(|f| f.indexes.contains(&oid)))
+            })
+            .collect();
+        if served.is_empty() {
+            continue; // another proposal serves these statements better
+        }
+        let cost_today = |k: usize| {
+            base[k]
+                .as_ref()
+                .unwrap_or(&planned[k].1.with_rls)
+                .total_cost
+        };
+        let before: f64 = served.iter().map(|&k| cost_today(k)).sum();
+        let cost_after: Option<f64> = used.map(|_| {
+            served
+                .iter()
+                .filter_map(|&k| after[k].as_ref().map(|f| f.total_cost))
+                .sum()
+        });
+        let statements: Vec<Value> = served
+            .iter()
+            .map(|&k| {
+                let mut v = stmts[planned[k].0].json();
+                v["cost_before"] = json!(cost_today(k).round());
+                v["cost_after"] = json!(after[k].as_ref().map(|f| f.total_cost.round()));
+                v
+            })
+            .collect();
+        let Some((name, rebuild)) = free_name(c, t, &p.cand) else {
+            continue;
+        };
+        if rebuild {
+            rows.push(Row {
+                kind: "rebuild",
+                table: Some(t.name.clone()),
+                definition: Some(definition(&p.cand)),
+                statements: vec![],
+                cost_before: None,
+                cost_after: None,
+                why: format!("index {} was left invalid by a build that failed: dropped, then built again by the next row", quote_ident(&name)),
+                ddl: Some(format!("DROP INDEX CONCURRENTLY IF EXISTS {}.{}", t.namespace, quote_ident(&name))),
+            });
+        }
+        let shape = match p.cand.shape {
+            Shape::TenantLeading => "tenant-leading: each tenant's rows together, found by the policy's tenant_id = ANY (…)".to_string(),
+            Shape::OrderLeading => "order-leading: the statements read the newest rows of every tenant they see, which a tenant-leading index cannot return in order across tenant_id = ANY (…); the tenant is checked from the index".to_string(),
+        };
+        let verified = match &hypopg {
+            Some(_) => format!(
+                "verified with hypopg: estimated cost {before:.0} before, {:.0} after",
+                cost_after.unwrap_or(before)
+            ),
+            None => {
+                "not verified: hypopg is not installed in this database (CREATE EXTENSION hypopg)"
+                    .to_string()
+            }
+        };
+        rows.push(Row {
+            kind: "index",
+            table: Some(t.name.clone()),
+            definition: Some(definition(&p.cand)),
+            statements,
+            cost_before: Some(before),
+            cost_after,
+            why: format!("{} of the application's statements scan or sort {} without it; {shape}; {verified}", served.len(), t.name),
+            ddl: Some(create_ddl(&t.qualified, &name, &p.cand)),
+        });
+    }
+    // Conditions that lose an index only under RLS: not LEAKPROOF.
+    for (i, a) in &planned {
+        let mut seen: Vec<u32> = Vec::new();
+        for (table, _) in &a.uses {
+            if seen.contains(table) {
+                continue;
+            }
+            seen.push(*table);
+            let t = &tables[table];
+            let lost = lost_under_rls(&a.without_rls, &a.with_rls, &t.indexes);
+            let funcs: Vec<&String> = a
+                .leaky
+                .iter()
+                .filter(|(x, _)| x == table)
+                .map(|(_, f)| f)
+                .collect();
+            if lost.is_empty() || funcs.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = lost.iter().map(|o| index_display(c, *o)).collect();
+            let funcs: Vec<String> = funcs.iter().map(|f| f.to_string()).collect();
+            rows.push(Row {
+                kind: "rls_leakproof",
+                table: Some(t.name.clone()),
+                definition: None,
+                statements: vec![stmts[*i].json()],
+                cost_before: Some(a.with_rls.total_cost),
+                cost_after: Some(a.without_rls.total_cost),
+                why: format!(
+                    "without RLS the statement uses index {} of {}; under the policies it cannot, because its condition calls {}, which is not LEAKPROOF: PostgreSQL must apply the policy before such a condition. Rewrite the condition with leakproof operators (equality or range on a column, or on an expression with an index on that expression), or let a tenant-leading index narrow the rows first; do not mark the function LEAKPROOF (its errors and timing can reveal rows of other tenants)",
+                    names.join(", "), t.name, funcs.join(", ")
+                ),
+                ddl: None,
+            });
+        }
+    }
+    // What still reads a tenant table sequentially with every proposal in place.
+    for (k, (i, a)) in planned.iter().enumerate() {
+        let f = after[k].as_ref().unwrap_or(&a.with_rls);
+        let mut scanned = f.seq_scans.clone();
+        scanned.sort_unstable();
+        scanned.dedup();
+        for table in scanned {
+            rows.push(Row {
+                kind: "seq_scan",
+                table: Some(tables[&table].name.clone()),
+                definition: None,
+                statements: vec![stmts[*i].json()],
+                cost_before: Some(a.with_rls.total_cost),
+                cost_after: after[k].as_ref().map(|f| f.total_cost),
+                why: if hypopg.is_some() {
+                    "still a sequential scan with every proposal in place: no index of the shapes advised makes the planner's estimate cheaper (it reads most of the rows its tenants see, or its conditions are not indexable)".into()
+                } else {
+                    "a sequential scan today; without hypopg the proposals are not checked against it".into()
+                },
+                ddl: None,
+            });
+        }
+    }
+    drop(hypos);
+    rows
+}
+
+fn index_display(c: &SpiClient<'_>, oid: u32) -> String {
+    value::<String>(
+        c,
+        "SELECT $1::pg_catalog.oid::pg_catalog.regclass::text",
+        &[pg_sys::Oid::from(oid).into()],
+    )
+    .unwrap_or_else(|| oid.to_string())
+}
+
+// pgrx needs the name!() tuple spelled out in the signature (it rejects a type alias).
+#[allow(clippy::type_complexity)]
+/// Index advice from the application's statements in pg_stat_statements, each proposal
+/// checked with hypopg; apply with `SELECT ddl FROM vital_tenancy.query_advice() WHERE
+/// ddl IS NOT NULL \gexec` or `scripts/migrate --apply-advice`.
+#[pg_extern(volatile)]
+fn query_advice() -> TableIterator<
+    'static,
+    (
+        name!(kind, String),
+        name!(table_name, Option<String>),
+        name!(index_definition, Option<String>),
+        name!(statements, JsonB),
+        name!(cost_before, Option<f64>),
+        name!(cost_after, Option<f64>),
+        name!(why, String),
+        name!(ddl, Option<String>),
+    ),
+> {
+    let rows = Spi::connect(advise);
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.kind.to_string(),
+            r.table,
+            r.definition,
+            JsonB(Value::Array(r.statements)),
+            r.cost_before.map(|v| v.round()),
+            r.cost_after.map(|v| v.round()),
+            r.why,
+            r.ddl,
+        )
+    }))
+}
+
+/// The share of the application's calls on tenant tables (pg_stat_statements) whose
+/// plan today reads no tenant table sequentially; `None` without such calls.
+pub(crate) fn statement_coverage(c: &SpiClient<'_>, schema: &str) -> Option<f64> {
+    let tables = tables(c);
+    let (stmts, _) = statements(c, schema);
+    let calls: Vec<(i64, bool)> = stmts
+        .iter()
+        .filter(|st| cannot_act_as(st.role).is_none())
+        .filter_map(|st| {
+            analyze(st, &tables)
+                .ok()
+                .flatten()
+                .map(|a| (st.calls, a.with_rls.seq_scans.is_empty()))
+        })
+        .collect();
+    coverage(&calls)
+}
+
+/// The share of scans of tenant tables served by an index since the statistics were
+/// reset (pg_stat_user_tables): the fallback without pg_stat_statements.
+pub(crate) fn scan_coverage(c: &SpiClient<'_>) -> Option<f64> {
+    let names: Vec<String> = crate::catalog::tenant_tables(c, &None)
+        .into_iter()
+        .map(|t| t.table)
+        .collect();
+    value::<f64>(
+        c,
+        "SELECT (100.0 * sum(idx_scan) / NULLIF(sum(seq_scan + idx_scan), 0))::float8
+           FROM pg_catalog.pg_stat_user_tables WHERE relid OPERATOR(pg_catalog.=) ANY (SELECT t::pg_catalog.regclass FROM pg_catalog.unnest($1::text[]) t)",
+        &[names.into()],
+    )
+    .map(|v| (v * 100.0).round() / 100.0)
+}
+
+/// Index coverage as the plan means it: the percentage of the application's calls on
+/// tenant tables (pg_stat_statements) that no sequential scan of a tenant table serves.
+#[pg_extern(stable)]
+fn query_coverage() -> Option<f64> {
+    Spi::connect(|c| {
+        let schema = stat_statements_schema(c);
+        statement_coverage(c, &schema)
+    })
+}
+
+/// For `health()`: index coverage and where it was measured.
+pub(crate) fn coverage_document(c: &SpiClient<'_>) -> Value {
+    match schema_of_extension(c, "pg_stat_statements") {
+        Some(schema) => {
+            let v = statement_coverage(c, &schema);
+            json!({"coverage_percent": v, "source": "pg_stat_statements: calls on tenant tables whose plan reads none sequentially",
+                   "target_percent": 95, "meets_target": v.is_none_or(|v| v >= 95.0)})
+        }
+        None => {
+            let v = scan_coverage(c);
+            json!({"coverage_percent": v, "source": "pg_stat_user_tables: index scans of tenant tables over all their scans (pg_stat_statements is not installed)",
+                   "target_percent": 95, "meets_target": v.is_none_or(|v| v >= 95.0)})
+        }
+    }
+}
