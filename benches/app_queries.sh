@@ -189,29 +189,30 @@ coverage() {
 
 # The policy's estimate: rows the planner expects for a tenant's visible prompts (the
 # generic plan, as a pooled request gets it) against the rows there are.
-estimates() {
+estimates() { # tenant names (keys of TENANT)
   echo
   echo "| tenant | prompts visible | planner's estimate (generic plan) | ratio |"
   echo "|---|---:|---:|---:|"
   local t actual est
-  for t in Pharmaceuticals "Digital Health"; do
-    read -r actual est < <(vt_psql -d "${DB}" -tA <<SQL | tr '\n' ' '
+  for t in "$@"; do
+    cat > "${dir}/estimate.sql" <<SQL
 BEGIN;
-SELECT set_config('role', 'vital_tenancy_service', true), set_config('request.headers', '{"x-tenant-id": "${TENANT[$t]}"}', true) \\g /dev/null
+SELECT set_config('role', 'vital_tenancy_service', true), set_config('request.jwt.claims', '{"role": "vital_tenancy_service"}', true), set_config('request.headers', '{"x-tenant-id": "${TENANT[$t]}"}', true) \\g /dev/null
+SELECT vital_tenancy.pre_request() \\g /dev/null
 SET LOCAL plan_cache_mode = force_generic_plan;
 PREPARE est AS SELECT 1 FROM public.prompts;
 SELECT count(*) FROM public.prompts;
 EXPLAIN EXECUTE est;
 ROLLBACK;
 SQL
-)
-    est="$(sed -n 's/.*rows=\([0-9]*\).*/\1/p' <<<"${est}" | head -1)"
+    read -r actual est < <(vt_psql -d "${DB}" -U vt_bench_authenticator -tA -f "${dir}/estimate.sql" | tr '\n' ' '; echo)
+    est="$(grep -o 'rows=[0-9]*' <<<"${est}" | head -1 | cut -d= -f2)"
     echo "| ${t} | ${actual} | ${est} | $(awk -v a="${actual}" -v b="${est}" 'BEGIN {printf "%.2f×", b / a}') |"
   done
 }
 
 round "Before advice: the migrated schema"
-estimates
+estimates Pharmaceuticals "Digital Health"
 # The recorded workload: what the requests above left in pg_stat_statements.
 vt_psql -d "${DB}" -tA -c "SELECT 'statements recorded: ' || count(*) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
 coverage
@@ -223,3 +224,23 @@ log "scripts/migrate --apply-advice"
 bash "${VT_ROOT}/scripts/migrate" "${conn}" --apply-advice >&2
 round "After applying query_advice()"
 coverage
+
+# The policy's estimate across tenant sizes: 97 more tenants, and copies of the prompts
+# spread over them with SaaS skew (the k-th tenant about 1/k of the largest's rows).
+log "97 more tenants with skewed prompt counts, for the estimate across tenant sizes"
+vt_psql -d "${DB}" -q <<SQL
+INSERT INTO public.tenants (id, name, slug, type)
+SELECT ('22222222-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'Tenant ' || g, 'tenant-' || g, 'client'
+  FROM generate_series(1, 97) g ON CONFLICT DO NOTHING;
+CREATE TEMP TABLE src AS SELECT * FROM public.prompts WHERE tenant_id = '${PLATFORM}';
+INSERT INTO public.prompts
+SELECT (pg_catalog.jsonb_populate_record(NULL::public.prompts, pg_catalog.to_jsonb(s) || pg_catalog.jsonb_build_object(
+          'id', gen_random_uuid(), 'name', s.name || ' t' || k,
+          'tenant_id', ('22222222-0000-4000-8000-' || lpad(k::text, 12, '0'))::uuid))).*
+  FROM generate_series(1, 97) k, LATERAL (SELECT * FROM src LIMIT (20000 / k)) s;
+ANALYZE public.prompts;
+SQL
+TENANT[largest]=22222222-0000-4000-8000-000000000001
+TENANT[10th]=22222222-0000-4000-8000-000000000010
+TENANT[97th]=22222222-0000-4000-8000-000000000097
+estimates largest 10th 97th Pharmaceuticals

@@ -1176,7 +1176,9 @@ fn advise(c: &SpiClient<'_>) -> Vec<Row> {
                 continue;
             }
             let names: Vec<String> = lost.iter().map(|o| index_display(c, *o)).collect();
-            let funcs: Vec<String> = funcs.iter().map(|f| f.to_string()).collect();
+            let mut funcs: Vec<String> = funcs.iter().map(|f| f.to_string()).collect();
+            funcs.sort();
+            funcs.dedup();
             rows.push(Row {
                 kind: "rls_leakproof",
                 table: Some(t.name.clone()),

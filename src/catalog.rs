@@ -6,6 +6,7 @@ use crate::logic::ident::quote_ident;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::PgOid;
 
 /// The application's tenants table as an SQL expression (a regclass, NULL when there is
 /// none): the one `ensure_tenants()` recorded, else `public.tenants` where it exists.
@@ -13,13 +14,55 @@ use pgrx::spi::SpiClient;
 pub(crate) const TENANTS_TABLE: &str =
     "COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))";
 
+thread_local! {
+    /// Plans of the extension's own look-ups, kept for the backend's life by their SQL
+    /// text: a tenant request's context resolution runs a dozen of them, and parsing and
+    /// planning each every time cost more than running it. PostgreSQL's plan cache
+    /// revalidates a kept plan after DDL on what it reads, a change of search_path or
+    /// (for a plan under row level security) of the user.
+    static KEPT: std::cell::RefCell<std::collections::HashMap<String, pgrx::spi::OwnedPreparedStatement>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// How many plans `select_kept` keeps before it starts over (queries built around a
+/// table name the caller chose would otherwise accumulate).
+const MAX_KEPT: usize = 64;
+
+/// `c.select(sql, limit, args)` through a plan kept for the backend's life.
+pub(crate) fn select_kept<'c>(
+    c: &SpiClient<'c>,
+    sql: &str,
+    limit: Option<i64>,
+    args: &[DatumWithOid<'_>],
+) -> pgrx::spi::SpiResult<pgrx::spi::SpiTupleTable<'c>> {
+    // Taken out while it runs: the query may call a function of the extension that
+    // comes back here (with this text, it then prepares its own).
+    let kept = KEPT.with(|k| k.borrow_mut().remove(sql));
+    let plan = match kept {
+        Some(plan) => plan,
+        None => {
+            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            c.prepare(sql, &types)?.keep()
+        }
+    };
+    let result = c.select(&plan, limit, args);
+    KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() >= MAX_KEPT {
+            k.clear();
+        }
+        k.entry(sql.to_string()).or_insert(plan);
+    });
+    result
+}
+
 /// The first column of the first row, or `None` when there is no row (or it is NULL).
 pub(crate) fn value<T: FromDatum + IntoDatum>(
     c: &SpiClient<'_>,
     sql: &str,
     args: &[DatumWithOid<'_>],
 ) -> Option<T> {
-    c.select(sql, Some(1), args)
+    select_kept(c, sql, Some(1), args)
         .and_then(|t| {
             if t.is_empty() {
                 Ok(None)

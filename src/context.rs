@@ -327,7 +327,8 @@ pub(crate) fn propagate_to_workers(name: &str, value: &str) {
 pub(crate) fn tenant_exists(table: &str, id: [u8; 16]) -> bool {
     let table = registry_relation(table);
     Spi::connect(|c| {
-        c.select(
+        crate::catalog::select_kept(
+            c,
             &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)"),
             Some(1),
             &[Uuid::from_bytes(id).into()],
@@ -381,7 +382,7 @@ pub(crate) fn tenant_access(table: &str, ids: &[[u8; 16]]) -> Vec<TenantAccess> 
                 "SELECT t.id, NULL::pg_catalog.text, 'read-write'::pg_catalog.text FROM {relation} t WHERE t.id = ANY ($1)"
             ),
         };
-        c.select(&sql, None, &[ids.into()])
+        crate::catalog::select_kept(c, &sql, None, &[ids.into()])
             .or_raise("reading tenant statuses")
             .filter_map(|r| {
                 let id = r.get::<Uuid>(1).ok().flatten()?;
@@ -454,8 +455,8 @@ fn check_tenant(id: [u8; 16], source: &str) -> Result<(bool, bool), Problem> {
 /// the configured table or one of its columns does not exist.
 fn membership_sql() -> Option<(String, String, String)> {
     let row = Spi::connect(|c| {
-        let t = c
-            .select(
+        let t = crate::catalog::select_kept(
+                c,
                 "SELECT m.t::pg_catalog.text, m.u, m.c
                    FROM (SELECT pg_catalog.to_regclass(COALESCE(
                         (SELECT value FROM vital_tenancy.settings WHERE name = 'membership_table'),
@@ -505,7 +506,8 @@ fn check_member(user: [u8; 16], tenant: [u8; 16]) -> Result<(), Problem> {
         });
     };
     let member = Spi::connect(|c| {
-        c.select(
+        crate::catalog::select_kept(
+            c,
             &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {ucol} = $1 AND {tcol} = $2)"),
             Some(1),
             &[
@@ -716,7 +718,10 @@ fn refuse_leftover_session_state(who: &str) {
                                                                       WHEN 'c' THEN 'type' ELSE 'table' END
                                                     || ' ' || pg_catalog.quote_ident(relname), ', ' ORDER BY relname)
                          FROM pg_catalog.pg_class
-                        WHERE relnamespace = pg_catalog.pg_my_temp_schema() AND relkind NOT IN ('i', 'I', 't')
+                        -- (a session that never made a temporary object has no temporary
+                        -- schema: the first condition, free of columns, skips the scan)
+                        WHERE pg_catalog.pg_my_temp_schema() <> 0
+                          AND relnamespace = pg_catalog.pg_my_temp_schema() AND relkind NOT IN ('i', 'I', 't')
                           AND pg_catalog.age(xmin) > 0)), '')",
             &[],
         )
@@ -872,7 +877,7 @@ pub(crate) fn current_user_is_admin() -> bool {
 
 fn query_uuid_array(sql: &str) -> Vec<Uuid> {
     Spi::connect(|c| {
-        c.select(sql, Some(1), &[])
+        crate::catalog::select_kept(c, sql, Some(1), &[])
             .and_then(|t| t.first().get_one::<Vec<Option<Uuid>>>())
             .or_raise("reading tenant ids")
             .unwrap_or_default()
