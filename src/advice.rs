@@ -13,8 +13,8 @@
 use crate::catalog::value;
 use crate::errors::{catching, raise_full, OrRaise};
 use crate::logic::advice::{
-    candidates, coverage, create_ddl, definition, index_name, lost_under_rls, merge, needs_help,
-    scan_counts, verified, Candidate, KeyColumn, PlanFacts, Shape, Use,
+    candidates, coverage, create_ddl, definition, index_name, lost_under_rls, merge_all,
+    needs_help, scan_counts, verified, Candidate, Chosen, KeyColumn, PlanFacts, Shape, Use,
 };
 use crate::logic::ident::quote_ident;
 use pgrx::prelude::*;
@@ -878,12 +878,12 @@ fn utility(sql: &str) -> Option<String> {
 /// A hypothetical index (hypopg), dropped when this goes out of scope.
 struct Hypothetical<'a, 'c> {
     c: &'a SpiClient<'c>,
-    schema: &'a str,
+    schema: String,
     oid: u32,
 }
 
 impl<'a, 'c> Hypothetical<'a, 'c> {
-    fn create(c: &'a SpiClient<'c>, schema: &'a str, table: &str, cand: &Candidate) -> Self {
+    fn create(c: &'a SpiClient<'c>, schema: String, table: &str, cand: &Candidate) -> Self {
         let oid: Option<pg_sys::Oid> = value(
             c,
             &format!("SELECT indexrelid FROM {schema}.hypopg_create_index($1)"),
@@ -907,13 +907,6 @@ impl Drop for Hypothetical<'_, '_> {
     }
 }
 
-/// A chosen candidate: the table, the candidate, and the statements it serves.
-struct Chosen {
-    table: u32,
-    cand: Candidate,
-    statements: Vec<usize>,
-}
-
 /// The name for `cand` on `table`, and whether an invalid index of that name (a build
 /// that failed) must be dropped first; `None` when a valid index of that name exists
 /// (built from this advice before: the name spells the columns), so that applying the
@@ -933,156 +926,150 @@ fn free_name(c: &SpiClient<'_>, table: &Table, cand: &Candidate) -> Option<(Stri
     }
 }
 
-fn not_planned(st: &Statement, why: String) -> Row {
-    Row {
-        kind: "not_planned",
-        table: None,
-        definition: None,
-        statements: vec![st.json()],
-        cost_before: None,
-        cost_after: None,
-        why,
-        ddl: None,
+impl Row {
+    fn new(kind: &'static str, table: Option<String>, why: String) -> Row {
+        Row {
+            kind,
+            table,
+            definition: None,
+            statements: Vec::new(),
+            cost_before: None,
+            cost_after: None,
+            why,
+            ddl: None,
+        }
     }
 }
 
-fn advise(c: &SpiClient<'_>) -> Vec<Row> {
-    let schema = stat_statements_schema(c);
-    let hypopg = schema_of_extension(c, "hypopg");
-    let tables = tables(c);
-    let (stmts, hidden) = statements(c, &schema);
-    let mut rows = Vec::new();
-    if hidden > 0 {
-        rows.push(Row {
-            kind: "not_planned",
-            table: None,
-            definition: None,
-            statements: vec![],
-            cost_before: None,
-            cost_after: None,
-            why: format!("{hidden} statements of other roles are hidden from you: a member of pg_read_all_stats sees their text"),
-            ddl: None,
-        });
-    }
-    // Plan every statement as it runs today. One row per role the caller cannot act as;
-    // one per statement that no longer plans (a dropped table or column, a changed
-    // type), except the texts pg_stat_statements' normalization leaves without a type
-    // for a parameter (`SELECT $1`), which never ran as written.
-    let mut planned: Vec<(usize, Analysis)> = Vec::new();
-    let mut refused: Vec<(pg_sys::Oid, String, Vec<Value>)> = Vec::new();
-    for (i, st) in stmts.iter().enumerate() {
-        if let Some(why) = cannot_act_as(st.role) {
-            match refused.iter_mut().find(|(r, _, _)| *r == st.role) {
-                Some((_, _, list)) => list.push(st.json()),
-                None => refused.push((st.role, why, vec![st.json()])),
-            }
-            continue;
-        }
-        match analyze(st, &tables) {
-            Ok(Some(a)) => planned.push((i, a)),
-            Ok(None) => {}
-            Err((PgSqlErrorCode::ERRCODE_INDETERMINATE_DATATYPE, _)) => {}
-            Err((_, e)) => rows.push(not_planned(st, format!("no longer plans: {e}"))),
-        }
-    }
-    for (_, why, list) in refused {
-        rows.push(Row {
-            kind: "not_planned",
-            table: None,
-            definition: None,
-            why: format!("{} statements not planned: {why}", list.len()),
-            statements: list,
-            cost_before: None,
-            cost_after: None,
-            ddl: None,
-        });
-    }
-    // Each use that leaves work: its best candidate (verified one by one where hypopg is,
-    // against the plan EXPLAIN shows today).
-    let names = names(c, &tables);
-    let base: Vec<Option<PlanFacts>> = planned
-        .iter()
-        .map(|(i, _)| hypopg.as_ref().and_then(|_| explained(&stmts[*i], &names)))
-        .collect();
-    let mut chosen: Vec<Chosen> = Vec::new();
-    for (k, (i, a)) in planned.iter().enumerate() {
-        for (table, u) in &a.uses {
-            let t = &tables[table];
-            if !needs_help(&a.with_rls, *table, !u.order.is_empty()) {
+/// The advice's state: what was read, and each statement's plans.
+struct Advisor<'a, 'c> {
+    c: &'a SpiClient<'c>,
+    hypopg: Option<String>,
+    tables: HashMap<u32, Table>,
+    names: Names,
+    stmts: Vec<Statement>,
+    /// (position in `stmts`, its analysis), for the statements that plan.
+    planned: Vec<(usize, Analysis)>,
+    /// The plan EXPLAIN shows today (with hypopg), per planned statement.
+    base: Vec<Option<PlanFacts>>,
+}
+
+impl<'a, 'c> Advisor<'a, 'c> {
+    /// Plan every statement as it runs today. One row per role the caller cannot act
+    /// as; one per statement that no longer plans (a dropped table or column, a changed
+    /// type), except the texts pg_stat_statements' normalization leaves without a type
+    /// for a parameter (`SELECT $1`), which never ran as written.
+    fn plan_all(&mut self, rows: &mut Vec<Row>) {
+        let mut refused: Vec<(pg_sys::Oid, String, Vec<Value>)> = Vec::new();
+        for (i, st) in self.stmts.iter().enumerate() {
+            if let Some(why) = cannot_act_as(st.role) {
+                match refused.iter_mut().find(|(r, _, _)| *r == st.role) {
+                    Some((_, _, list)) => list.push(st.json()),
+                    None => refused.push((st.role, why, vec![st.json()])),
+                }
                 continue;
             }
-            let cands = candidates(&t.column, u);
-            let best = match &hypopg {
-                None => Some(cands[0].clone()),
-                Some(h) => {
-                    let Some(today) = base[k].as_ref() else {
+            match analyze(st, &self.tables) {
+                Ok(Some(a)) => self.planned.push((i, a)),
+                Ok(None) => {}
+                Err((PgSqlErrorCode::ERRCODE_INDETERMINATE_DATATYPE, _)) => {}
+                Err((_, e)) => {
+                    let mut row = Row::new("not_planned", None, format!("no longer plans: {e}"));
+                    row.statements = vec![st.json()];
+                    rows.push(row);
+                }
+            }
+        }
+        for (_, why, list) in refused {
+            let mut row = Row::new(
+                "not_planned",
+                None,
+                format!("{} statements not planned: {why}", list.len()),
+            );
+            row.statements = list;
+            rows.push(row);
+        }
+        self.base = (0..self.planned.len()).map(|k| self.explain(k)).collect();
+    }
+
+    /// The plan of planned statement `k` with the hypothetical indexes of the moment.
+    fn explain(&self, k: usize) -> Option<PlanFacts> {
+        self.hypopg.as_ref()?;
+        explained(&self.stmts[self.planned[k].0], &self.names)
+    }
+
+    fn hypothetical(&self, table: u32, cand: &Candidate) -> Option<Hypothetical<'a, 'c>> {
+        let h = self.hypopg.clone()?;
+        Some(Hypothetical::create(
+            self.c,
+            h,
+            &self.tables[&table].qualified,
+            cand,
+        ))
+    }
+
+    /// For each use of a tenant table whose plan leaves work, its best candidate:
+    /// verified one by one where hypopg is, else the tenant-leading one unverified.
+    fn choose(&self) -> Vec<Chosen> {
+        let mut chosen = Vec::new();
+        for (k, (_, a)) in self.planned.iter().enumerate() {
+            for (table, u) in &a.uses {
+                if !needs_help(&a.with_rls, *table, !u.order.is_empty()) {
+                    continue;
+                }
+                let cands = candidates(&self.tables[table].column, u);
+                let best = if self.hypopg.is_none() {
+                    cands.into_iter().next()
+                } else {
+                    let Some(today) = self.base[k].as_ref() else {
                         continue;
                     };
                     let mut best: Option<(f64, Candidate)> = None;
                     for cand in cands {
-                        let hypo = Hypothetical::create(c, h, &t.qualified, &cand);
-                        if let Some(after) = explained(&stmts[*i], &names) {
-                            if verified(today, &after, hypo.oid)
-                                && best
-                                    .as_ref()
-                                    .is_none_or(|(cost, _)| after.total_cost < *cost)
-                            {
-                                best = Some((after.total_cost, cand));
-                            }
+                        let Some(hypo) = self.hypothetical(*table, &cand) else {
+                            continue;
+                        };
+                        let Some(after) = self.explain(k) else {
+                            continue;
+                        };
+                        if verified(today, &after, hypo.oid)
+                            && best.as_ref().is_none_or(|(c, _)| after.total_cost < *c)
+                        {
+                            best = Some((after.total_cost, cand));
                         }
                     }
                     best.map(|(_, cand)| cand)
+                };
+                if let Some(cand) = best {
+                    chosen.push(Chosen {
+                        table: *table,
+                        cand,
+                        statements: vec![k],
+                    });
                 }
-            };
-            if let Some(cand) = best {
-                chosen.push(Chosen {
-                    table: *table,
-                    cand,
-                    statements: vec![k],
-                });
             }
         }
+        chosen
     }
-    // Merge per table; then all of them at once, hypothetically, for the costs after.
-    let mut proposals: Vec<Chosen> = Vec::new();
-    let mut by_table: Vec<u32> = chosen.iter().map(|x| x.table).collect();
-    by_table.sort_unstable();
-    by_table.dedup();
-    for table in by_table {
-        let of: Vec<&Chosen> = chosen.iter().filter(|x| x.table == table).collect();
-        let cands: Vec<Candidate> = of.iter().map(|x| x.cand.clone()).collect();
-        for (cand, served) in merge(&cands) {
-            let mut statements: Vec<usize> = served
-                .iter()
-                .flat_map(|&s| of[s].statements.clone())
-                .collect();
-            statements.sort_unstable();
-            statements.dedup();
-            proposals.push(Chosen {
-                table,
-                cand,
-                statements,
-            });
-        }
+
+    fn cost_today(&self, k: usize) -> f64 {
+        self.base[k]
+            .as_ref()
+            .unwrap_or(&self.planned[k].1.with_rls)
+            .total_cost
     }
-    let hypos: Vec<Hypothetical<'_, '_>> = match &hypopg {
-        Some(h) => proposals
-            .iter()
-            .map(|p| Hypothetical::create(c, h, &tables[&p.table].qualified, &p.cand))
-            .collect(),
-        None => Vec::new(),
-    };
-    let after: Vec<Option<PlanFacts>> = planned
-        .iter()
-        .map(|(i, _)| {
-            (!hypos.is_empty())
-                .then(|| explained(&stmts[*i], &names))
-                .flatten()
-        })
-        .collect();
-    for (n, p) in proposals.iter().enumerate() {
-        let t = &tables[&p.table];
-        let used = hypos.get(n).map(|h| h.oid);
+
+    /// The rows of one proposal (a `rebuild` row first where a failed build left its
+    /// index invalid); none when hypopg shows no statement using it (another proposal
+    /// serves them better) or it was built before.
+    fn proposal_rows(
+        &self,
+        p: &Chosen,
+        used: Option<u32>,
+        after: &[Option<PlanFacts>],
+        rows: &mut Vec<Row>,
+    ) {
+        let t = &self.tables[&p.table];
         let served: Vec<usize> = p
             .statements
             .iter()
@@ -1092,132 +1079,172 @@ fn advise(c: &SpiClient<'_>) -> Vec<Row> {
             })
             .collect();
         if served.is_empty() {
-            continue; // another proposal serves these statements better
+            return;
         }
-        let cost_today = |k: usize| {
-            base[k]
-                .as_ref()
-                .unwrap_or(&planned[k].1.with_rls)
-                .total_cost
+        let Some((name, rebuild)) = free_name(self.c, t, &p.cand) else {
+            return;
         };
-        let before: f64 = served.iter().map(|&k| cost_today(k)).sum();
+        let before: f64 = served.iter().map(|&k| self.cost_today(k)).sum();
         let cost_after: Option<f64> = used.map(|_| {
             served
                 .iter()
                 .filter_map(|&k| after[k].as_ref().map(|f| f.total_cost))
                 .sum()
         });
-        let statements: Vec<Value> = served
-            .iter()
-            .map(|&k| {
-                let mut v = stmts[planned[k].0].json();
-                v["cost_before"] = json!(cost_today(k).round());
-                v["cost_after"] = json!(after[k].as_ref().map(|f| f.total_cost.round()));
-                v
-            })
-            .collect();
-        let Some((name, rebuild)) = free_name(c, t, &p.cand) else {
-            continue;
-        };
         if rebuild {
-            rows.push(Row {
-                kind: "rebuild",
-                table: Some(t.name.clone()),
-                definition: Some(definition(&p.cand)),
-                statements: vec![],
-                cost_before: None,
-                cost_after: None,
-                why: format!("index {} was left invalid by a build that failed: dropped, then built again by the next row", quote_ident(&name)),
-                ddl: Some(format!("DROP INDEX CONCURRENTLY IF EXISTS {}.{}", t.namespace, quote_ident(&name))),
-            });
+            let mut row = Row::new(
+                "rebuild",
+                Some(t.name.clone()),
+                format!("index {} was left invalid by a build that failed: dropped, then built again by the next row", quote_ident(&name)),
+            );
+            row.definition = Some(definition(&p.cand));
+            row.ddl = Some(format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
+                t.namespace,
+                quote_ident(&name)
+            ));
+            rows.push(row);
         }
         let shape = match p.cand.shape {
-            Shape::TenantLeading => "tenant-leading: each tenant's rows together, found by the policy's tenant_id = ANY (…)".to_string(),
-            Shape::OrderLeading => "order-leading: the statements read the newest rows of every tenant they see, which a tenant-leading index cannot return in order across tenant_id = ANY (…); the tenant is checked from the index".to_string(),
+            Shape::TenantLeading => "tenant-leading: each tenant's rows together, found by the policy's tenant_id = ANY (…)",
+            Shape::OrderLeading => "order-leading: the statements read the newest rows of every tenant they see, which a tenant-leading index cannot return in order across tenant_id = ANY (…); the tenant is checked from the index",
         };
-        let verified = match &hypopg {
-            Some(_) => format!(
-                "verified with hypopg: estimated cost {before:.0} before, {:.0} after",
-                cost_after.unwrap_or(before)
-            ),
+        let verified = match cost_after {
+            Some(a) => {
+                format!("verified with hypopg: estimated cost {before:.0} before, {a:.0} after")
+            }
             None => {
                 "not verified: hypopg is not installed in this database (CREATE EXTENSION hypopg)"
                     .to_string()
             }
         };
-        rows.push(Row {
-            kind: "index",
-            table: Some(t.name.clone()),
-            definition: Some(definition(&p.cand)),
-            statements,
-            cost_before: Some(before),
-            cost_after,
-            why: format!("{} of the application's statements scan or sort {} without it; {shape}; {verified}", served.len(), t.name),
-            ddl: Some(create_ddl(&t.qualified, &name, &p.cand)),
-        });
+        let mut row = Row::new(
+            "index",
+            Some(t.name.clone()),
+            format!(
+                "{} of the application's statements scan or sort {} without it; {shape}; {verified}",
+                served.len(),
+                t.name
+            ),
+        );
+        row.definition = Some(definition(&p.cand));
+        row.statements = served
+            .iter()
+            .map(|&k| {
+                let mut v = self.stmts[self.planned[k].0].json();
+                v["cost_before"] = json!(self.cost_today(k).round());
+                v["cost_after"] = json!(after[k].as_ref().map(|f| f.total_cost.round()));
+                v
+            })
+            .collect();
+        row.cost_before = Some(before);
+        row.cost_after = cost_after;
+        row.ddl = Some(create_ddl(&t.qualified, &name, &p.cand));
+        rows.push(row);
     }
-    // Conditions that lose an index only under RLS: not LEAKPROOF.
-    for (i, a) in &planned {
-        let mut seen: Vec<u32> = Vec::new();
-        for (table, _) in &a.uses {
-            if seen.contains(table) {
-                continue;
+
+    /// Conditions that lose an index only under RLS because they are not LEAKPROOF.
+    fn leak_rows(&self, rows: &mut Vec<Row>) {
+        for (i, a) in &self.planned {
+            let mut seen: Vec<u32> = Vec::new();
+            for (table, _) in &a.uses {
+                if seen.contains(table) {
+                    continue;
+                }
+                seen.push(*table);
+                let t = &self.tables[table];
+                let lost = lost_under_rls(&a.without_rls, &a.with_rls, &t.indexes);
+                let mut funcs: Vec<String> = a
+                    .leaky
+                    .iter()
+                    .filter(|(x, _)| x == table)
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                funcs.sort();
+                funcs.dedup();
+                if lost.is_empty() || funcs.is_empty() {
+                    continue;
+                }
+                let names: Vec<String> = lost.iter().map(|o| index_display(self.c, *o)).collect();
+                let mut row = Row::new(
+                    "rls_leakproof",
+                    Some(t.name.clone()),
+                    format!(
+                        "without RLS the statement uses index {} of {}; under the policies it cannot, because its condition calls {}, which is not LEAKPROOF: PostgreSQL must apply the policy before such a condition. Rewrite the condition with leakproof operators (equality or range on a column, or on an expression with an index on that expression), or let a tenant-leading index narrow the rows first; do not mark the function LEAKPROOF (its errors and timing can reveal rows of other tenants)",
+                        names.join(", "), t.name, funcs.join(", ")
+                    ),
+                );
+                row.statements = vec![self.stmts[*i].json()];
+                row.cost_before = Some(a.with_rls.total_cost);
+                row.cost_after = Some(a.without_rls.total_cost);
+                rows.push(row);
             }
-            seen.push(*table);
-            let t = &tables[table];
-            let lost = lost_under_rls(&a.without_rls, &a.with_rls, &t.indexes);
-            let funcs: Vec<&String> = a
-                .leaky
-                .iter()
-                .filter(|(x, _)| x == table)
-                .map(|(_, f)| f)
-                .collect();
-            if lost.is_empty() || funcs.is_empty() {
-                continue;
-            }
-            let names: Vec<String> = lost.iter().map(|o| index_display(c, *o)).collect();
-            let mut funcs: Vec<String> = funcs.iter().map(|f| f.to_string()).collect();
-            funcs.sort();
-            funcs.dedup();
-            rows.push(Row {
-                kind: "rls_leakproof",
-                table: Some(t.name.clone()),
-                definition: None,
-                statements: vec![stmts[*i].json()],
-                cost_before: Some(a.with_rls.total_cost),
-                cost_after: Some(a.without_rls.total_cost),
-                why: format!(
-                    "without RLS the statement uses index {} of {}; under the policies it cannot, because its condition calls {}, which is not LEAKPROOF: PostgreSQL must apply the policy before such a condition. Rewrite the condition with leakproof operators (equality or range on a column, or on an expression with an index on that expression), or let a tenant-leading index narrow the rows first; do not mark the function LEAKPROOF (its errors and timing can reveal rows of other tenants)",
-                    names.join(", "), t.name, funcs.join(", ")
-                ),
-                ddl: None,
-            });
         }
     }
-    // What still reads a tenant table sequentially with every proposal in place.
-    for (k, (i, a)) in planned.iter().enumerate() {
-        let f = after[k].as_ref().unwrap_or(&a.with_rls);
-        let mut scanned = f.seq_scans.clone();
-        scanned.sort_unstable();
-        scanned.dedup();
-        for table in scanned {
-            rows.push(Row {
-                kind: "seq_scan",
-                table: Some(tables[&table].name.clone()),
-                definition: None,
-                statements: vec![stmts[*i].json()],
-                cost_before: Some(a.with_rls.total_cost),
-                cost_after: after[k].as_ref().map(|f| f.total_cost),
-                why: if hypopg.is_some() {
-                    "still a sequential scan with every proposal in place: no index of the shapes advised makes the planner's estimate cheaper (it reads most of the rows its tenants see, or its conditions are not indexable)".into()
+
+    /// What still reads a tenant table sequentially with every proposal in place.
+    fn seq_rows(&self, after: &[Option<PlanFacts>], rows: &mut Vec<Row>) {
+        for (k, (i, a)) in self.planned.iter().enumerate() {
+            let mut scanned = after[k].as_ref().unwrap_or(&a.with_rls).seq_scans.clone();
+            scanned.sort_unstable();
+            scanned.dedup();
+            for table in scanned {
+                let why = if self.hypopg.is_some() {
+                    "still a sequential scan with every proposal in place: no index of the shapes advised makes the planner's estimate cheaper (it reads most of the rows its tenants see, or its conditions are not indexable)"
                 } else {
-                    "a sequential scan today; without hypopg the proposals are not checked against it".into()
-                },
-                ddl: None,
-            });
+                    "a sequential scan today; without hypopg the proposals are not checked against it"
+                };
+                let mut row = Row::new(
+                    "seq_scan",
+                    Some(self.tables[&table].name.clone()),
+                    why.into(),
+                );
+                row.statements = vec![self.stmts[*i].json()];
+                row.cost_before = Some(a.with_rls.total_cost);
+                row.cost_after = after[k].as_ref().map(|f| f.total_cost);
+                rows.push(row);
+            }
         }
+    }
+}
+
+fn advise(c: &SpiClient<'_>) -> Vec<Row> {
+    let schema = stat_statements_schema(c);
+    let tables = tables(c);
+    let (stmts, hidden) = statements(c, &schema);
+    let mut a = Advisor {
+        c,
+        hypopg: schema_of_extension(c, "hypopg"),
+        names: names(c, &tables),
+        tables,
+        stmts,
+        planned: Vec::new(),
+        base: Vec::new(),
+    };
+    let mut rows = Vec::new();
+    if hidden > 0 {
+        rows.push(Row::new(
+            "not_planned",
+            None,
+            format!("{hidden} statements of other roles are hidden from you: a member of pg_read_all_stats sees their text"),
+        ));
+    }
+    a.plan_all(&mut rows);
+    // Merged per table; then all of them at once, hypothetically, for the costs after.
+    let proposals = merge_all(&a.choose());
+    let hypos: Vec<Hypothetical<'_, '_>> = proposals
+        .iter()
+        .filter_map(|p| a.hypothetical(p.table, &p.cand))
+        .collect();
+    let after: Vec<Option<PlanFacts>> = (0..a.planned.len())
+        .map(|k| (!hypos.is_empty()).then(|| a.explain(k)).flatten())
+        .collect();
+    for (n, p) in proposals.iter().enumerate() {
+        a.proposal_rows(p, hypos.get(n).map(|h| h.oid), &after, &mut rows);
     }
     drop(hypos);
+    a.leak_rows(&mut rows);
+    a.seq_rows(&after, &mut rows);
     rows
 }
 

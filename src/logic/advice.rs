@@ -170,6 +170,41 @@ pub fn merge(chosen: &[Candidate]) -> Vec<(Candidate, Vec<usize>)> {
     kept
 }
 
+/// A candidate chosen for one table, with the statements (their positions) it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    pub table: u32,
+    pub cand: Candidate,
+    pub statements: Vec<usize>,
+}
+
+/// Merge the candidates chosen over all tables: per table, those one index serves
+/// fold into it (`merge`), with the union of their statements. Tables in OID order.
+pub fn merge_all(chosen: &[Chosen]) -> Vec<Chosen> {
+    let mut tables: Vec<u32> = chosen.iter().map(|x| x.table).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    let mut out = Vec::new();
+    for table in tables {
+        let of: Vec<&Chosen> = chosen.iter().filter(|x| x.table == table).collect();
+        let cands: Vec<Candidate> = of.iter().map(|x| x.cand.clone()).collect();
+        for (cand, served) in merge(&cands) {
+            let mut statements: Vec<usize> = served
+                .iter()
+                .flat_map(|&s| of[s].statements.clone())
+                .collect();
+            statements.sort_unstable();
+            statements.dedup();
+            out.push(Chosen {
+                table,
+                cand,
+                statements,
+            });
+        }
+    }
+    out
+}
+
 /// `(key…) [WHERE …]`, as `CREATE INDEX` takes it after the table.
 pub fn definition(c: &Candidate) -> String {
     let cols: Vec<String> = c.key.iter().map(KeyColumn::render).collect();
@@ -363,6 +398,48 @@ mod tests {
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].0, page);
         assert_eq!(merged[0].1, vec![0, 1]);
+    }
+
+    #[test]
+    fn merging_over_tables_unions_the_statements() {
+        let page = candidates("tenant_id", &page()).remove(0);
+        let count = candidates(
+            "tenant_id",
+            &Use {
+                equal: vec!["status".into()],
+                ..Use::default()
+            },
+        )
+        .remove(0);
+        let chosen = vec![
+            Chosen {
+                table: 9,
+                cand: count.clone(),
+                statements: vec![2],
+            },
+            Chosen {
+                table: 7,
+                cand: count.clone(),
+                statements: vec![0],
+            },
+            Chosen {
+                table: 9,
+                cand: page.clone(),
+                statements: vec![1, 2],
+            },
+        ];
+        let merged = merge_all(&chosen);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(
+            (merged[0].table, merged[0].statements.clone()),
+            (7, vec![0])
+        );
+        assert_eq!(merged[1].table, 9);
+        assert_eq!(
+            merged[1].cand, page,
+            "the page's index serves the count too"
+        );
+        assert_eq!(merged[1].statements, vec![1, 2]);
     }
 
     #[test]
