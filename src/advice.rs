@@ -899,6 +899,11 @@ impl<'a, 'c> Hypothetical<'a, 'c> {
 
 impl Drop for Hypothetical<'_, '_> {
     fn drop(&mut self) {
+        // On the way out of an ERROR (a cancel, a timeout) no more SQL may run here; the
+        // hypothetical index then stays in this session, where only EXPLAIN sees it.
+        if std::thread::panicking() {
+            return;
+        }
         let _ = self.c.select(
             &format!("SELECT {}.hypopg_drop_index($1)", self.schema),
             None,

@@ -19,7 +19,7 @@ fn setup(tag: &str) -> (FixtureDb, Client, bool) {
     let (db, mut dba) = FixtureDb::migrated(tag);
     let hypopg = server_has_library("hypopg");
     if !hypopg {
-        eprintln!("SKIPPED query_advice's hypopg checks on this major: hypopg is not installed for this server (the advice is checked unverified)");
+        eprintln!("SKIPPED advice tests, their hypopg part: hypopg is not installed for this server (the advice is checked unverified)");
     }
     // Roles are cluster-wide: one test at a time creates them, in its own transaction.
     dba.batch_execute(
