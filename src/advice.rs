@@ -883,17 +883,24 @@ struct Hypothetical<'a, 'c> {
 }
 
 impl<'a, 'c> Hypothetical<'a, 'c> {
-    fn create(c: &'a SpiClient<'c>, schema: String, table: &str, cand: &Candidate) -> Self {
-        let oid: Option<pg_sys::Oid> = value(
-            c,
-            &format!("SELECT indexrelid FROM {schema}.hypopg_create_index($1)"),
-            &[format!("CREATE INDEX ON {table} {}", definition(cand)).into()],
-        );
-        Hypothetical {
+    /// `None` when hypopg refuses it (a table kind or definition it cannot simulate):
+    /// that candidate is then not verified, and the rest of the advice goes on.
+    fn create(c: &'a SpiClient<'c>, schema: String, table: &str, cand: &Candidate) -> Option<Self> {
+        let sql = format!("SELECT indexrelid FROM {schema}.hypopg_create_index($1)");
+        let ddl = format!("CREATE INDEX ON {table} {}", definition(cand));
+        let oid = catching(|| {
+            c.select(&sql, Some(1), &[ddl.as_str().into()])
+                .and_then(|t| t.first().get_one::<pg_sys::Oid>())
+                .ok()
+                .flatten()
+        })
+        .ok()
+        .flatten()?;
+        Some(Hypothetical {
             c,
             schema,
-            oid: oid.map(|o| o.to_u32()).unwrap_or(0),
-        }
+            oid: oid.to_u32(),
+        })
     }
 }
 
@@ -1005,12 +1012,7 @@ impl<'a, 'c> Advisor<'a, 'c> {
 
     fn hypothetical(&self, table: u32, cand: &Candidate) -> Option<Hypothetical<'a, 'c>> {
         let h = self.hypopg.clone()?;
-        Some(Hypothetical::create(
-            self.c,
-            h,
-            &self.tables[&table].qualified,
-            cand,
-        ))
+        Hypothetical::create(self.c, h, &self.tables[&table].qualified, cand)
     }
 
     /// For each use of a tenant table whose plan leaves work, its best candidate:

@@ -93,7 +93,9 @@ pub fn reading_rows<R>(f: impl FnOnce() -> R) -> R {
 /// Run `f` inside an internal subtransaction that is always rolled back, so whatever
 /// `f` set (settings, the user id, catalog caches) is undone; a PostgreSQL ERROR raised
 /// inside is caught and returned as its SQLSTATE and message instead of aborting the
-/// caller. `f` must not use SPI and must return Rust-owned values only.
+/// caller. `f` may run SPI on a connection opened outside it (as a PL/pgSQL exception
+/// block does; what it fetched inside is freed with the subtransaction) and must return
+/// Rust-owned values only.
 pub fn catching<T>(f: impl FnOnce() -> T) -> Result<T, (PgSqlErrorCode, String)> {
     use pgrx::pg_sys::panic::CaughtError;
     // SAFETY: the protocol PL/pgSQL's exception blocks follow: remember the memory
