@@ -10,9 +10,14 @@ use pgrx::PgOid;
 
 /// The application's tenants table as an SQL expression (a regclass, NULL when there is
 /// none): the one `ensure_tenants()` recorded, else `public.tenants` where it exists.
-/// The one definition of that fallback.
+/// The one definition of that fallback. (What `vital_tenancy.tenants_table()` returns,
+/// read inline: that function pins its search_path, so PostgreSQL cannot inline it,
+/// and every tenant request paid for the call twice. The recorded name is always
+/// schema-qualified, so it resolves the same under any search_path.)
 pub(crate) const TENANTS_TABLE: &str =
-    "COALESCE(vital_tenancy.tenants_table(), pg_catalog.to_regclass('public.tenants'))";
+    "COALESCE((SELECT pg_catalog.to_regclass(s.value) FROM vital_tenancy.settings s
+                WHERE s.name OPERATOR(pg_catalog.=) 'tenants_table'),
+              pg_catalog.to_regclass('public.tenants'))";
 
 thread_local! {
     /// Plans of the extension's own look-ups, kept for the backend's life by their SQL
