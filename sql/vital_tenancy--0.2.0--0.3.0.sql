@@ -229,9 +229,11 @@ CREATE FUNCTION vital_tenancy.query_advice() RETURNS TABLE (
     kind text, table_name text, index_definition text, statements jsonb,
     cost_before double precision, cost_after double precision, why text, ddl text)
     STRICT VOLATILE
+    SET search_path = pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'query_advice_wrapper';
 CREATE FUNCTION vital_tenancy.query_coverage() RETURNS double precision
     STRICT STABLE
+    SET search_path = pg_catalog, pg_temp
     LANGUAGE c AS 'MODULE_PATHNAME', 'query_coverage_wrapper';
 COMMENT ON FUNCTION vital_tenancy.query_advice() IS
     'Index advice from the application''s statements in pg_stat_statements: each planned as the role that ran it, under its policies and without them (parsed and planned only, never run); tenant-leading (or, for a page of the newest rows, order-leading) indexes where a plan scans or sorts a tenant table, each checked with hypopg (cost before and after). Rows: index (ddl: CREATE INDEX CONCURRENTLY IF NOT EXISTS), rebuild (ddl: drop an invalid index first), rls_leakproof (a condition that loses an index only under RLS), seq_scan (still scanned), not_planned (why). Apply with SELECT ddl FROM vital_tenancy.query_advice() WHERE ddl IS NOT NULL \gexec or scripts/migrate --apply-advice. Not executable by PUBLIC.';

@@ -1270,6 +1270,7 @@ fn index_display(c: &SpiClient<'_>, oid: u32) -> String {
 /// checked with hypopg; apply with `SELECT ddl FROM vital_tenancy.query_advice() WHERE
 /// ddl IS NOT NULL \gexec` or `scripts/migrate --apply-advice`.
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn query_advice() -> TableIterator<
     'static,
     (
@@ -1335,6 +1336,7 @@ pub(crate) fn scan_coverage(c: &SpiClient<'_>) -> Option<f64> {
 /// Index coverage as the plan means it: the percentage of the application's calls on
 /// tenant tables (pg_stat_statements) that no sequential scan of a tenant table serves.
 #[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
 fn query_coverage() -> Option<f64> {
     Spi::connect(|c| {
         let schema = stat_statements_schema(c);

@@ -121,7 +121,7 @@ fn advice_is_verified_applied_online_and_serves_the_applications_reads() {
     let index: Vec<&Advice> = rows.iter().filter(|a| a.kind == "index").collect();
     let prompts: Vec<&&Advice> = index
         .iter()
-        .filter(|a| a.table.as_deref() == Some("prompts"))
+        .filter(|a| a.table.as_deref() == Some("public.prompts"))
         .collect();
     assert!(
         !prompts.is_empty(),
