@@ -52,9 +52,12 @@ struct Table {
     /// Schema-qualified and quoted, whatever the search_path (for DDL).
     qualified: String,
     relname: String,
+    /// The schema as named in the catalog, and quoted for SQL.
+    schema: String,
     namespace: String,
     column: String,
-    indexes: Vec<u32>,
+    /// (name, OID) of each of its indexes.
+    indexes: Vec<(String, u32)>,
     /// Read whole by PostgreSQL whatever its indexes (`logic::advice::scan_counts`).
     small: bool,
 }
@@ -141,36 +144,53 @@ fn statements(c: &SpiClient<'_>, schema: &str) -> (Vec<Statement>, i64) {
 /// The tables with a tenant column, by OID, with their indexes.
 fn tables(c: &SpiClient<'_>) -> HashMap<u32, Table> {
     let list = crate::catalog::tenant_tables(c, &None);
+    let names: Vec<String> = list.iter().map(|t| t.table.clone()).collect();
+    let rows = c
+        .select(
+            "SELECT t.n, x.oid, x.relname::text, n.nspname::text, pg_catalog.quote_ident(n.nspname),
+                    ARRAY(SELECT i.indexrelid FROM pg_catalog.pg_index i
+                           WHERE i.indrelid OPERATOR(pg_catalog.=) x.oid ORDER BY i.indexrelid),
+                    ARRAY(SELECT ic.relname::text FROM pg_catalog.pg_index i
+                            JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid
+                           WHERE i.indrelid OPERATOR(pg_catalog.=) x.oid ORDER BY i.indexrelid),
+                    (pg_catalog.pg_relation_size(x.oid) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8)
+               FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY t(name, n)
+               JOIN pg_catalog.pg_class x ON x.oid OPERATOR(pg_catalog.=) t.name::pg_catalog.regclass
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) x.relnamespace",
+            None,
+            &[names.into()],
+        )
+        .or_raise("reading the tenant tables");
     let mut out = HashMap::new();
-    for t in list {
-        let row = c
-            .select(
-                "SELECT x.oid, x.relname::text, pg_catalog.quote_ident(n.nspname),
-                        ARRAY(SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) x.oid),
-                        (pg_catalog.pg_relation_size(x.oid) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::pg_catalog.int8)
-                   FROM pg_catalog.pg_class x JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) x.relnamespace
-                  WHERE x.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
-                Some(1),
-                &[t.table.as_str().into()],
-            )
-            .or_raise("reading a tenant table");
-        let Some(r) = row.into_iter().next() else {
+    for r in rows {
+        let Some(t) = r
+            .get::<i64>(1)
+            .ok()
+            .flatten()
+            .and_then(|n| list.get((n - 1) as usize))
+        else {
             continue;
         };
-        let oid: pg_sys::Oid = r.get(1).ok().flatten().unwrap_or(pg_sys::InvalidOid);
-        let indexes: Vec<pg_sys::Oid> = r.get(4).ok().flatten().unwrap_or_default();
-        let relname: String = r.get(2).ok().flatten().unwrap_or_default();
-        let namespace: String = r.get(3).ok().flatten().unwrap_or_default();
+        let oid: pg_sys::Oid = r.get(2).ok().flatten().unwrap_or(pg_sys::InvalidOid);
+        let relname: String = r.get(3).ok().flatten().unwrap_or_default();
+        let schema: String = r.get(4).ok().flatten().unwrap_or_default();
+        let namespace: String = r.get(5).ok().flatten().unwrap_or_default();
+        let indexes: Vec<pg_sys::Oid> = r.get(6).ok().flatten().unwrap_or_default();
+        let index_names: Vec<String> = r.get(7).ok().flatten().unwrap_or_default();
         out.insert(
             oid.to_u32(),
             Table {
-                name: t.table,
+                name: t.table.clone(),
                 qualified: format!("{namespace}.{}", quote_ident(&relname)),
                 relname,
+                schema,
                 namespace,
-                column: t.raw_column,
-                indexes: indexes.into_iter().map(|o| o.to_u32()).collect(),
-                small: !scan_counts(r.get::<i64>(5).ok().flatten().unwrap_or(0)),
+                column: t.raw_column.clone(),
+                indexes: index_names
+                    .into_iter()
+                    .zip(indexes.into_iter().map(|o| o.to_u32()))
+                    .collect(),
+                small: !scan_counts(r.get::<i64>(8).ok().flatten().unwrap_or(0)),
             },
         );
     }
@@ -212,37 +232,63 @@ fn analyze(
             "its text holds a NUL byte".to_string(),
         )
     })?;
-    let search_path = unsafe {
-        // SAFETY: a setting's reset value: the session's own default, not the one this
-        // function pins (the application's unqualified names resolve as they did).
-        CStr::from_ptr(pg_sys::GetConfigOptionResetString(c"search_path".as_ptr())).to_owned()
-    };
-    let run = || unsafe {
-        // SAFETY: the statement is parsed, analyzed and planned as PostgreSQL's own
-        // PREPARE would, as its role, in the subtransaction `catching` rolls back; the
-        // user id is restored on both paths.
+    catching(|| {
+        as_role(st.role, |local| {
+            restrict(st.role, local);
+            // SAFETY: the statement is parsed, analyzed and planned as PostgreSQL's own
+            // PREPARE would, never executed.
+            unsafe { plan_statement(query.as_ptr(), tables) }
+        })
+    })
+}
+
+/// Run `f` as `role` the way ANALYZE runs code as a table's owner
+/// (`SECURITY_LOCAL_USERID_CHANGE`: no SET ROLE or SET SESSION AUTHORIZATION inside),
+/// with the session's default search_path (what `RESET` gives, not the one this
+/// extension's functions pin: the application's unqualified names resolve as they do
+/// for it); `f` gets that security context, to `restrict` further. The user id is
+/// restored on both paths; call it inside `catching`, whose rollback undoes the setting.
+fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce(i32) -> T) -> T {
+    // SAFETY: the user id and security context are saved, set and restored around `f`;
+    // the search_path is set at the subtransaction's level.
+    unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            st.role,
-            saved_context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        PgTryBuilder::new(|| {
-            pg_sys::SetConfigOption(
-                c"search_path".as_ptr(),
-                search_path.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-            );
-            plan_statement(query.as_ptr(), tables)
-        })
+        let local = saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32;
+        pg_sys::SetUserIdAndSecContext(role, local);
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+            let path = CStr::from_ptr(pg_sys::GetConfigOptionResetString(c"search_path".as_ptr()))
+                .to_owned();
+            set_option(c"search_path", &path);
+            f(local)
+        }))
         .finally(|| pg_sys::SetUserIdAndSecContext(saved_user, saved_context))
         .execute()
-    };
-    catching(run)
+    }
+}
+
+/// From here on, as in `as_role`, also a security-restricted operation: what the
+/// planner evaluates (an IMMUTABLE function it folds) cannot create objects in the
+/// caller's session or leave it with state.
+fn restrict(role: pg_sys::Oid, local: i32) {
+    // SAFETY: tightens the context `as_role` set; `as_role` restores the caller's.
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(role, local | pg_sys::SECURITY_RESTRICTED_OPERATION as i32)
+    }
+}
+
+/// A setting for the current subtransaction (undone by its rollback).
+fn set_option(name: &CStr, value: &CStr) {
+    // SAFETY: a user-settable setting, set as SET would.
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        )
+    }
 }
 
 /// # Safety
@@ -316,45 +362,64 @@ struct Walk<'a> {
     leaky: Vec<(u32, String)>,
 }
 
+/// Call `f` on `q` and on every query inside it (sub-queries of the range table,
+/// CTEs, sub-links), each once.
+///
+/// # Safety
+/// `q` is a valid Query.
+unsafe fn for_each_query(q: *mut pg_sys::Query, f: &mut dyn FnMut(*mut pg_sys::Query)) {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn walk(n: *mut pg_sys::Node, cx: *mut std::ffi::c_void) -> bool {
+        if n.is_null() {
+            return false;
+        }
+        // SAFETY: node tag checked; cx is the callback passed below.
+        unsafe {
+            if (*n).type_ == pg_sys::NodeTag::T_Query {
+                let f = &mut *cx.cast::<&mut dyn FnMut(*mut pg_sys::Query)>();
+                for_each_query(n.cast(), *f);
+                return false;
+            }
+            pg_sys::expression_tree_walker(n, Some(walk), cx)
+        }
+    }
+    f(q);
+    let mut f = f;
+    // SAFETY: the walker visits the tree and calls back through `f`.
+    unsafe {
+        pg_sys::query_tree_walker(
+            q,
+            Some(walk),
+            (&mut f as *mut &mut dyn FnMut(*mut pg_sys::Query)).cast(),
+            0,
+        );
+    }
+}
+
+/// What the statement's queries ask of each tenant table they read.
+///
 /// # Safety
 /// `q` is a valid, analyzed Query.
 unsafe fn collect(q: *mut pg_sys::Query, w: &mut Walk<'_>) {
-    // SAFETY: reads the tree; the walker calls back here for every sub-query.
-    unsafe {
-        for (i, rte) in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable)
+    let mut each = |q: *mut pg_sys::Query| {
+        // SAFETY: the range table of a valid Query.
+        for (i, rte) in unsafe { PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable) }
             .iter_ptr()
             .enumerate()
         {
-            if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION
-                && w.tables.contains_key(&(*rte).relid.to_u32())
-            {
-                let relid = (*rte).relid;
-                let (u, leaky) = use_of(q, i as i32 + 1, relid);
+            // SAFETY: an entry of that range table.
+            let (kind, relid) = unsafe { ((*rte).rtekind, (*rte).relid) };
+            if kind == pg_sys::RTEKind::RTE_RELATION && w.tables.contains_key(&relid.to_u32()) {
+                // SAFETY: `q` and its entry `i + 1`.
+                let (u, leaky) = unsafe { use_of(q, i as i32 + 1, relid) };
                 w.uses.push((relid.to_u32(), u));
                 w.leaky
                     .extend(leaky.into_iter().map(|f| (relid.to_u32(), f)));
             }
         }
-        pg_sys::query_tree_walker(q, Some(walker), (w as *mut Walk<'_>).cast(), 0);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn walker(
-    node: *mut pg_sys::Node,
-    context: *mut std::ffi::c_void,
-) -> bool {
-    if node.is_null() {
-        return false;
-    }
-    // SAFETY: context is the Walk passed by `collect`.
-    unsafe {
-        if (*node).type_ == pg_sys::NodeTag::T_Query {
-            collect(node.cast(), &mut *context.cast::<Walk<'_>>());
-            return false;
-        }
-        pg_sys::expression_tree_walker(node, Some(walker), context)
-    }
+    };
+    // SAFETY: `q` is valid.
+    unsafe { for_each_query(q, &mut each) };
 }
 
 /// The column of range table entry `rti` that `node` is (through a binary-compatible
@@ -625,28 +690,17 @@ unsafe fn non_leakproof(n: *mut pg_sys::Node, out: &mut Vec<String>) {
 /// # Safety
 /// `q` is a valid Query that is not executed.
 unsafe fn strip_policies(q: *mut pg_sys::Query) {
-    #[pg_guard]
-    unsafe extern "C-unwind" fn walk(n: *mut pg_sys::Node, cx: *mut std::ffi::c_void) -> bool {
-        if n.is_null() {
-            return false;
-        }
-        // SAFETY: node tag checked.
+    let mut strip = |q: *mut pg_sys::Query| {
+        // SAFETY: the range table of a valid Query that is only planned.
         unsafe {
-            if (*n).type_ == pg_sys::NodeTag::T_Query {
-                strip_policies(n.cast());
-                return false;
+            for rte in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).iter_ptr() {
+                (*rte).securityQuals = std::ptr::null_mut();
             }
-            pg_sys::expression_tree_walker(n, Some(walk), cx)
+            (*q).hasRowSecurity = false;
         }
-    }
-    // SAFETY: the range table of a valid Query.
-    unsafe {
-        for rte in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).iter_ptr() {
-            (*rte).securityQuals = std::ptr::null_mut();
-        }
-        (*q).hasRowSecurity = false;
-        pg_sys::query_tree_walker(q, Some(walk), std::ptr::null_mut(), 0);
-    }
+    };
+    // SAFETY: `q` is valid.
+    unsafe { for_each_query(q, &mut strip) };
 }
 
 /// What a plan reads: its cost, the tenant tables it scans sequentially, its sorts
@@ -741,35 +795,17 @@ struct Names {
     indexes: HashMap<String, u32>,
 }
 
-fn names(c: &SpiClient<'_>, tables: &HashMap<u32, Table>) -> Names {
-    let oids: Vec<pg_sys::Oid> = tables.keys().map(|o| pg_sys::Oid::from(*o)).collect();
+fn names(tables: &HashMap<u32, Table>) -> Names {
     let mut n = Names {
         relations: HashMap::new(),
         indexes: HashMap::new(),
     };
-    let rows = c
-        .select(
-            "SELECT x.oid, n.nspname::text, x.relname::text, ARRAY(SELECT i.relname::text FROM pg_catalog.pg_index ix
-                      JOIN pg_catalog.pg_class i ON i.oid OPERATOR(pg_catalog.=) ix.indexrelid WHERE ix.indrelid OPERATOR(pg_catalog.=) x.oid ORDER BY i.oid),
-                    ARRAY(SELECT ix.indexrelid FROM pg_catalog.pg_index ix WHERE ix.indrelid OPERATOR(pg_catalog.=) x.oid ORDER BY ix.indexrelid)
-               FROM pg_catalog.pg_class x JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) x.relnamespace
-              WHERE x.oid OPERATOR(pg_catalog.=) ANY ($1)",
-            None,
-            &[oids.into()],
-        )
-        .or_raise("reading table and index names");
-    for r in rows {
-        let oid: pg_sys::Oid = r.get(1).ok().flatten().unwrap_or(pg_sys::InvalidOid);
-        let schema: String = r.get(2).ok().flatten().unwrap_or_default();
-        let rel: String = r.get(3).ok().flatten().unwrap_or_default();
-        let inames: Vec<String> = r.get(4).ok().flatten().unwrap_or_default();
-        let ioids: Vec<pg_sys::Oid> = r.get(5).ok().flatten().unwrap_or_default();
-        if tables.get(&oid.to_u32()).is_some_and(|t| !t.small) {
-            n.relations.insert((schema, rel), oid.to_u32());
+    for (oid, t) in tables {
+        if !t.small {
+            n.relations
+                .insert((t.schema.clone(), t.relname.clone()), *oid);
         }
-        for (name, ioid) in inames.into_iter().zip(ioids) {
-            n.indexes.insert(name, ioid.to_u32());
-        }
+        n.indexes.extend(t.indexes.iter().cloned());
     }
     n
 }
@@ -778,75 +814,63 @@ fn names(c: &SpiClient<'_>, tables: &HashMap<u32, Table>) -> Names {
 /// to EXPLAIN only): PREPAREd as its role and explained as a generic plan, in a
 /// subtransaction that is rolled back; the prepared statement is deallocated.
 fn explained(st: &Statement, names: &Names) -> Option<PlanFacts> {
-    const NAME: &str = "vital_tenancy_query_advice";
-    let search_path = unsafe {
-        // SAFETY: see `analyze`.
-        CStr::from_ptr(pg_sys::GetConfigOptionResetString(c"search_path".as_ptr())).to_owned()
-    };
-    let run = || unsafe {
-        // SAFETY: as in `analyze`; the SPI calls use the caller's connection, as a
-        // PL/pgSQL exception block does.
-        let mut saved_user = pg_sys::InvalidOid;
-        let mut saved_context = 0;
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        // PREPARE (parse analysis only: nothing of the statement runs) is refused in a
-        // security-restricted operation; the EXPLAIN that plans it runs in one.
-        let local = saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32;
-        pg_sys::SetUserIdAndSecContext(st.role, local);
-        PgTryBuilder::new(|| {
-            for (k, v) in [
-                (c"search_path", search_path.as_c_str()),
-                (c"plan_cache_mode", c"force_generic_plan"),
-            ] {
-                pg_sys::SetConfigOption(
-                    k.as_ptr(),
-                    v.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                );
-            }
-            let prepared = PreparedGuard(NAME);
-            utility(&format!("PREPARE {NAME} AS {}", st.query));
-            pg_sys::SetUserIdAndSecContext(
-                st.role,
-                local | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-            );
-            let ps = pg_sys::FetchPreparedStatement(c"vital_tenancy_query_advice".as_ptr(), true);
-            let n = (*(*ps).plansource).num_params.max(0) as usize;
+    let run = || {
+        as_role(st.role, |local| {
+            set_option(c"plan_cache_mode", c"force_generic_plan");
+            // PREPARE (parse analysis only: nothing of the statement runs) is refused in
+            // a security-restricted operation; the EXPLAIN that plans it runs in one.
+            let prepared = PreparedGuard;
+            utility(&format!(
+                "PREPARE {} AS {}",
+                PREPARED.to_string_lossy(),
+                st.query
+            ));
+            restrict(st.role, local);
+            let n = prepared.parameters();
             let args = if n > 0 {
                 format!("({})", vec!["NULL"; n].join(", "))
             } else {
                 String::new()
             };
             let plan = utility(&format!(
-                "EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {NAME}{args}"
+                "EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {}{args}",
+                PREPARED.to_string_lossy()
             ));
             drop(prepared);
             plan.and_then(|p| serde_json::from_str::<Value>(&p).ok())
                 .map(|p| crate::logic::advice::explain_facts(&p, &names.relations, &names.indexes))
         })
-        .finally(|| pg_sys::SetUserIdAndSecContext(saved_user, saved_context))
-        .execute()
     };
-    match catching(run) {
-        Ok(v) => v,
-        Err((_, m)) => {
-            let _ = m;
-            None
+    catching(run).ok().flatten()
+}
+
+/// The name of the statement `explained` prepares.
+const PREPARED: &CStr = c"vital_tenancy_query_advice";
+
+/// Deallocates the prepared statement when dropped, on the error path too.
+struct PreparedGuard;
+
+impl PreparedGuard {
+    /// How many parameters the prepared statement takes (0 when it is not there).
+    fn parameters(&self) -> usize {
+        // SAFETY: a lookup in this backend's prepared statements.
+        unsafe {
+            let ps = pg_sys::FetchPreparedStatement(PREPARED.as_ptr(), false);
+            if ps.is_null() {
+                0
+            } else {
+                (*(*ps).plansource).num_params.max(0) as usize
+            }
         }
     }
 }
-
-/// Deallocates the prepared statement when dropped, on the error path too.
-struct PreparedGuard(&'static str);
 
 impl Drop for PreparedGuard {
     fn drop(&mut self) {
         // SAFETY: a lookup in this backend's prepared statements, then their removal.
         unsafe {
-            let name = CString::new(self.0).unwrap_or_default();
-            if !pg_sys::FetchPreparedStatement(name.as_ptr(), false).is_null() {
-                pg_sys::DropPreparedStatement(name.as_ptr(), false);
+            if !pg_sys::FetchPreparedStatement(PREPARED.as_ptr(), false).is_null() {
+                pg_sys::DropPreparedStatement(PREPARED.as_ptr(), false);
             }
         }
     }
@@ -1160,7 +1184,8 @@ impl<'a, 'c> Advisor<'a, 'c> {
                 }
                 seen.push(*table);
                 let t = &self.tables[table];
-                let lost = lost_under_rls(&a.without_rls, &a.with_rls, &t.indexes);
+                let of_table: Vec<u32> = t.indexes.iter().map(|(_, o)| *o).collect();
+                let lost = lost_under_rls(&a.without_rls, &a.with_rls, &of_table);
                 let mut funcs: Vec<String> = a
                     .leaky
                     .iter()
@@ -1222,7 +1247,7 @@ fn advise(c: &SpiClient<'_>) -> Vec<Row> {
     let mut a = Advisor {
         c,
         hypopg: schema_of_extension(c, "hypopg"),
-        names: names(c, &tables),
+        names: names(&tables),
         tables,
         stmts,
         planned: Vec::new(),
@@ -1346,16 +1371,16 @@ fn query_coverage() -> Option<f64> {
 
 /// For `health()`: index coverage and where it was measured.
 pub(crate) fn coverage_document(c: &SpiClient<'_>) -> Value {
-    match schema_of_extension(c, "pg_stat_statements") {
-        Some(schema) => {
-            let v = statement_coverage(c, &schema);
-            json!({"coverage_percent": v, "source": "pg_stat_statements: calls on tenant tables whose plan reads none sequentially",
-                   "target_percent": 95, "meets_target": v.is_none_or(|v| v >= 95.0)})
-        }
-        None => {
-            let v = scan_coverage(c);
-            json!({"coverage_percent": v, "source": "pg_stat_user_tables: index scans of tenant tables over all their scans (pg_stat_statements is not installed)",
-                   "target_percent": 95, "meets_target": v.is_none_or(|v| v >= 95.0)})
-        }
-    }
+    let (v, source) = match schema_of_extension(c, "pg_stat_statements") {
+        Some(schema) => (
+            statement_coverage(c, &schema),
+            "pg_stat_statements: calls on tenant tables whose plan reads none sequentially",
+        ),
+        None => (
+            scan_coverage(c),
+            "pg_stat_user_tables: index scans of tenant tables over all their scans (pg_stat_statements is not installed)",
+        ),
+    };
+    json!({"coverage_percent": v, "source": source, "target_percent": 95,
+           "meets_target": v.is_none_or(|v| v >= 95.0)})
 }

@@ -28,6 +28,8 @@ fn setup(tag: &str) -> (FixtureDb, Client, bool) {
              CREATE ROLE vt_adv_authenticator LOGIN NOINHERIT; END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_adv_attacker') THEN
              CREATE ROLE vt_adv_attacker LOGIN; END IF;
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vt_adv_monitor') THEN
+             CREATE ROLE vt_adv_monitor LOGIN; END IF;
          END $$",
     )
     .unwrap();
@@ -298,6 +300,34 @@ fn advice_reports_what_it_cannot_plan_rls_only_losses_and_planted_code() {
         .unwrap()
         .get(0);
     assert_eq!(prepared, 0, "no prepared statement left behind");
+    // A monitoring login granted the advice, every statement's text and the extension's
+    // configuration, but not the application's roles: their statements are not planned as them, one row says so.
+    dba.batch_execute(
+        "GRANT pg_read_all_stats TO vt_adv_monitor;
+         GRANT SELECT ON ALL TABLES IN SCHEMA vital_tenancy TO vt_adv_monitor;
+         GRANT EXECUTE ON FUNCTION vital_tenancy.query_advice() TO vt_adv_monitor;",
+    )
+    .unwrap();
+    let mut monitor = db.connect_as("vt_adv_monitor");
+    let rows = advice(&mut monitor);
+    let refused = rows
+        .iter()
+        .find(|a| a.kind == "not_planned" && a.why.contains("\"vital_tenancy_service\""))
+        .expect("the service role's statements are reported, not planned");
+    assert!(
+        refused.why.contains("whose privileges you do not have"),
+        "{}",
+        refused.why
+    );
+    assert!(
+        refused.statements.contains("pgrst_source"),
+        "{}",
+        refused.statements
+    );
+    assert!(
+        rows.iter().all(|a| a.ddl.is_none()),
+        "nothing planned, nothing proposed"
+    );
     // Not for PUBLIC: a tenant-side login cannot read the workload through it.
     let err = attacker
         .query("SELECT * FROM vital_tenancy.query_advice()", &[])
