@@ -198,6 +198,9 @@ CREATE TABLE vital_tenancy.migration_steps (
     -- column_added_at got from the catalog default (no row rewritten for it).
     default_tenant  uuid,
     column_added_at timestamptz,
+    -- When the table was dropped (forget_dropped_tables()): its OID may name another
+    -- table since.
+    dropped_at      timestamptz,
     PRIMARY KEY (run_id, tbl, tenant_column)
 );
 SELECT pg_catalog.pg_extension_config_dump('vital_tenancy.migration_steps', '');

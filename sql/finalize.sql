@@ -141,9 +141,9 @@ COMMENT ON FUNCTION vital_tenancy.backfill_majority(regclass, jsonb, boolean) IS
 COMMENT ON FUNCTION vital_tenancy.backfill_batch_sql(jsonb, text, uuid, boolean, boolean, boolean) IS
     'The SQL of one backfill batch for a plan and phase: rewrite only rows that classify away from the catalog default, overwrite, or fill rows without a tenant; journals every assigned row.';
 COMMENT ON FUNCTION vital_tenancy.backfill_run_batch(text, regclass, bigint, text, text, uuid, integer, bigint) IS
-    'Run one backfill batch and count it (given a tenant, left without, rewritten, walked), retrying on deadlock or lock timeout up to 10 times.';
+    'Run one backfill batch and count it (given a tenant, left without, rewritten, walked), retrying on deadlock or lock timeout up to 10 times. Refuses NULL arguments, a table no relation is and an unknown run before the batch runs.';
 COMMENT ON FUNCTION vital_tenancy.backfill_step(bigint, regclass, text) IS
-    'A backfill''s checkpoint row (migration_steps) for one table in one run.';
+    'A backfill''s checkpoint row (migration_steps) for one table in one run; ERROR 42P01 for an OID no relation has, 22023 where the run has no such step.';
 COMMENT ON FUNCTION vital_tenancy.backfill_batches(regclass, integer, text, boolean) IS
     'The batches a backfill phase will walk: how many rows are to do and the key ending each batch of batch_size rows (one count and one ordered pass over the keys). Writes nothing.';
 COMMENT ON FUNCTION vital_tenancy.backfill_plan(regclass, text, jsonb, text) IS
@@ -157,9 +157,9 @@ COMMENT ON FUNCTION vital_tenancy.snapshot_counts(text, text[], boolean) IS
 COMMENT ON FUNCTION vital_tenancy.compare_counts(text, text) IS
     'Row counts of two snapshots side by side with the difference: the no-data-loss proof.';
 COMMENT ON FUNCTION vital_tenancy.revert_run(bigint) IS
-    'Put back every tenant value a migration run journaled, where it is still the value the run wrote.';
+    'Put back every tenant value a migration run journaled, where it is still the value the run wrote; where the run added the column and stopped before its batches passed every row, the rows past its checkpoint still holding its catalog default are reset to NULL too. A table dropped since is reported, not touched.';
 COMMENT ON FUNCTION vital_tenancy.finish_run(text) IS
-    'Mark the named running migration run completed; returns its id.';
+    'Mark the named running migration run completed; returns its id (a run already completed: its id, with a NOTICE; no run of that name: 22023). A WARNING per step that stopped before its last batch: finished, it can no longer be resumed, only reverted.';
 COMMENT ON FUNCTION vital_tenancy.migration_report(text) IS
     'The migration summary report in Markdown: counts, distribution, rules, validation, durations, revert.';
 COMMENT ON FUNCTION vital_tenancy.tenant_distribution_of(regclass, text) IS
@@ -268,18 +268,32 @@ REVOKE EXECUTE ON FUNCTION vital_tenancy.distribute_all() FROM PUBLIC;
 
 -- The tenant boundary in the Citus shape (src/boundary.rs).
 CREATE FUNCTION vital_tenancy.policy_fingerprint(tbl regclass) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT md5(COALESCE(string_agg(e, '|' ORDER BY e), ''))
+DECLARE
+    v_kind "char";
+    v_md5  text;
+BEGIN
+    -- Only a table has policies: anything else would get the fingerprint of a table
+    -- without any (census N12).
+    SELECT c.relkind INTO v_kind FROM pg_class c WHERE c.oid = tbl::oid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', tbl::oid USING ERRCODE = 'undefined_table';
+    ELSIF v_kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT md5(COALESCE(string_agg(e, '|' ORDER BY e), '')) INTO v_md5
       FROM (SELECT p.polcmd::text || ':'
                    || array_to_string(ARRAY(SELECT pg_get_userbyid(r) FROM unnest(p.polroles) r ORDER BY 1), ',') || ':'
                    || COALESCE(pg_get_expr(p.polqual, p.polrelid), '') || ':'
                    || COALESCE(pg_get_expr(p.polwithcheck, p.polrelid), '') AS e
-              FROM pg_policy p WHERE p.polrelid = tbl) x
+              FROM pg_policy p WHERE p.polrelid = tbl) x;
+    RETURN v_md5;
+END
 $$;
 COMMENT ON FUNCTION vital_tenancy.policy_fingerprint(regclass) IS
-    'md5 of a table''s policies: commands, role names and expressions (deparsed with search_path pg_catalog), not names or AS PERMISSIVE/RESTRICTIVE; equal on a Citus shard and its table when Citus copied them faithfully.';
+    'md5 of a table''s policies: commands, role names and expressions (deparsed with search_path pg_catalog), not names or AS PERMISSIVE/RESTRICTIVE; equal on a Citus shard and its table when Citus copied them faithfully. 42P01 for an OID no relation has, 42809 for a relation that is not a table.';
 COMMENT ON FUNCTION vital_tenancy.boundary_problems(regclass, text) IS
     'Every way the table''s policies, each read as PERMISSIVE (as Citus recreates them on shards), admit a row outside the tenant boundary: a USING or WITH CHECK without the conjunct tenant_id = ANY (visible/writable_tenant_ids()), a sub-select, RLS not enabled. Read from the expression trees; no rows when the boundary holds.';
 COMMENT ON FUNCTION vital_tenancy.citus_safe_policies(regclass, boolean) IS
@@ -288,6 +302,41 @@ COMMENT ON FUNCTION vital_tenancy.citus_boundary_status() IS
     'The tenant boundary on every managed table and, on Citus, on every shard placement (checked by the worker''s boundary_problems() and compared with the table''s policy_fingerprint()): one row per placement, problem NULL where it holds.';
 REVOKE EXECUTE ON FUNCTION vital_tenancy.citus_safe_policies(regclass, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION vital_tenancy.citus_boundary_status() FROM PUBLIC;
+
+-- A table dropped takes the extension's records of it along (issue 32, item 4): its
+-- RLS record, the originals kept for it, the references declared from or to it. A
+-- later table can get the dropped one's OID, and must not be taken for it. The
+-- migration history keeps the table's steps for the report, marked dropped_at, so that
+-- neither a resumed backfill nor revert_run() reaches a new table with the old OID.
+-- SECURITY DEFINER: a role dropping its own table cannot write the extension's tables;
+-- it takes no arguments and touches only rows of the OIDs this DROP removed.
+CREATE FUNCTION vital_tenancy.forget_dropped_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_dropped oid[];
+BEGIN
+    SELECT array_agg(d.objid) INTO v_dropped
+      FROM pg_event_trigger_dropped_objects() d
+     WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::regclass AND d.objsubid OPERATOR(pg_catalog.=) 0
+       AND d.object_type OPERATOR(pg_catalog.=) ANY (ARRAY['table', 'partitioned table']);
+    -- Nothing to forget, or the extension's own tables are going (DROP EXTENSION).
+    IF v_dropped IS NULL OR to_regclass('vital_tenancy.rls_tables') IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM vital_tenancy.rls_tables r WHERE r.tbl::oid OPERATOR(pg_catalog.=) ANY (v_dropped);
+    DELETE FROM vital_tenancy.originals o WHERE o.tbl::oid OPERATOR(pg_catalog.=) ANY (v_dropped);
+    DELETE FROM vital_tenancy.declared_references d
+     WHERE d.child::oid OPERATOR(pg_catalog.=) ANY (v_dropped) OR d.parent::oid OPERATOR(pg_catalog.=) ANY (v_dropped);
+    UPDATE vital_tenancy.migration_steps s SET dropped_at = clock_timestamp()
+     WHERE s.tbl::oid OPERATOR(pg_catalog.=) ANY (v_dropped) AND s.dropped_at IS NULL;
+END
+$$;
+COMMENT ON FUNCTION vital_tenancy.forget_dropped_tables() IS
+    'Event trigger function (vital_tenancy_forget_dropped, on sql_drop): a dropped table''s rows in rls_tables, originals and declared_references are deleted and its migration steps marked dropped_at, so that a later table with the same OID is not taken for it. SECURITY DEFINER, search_path pinned; not executable by PUBLIC.';
+CREATE EVENT TRIGGER vital_tenancy_forget_dropped ON sql_drop
+    EXECUTE FUNCTION vital_tenancy.forget_dropped_tables();
 
 -- Privileges, default deny: no routine of the extension is executable by PUBLIC except
 -- those an application role must call itself (a policy, a column DEFAULT, PostgREST's

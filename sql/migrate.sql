@@ -16,13 +16,18 @@ DECLARE
     attempt integer := 0;
     caller_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
-    -- 0 or NULL would wait for the lock forever, NULL retries would retry forever.
-    IF lock_timeout_ms IS NULL OR lock_timeout_ms <= 0 THEN
-        RAISE EXCEPTION 'run_ddl: lock_timeout_ms must be a positive number of milliseconds, not %', COALESCE(lock_timeout_ms::text, 'NULL')
+    -- 0 or NULL would wait for the lock forever, NULL retries would retry forever; the
+    -- bounds are LockLimits' (src/logic/migrate.rs).
+    IF ddl IS NULL OR step IS NULL THEN
+        RAISE EXCEPTION 'run_ddl: % must not be NULL', CASE WHEN ddl IS NULL THEN 'ddl' ELSE 'step' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF lock_timeout_ms IS NULL OR lock_timeout_ms < 1 OR lock_timeout_ms > 600000 THEN
+        RAISE EXCEPTION 'run_ddl: lock_timeout_ms must be between 1 and 600000, not %', COALESCE(lock_timeout_ms::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF retries IS NULL OR retries < 0 THEN
-        RAISE EXCEPTION 'run_ddl: retries must be 0 or more, not %', COALESCE(retries::text, 'NULL')
+    IF retries IS NULL OR retries < 0 OR retries > 100 THEN
+        RAISE EXCEPTION 'run_ddl: retries must be between 0 and 100, not %', COALESCE(retries::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOOP
@@ -36,7 +41,7 @@ BEGIN
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
             IF attempt > retries THEN
-                RAISE EXCEPTION '%: % could not get its lock within % ms, % attempts', tbl, step, lock_timeout_ms, attempt
+                RAISE EXCEPTION '% could not get its lock within % ms, % attempts', coalesce(tbl || ': ', '') || step, lock_timeout_ms, attempt
                     USING ERRCODE = 'lock_not_available',
                           DETAIL = ddl,
                           HINT = 'A long transaction holds a lock on the table (see pg_stat_activity / pg_locks); run again when it has finished.';
@@ -77,8 +82,9 @@ DECLARE
     v_key   text;
     n_moved bigint;
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 THEN
-        RAISE EXCEPTION 'batch_size must be a positive integer, not %', batch_size USING ERRCODE = 'invalid_parameter_value';
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 1000000, not %', coalesce(batch_size::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF only_missing IS NULL THEN
         RAISE EXCEPTION 'only_missing must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -200,6 +206,14 @@ DECLARE
     v_tenant uuid;
     v_n      bigint;
 BEGIN
+    IF tbl IS NULL OR plan IS NULL OR record_rules IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN tbl IS NULL THEN 'tbl' WHEN plan IS NULL THEN 'plan' ELSE 'record_rules' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT plan OPERATOR(pg_catalog.?&) ARRAY['table', 'classifier', 'expression'] THEN
+        RAISE EXCEPTION 'plan is not a backfill plan (backfill_plan() makes one): %', left(plan::text, 200)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     default_rows := 0;
     rows_total := 0;
     IF record_rules AND v_kind IN ('prompt', 'knowledge', 'agent', 'tool') THEN
@@ -243,6 +257,19 @@ AS $$
 DECLARE
     v_range text;
 BEGIN
+    IF plan IS NULL OR phase IS NULL OR from_start IS NULL OR last_batch IS NULL OR overwrite IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+                CASE WHEN plan IS NULL THEN 'plan' WHEN phase IS NULL THEN 'phase' WHEN from_start IS NULL THEN 'from_start'
+                     WHEN last_batch IS NULL THEN 'last_batch' ELSE 'overwrite' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT plan ?& ARRAY['table', 'pk', 'pk_type', 'tenant_column', 'expression'] THEN
+        RAISE EXCEPTION 'plan is not a backfill plan (backfill_plan() makes one): %', left(plan::text, 200)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF phase NOT IN ('queue', 'catch_up') THEN
+        RAISE EXCEPTION 'phase must be queue or catch_up, not %', left(phase, 100) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     v_range := CASE WHEN from_start THEN ''
                     ELSE format('t.%s > $1::%s AND ', plan ->> 'pk', plan ->> 'pk_type') END
                || CASE WHEN phase = 'queue' AND default_tenant IS NOT NULL AND last_batch
@@ -331,6 +358,20 @@ AS $$
 DECLARE
     n_retry integer := 0;
 BEGIN
+    -- Checked before the batch runs: a NULL or a dangling table would journal rows
+    -- revert_run() can never find (census N12, N15).
+    IF batch_sql IS NULL OR tbl IS NULL OR run_id IS NULL OR batch_size IS NULL OR expected IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+                CASE WHEN batch_sql IS NULL THEN 'batch_sql' WHEN tbl IS NULL THEN 'tbl' WHEN run_id IS NULL THEN 'run_id'
+                     WHEN batch_size IS NULL THEN 'batch_size' ELSE 'expected' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class k WHERE k.oid OPERATOR(pg_catalog.=) tbl::pg_catalog.oid) THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', tbl::pg_catalog.oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM vital_tenancy.migration_runs r WHERE r.run_id OPERATOR(pg_catalog.=) backfill_run_batch.run_id) THEN
+        RAISE EXCEPTION 'migration run % does not exist', run_id USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     LOOP
         BEGIN
             EXECUTE batch_sql INTO changed, failed, written, walked
@@ -355,14 +396,27 @@ BEGIN
 END
 $$;
 
--- A backfill's step of one table in one run, as it is now.
+-- A backfill's step of one table in one run, as it is now; an ERROR where there is none.
 CREATE FUNCTION vital_tenancy.backfill_step(run_id bigint, tbl regclass, tenant_column text)
 RETURNS vital_tenancy.migration_steps
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT s.* FROM vital_tenancy.migration_steps s
-     WHERE s.run_id = backfill_step.run_id AND s.tbl = backfill_step.tbl AND s.tenant_column = backfill_step.tenant_column
+DECLARE
+    st vital_tenancy.migration_steps;
+BEGIN
+    SELECT s.* INTO st FROM vital_tenancy.migration_steps s
+     WHERE s.run_id = backfill_step.run_id AND s.tbl = backfill_step.tbl AND s.tenant_column = backfill_step.tenant_column;
+    IF NOT FOUND THEN
+        IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class k WHERE k.oid = tbl::oid) THEN
+            RAISE EXCEPTION 'relation with OID % does not exist', tbl::oid USING ERRCODE = 'undefined_table';
+        END IF;
+        RAISE EXCEPTION 'migration run % has no backfill step for % (column %)',
+                coalesce(run_id::text, 'NULL'), coalesce(tbl::text, 'NULL'), coalesce(quote_ident(tenant_column), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN st;
+END
 $$;
 
 -- Assign tenant_id to a table's rows with a classifier, in keyset batches over the
@@ -434,7 +488,7 @@ BEGIN
     SELECT s.*, r.name AS run_name INTO st
       FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
      WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
-       AND s.phase <> 'done' AND r.status = 'running'
+       AND s.phase <> 'done' AND r.status = 'running' AND s.dropped_at IS NULL
      ORDER BY s.run_id DESC LIMIT 1;
     IF FOUND AND (st.classifier IS DISTINCT FROM backfill.classifier OR st.options IS DISTINCT FROM backfill.options
                   OR st.run_name IS DISTINCT FROM backfill.run_name) THEN
@@ -470,6 +524,20 @@ BEGIN
             SELECT b.rows_todo, b.bounds INTO v_todo, v_bounds
               FROM vital_tenancy.backfill_batches(tbl, batch_size, tenant_column, NOT overwrite) b;
             IF v_todo = 0 THEN
+                -- Every row has a tenant, but a run that added the column and was
+                -- marked finished before its batches passed every row left the rest
+                -- with its catalog default, unclassified (census N01, N05).
+                SELECT s.run_id, r.name AS run_name, s.last_key INTO chk
+                  FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
+                 WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column AND s.dropped_at IS NULL
+                   AND s.phase = 'queue' AND s.default_tenant IS NOT NULL AND r.status = 'completed'
+                 ORDER BY s.run_id DESC LIMIT 1;
+                IF FOUND THEN
+                    RAISE EXCEPTION 'backfill %: run % (%) added % and stopped after key %, then was marked finished: the rows after it hold its catalog default tenant, unclassified',
+                            plan ->> 'table', chk.run_id, chk.run_name, plan ->> 'tenant_column', coalesce(chk.last_key, '(start)')
+                        USING ERRCODE = 'object_not_in_prerequisite_state',
+                              HINT = format('SELECT * FROM vital_tenancy.revert_run(%s) puts the table back as it was before that run; then CALL backfill again.', chk.run_id);
+                END IF;
                 RAISE NOTICE 'backfill %: every row already has a tenant; nothing to do', plan ->> 'table';
                 RETURN;
             END IF;
@@ -481,7 +549,7 @@ BEGIN
         SELECT s.*, r.name AS run_name INTO st
           FROM vital_tenancy.migration_steps s JOIN vital_tenancy.migration_runs r USING (run_id)
          WHERE s.tbl = backfill.tbl AND s.tenant_column = backfill.tenant_column
-           AND r.status = 'running' AND r.name = run_name
+           AND r.status = 'running' AND r.name = run_name AND s.dropped_at IS NULL
          ORDER BY s.run_id DESC LIMIT 1;
     END IF;
     IF FOUND AND st.phase = 'done' THEN

@@ -347,7 +347,7 @@ fn boundary_problems(
     SetOfIterator::new(out)
 }
 
-use crate::rls::run;
+use crate::logic::migrate::LockLimits;
 
 /// The original CREATE POLICY statement, kept before the policy is changed.
 fn definition(p: &Policy, table: &str) -> String {
@@ -510,10 +510,12 @@ fn citus_safe_policies(
         for p in &theirs {
             if has_sub_select(&p.qual) || has_sub_select(&p.check) {
                 record(c, oid, p, &table, "set aside");
-                run(
+                crate::ddl::run(
                     c,
-                    &format!("DROP POLICY {} ON {table}", quote_ident(&p.name)),
+                    &table,
                     "setting a policy aside",
+                    &format!("DROP POLICY {} ON {table}", quote_ident(&p.name)),
+                    LockLimits::DEFAULT,
                 );
                 out.push((p.name.clone(), format!(
                     "set aside: it has a sub-select Citus refuses; the original is in vital_tenancy.originals; until the application replaces it, tenant requests get no {} on this table through it",
@@ -540,18 +542,26 @@ fn citus_safe_policies(
             if let Some(k) = &f.check {
                 alter.push_str(&format!(" WITH CHECK ({k})"));
             }
-            run(c, &alter, "folding the boundary into a policy");
+            crate::ddl::run(
+                c,
+                &table,
+                "folding the boundary into a policy",
+                &alter,
+                LockLimits::DEFAULT,
+            );
             out.push((p.name.clone(), "boundary folded in".into()));
             if let Some(r) = f.read_policy {
                 let name = crate::logic::rls::read_policy_name(&p.name);
-                run(
+                crate::ddl::run(
                     c,
+                    &table,
+                    "adding the read side of a FOR ALL policy",
                     &format!(
                         "CREATE POLICY {} ON {table} AS PERMISSIVE FOR SELECT TO {} USING ({r})",
                         quote_ident(&name),
                         p.roles_sql
                     ),
-                    "adding the read side of a FOR ALL policy",
+                    LockLimits::DEFAULT,
                 );
                 out.push((
                     name,
@@ -564,10 +574,12 @@ fn citus_safe_policies(
             .iter()
             .filter(|p| own.contains(&p.name.as_str()))
         {
-            run(
+            crate::ddl::run(
                 c,
-                &format!("DROP POLICY {} ON {table}", quote_ident(&p.name)),
+                &table,
                 "dropping a policy",
+                &format!("DROP POLICY {} ON {table}", quote_ident(&p.name)),
+                LockLimits::DEFAULT,
             );
         }
         // The extension grants tenant-wide access only where the application never had
@@ -592,7 +604,7 @@ fn citus_safe_policies(
             Managed::Registry => citus_registry_policies(&table),
         };
         for (name, sql) in mine {
-            run(c, &sql, "creating a policy");
+            crate::ddl::run(c, &table, "creating a policy", &sql, LockLimits::DEFAULT);
             out.push((name.to_string(), "created in the Citus shape".into()));
         }
         match &kind {

@@ -258,7 +258,7 @@ pub(crate) fn application_table_problem(
         .select(
             &format!(
                 "SELECT n.nspname::text, c.relpersistence = 't',
-                    c.oid = {TENANTS_TABLE}
+                    c.oid = {TENANTS_TABLE}, c.relkind::text
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.oid = $1"
             ),
@@ -273,7 +273,11 @@ pub(crate) fn application_table_problem(
     let schema: String = r.get(1).or_raise("nspname").unwrap_or_default();
     let temporary: bool = r.get(2).or_raise("relpersistence").unwrap_or(false);
     let registry: bool = r.get(3).or_raise("registry").unwrap_or(false);
-    if schema == "vital_tenancy" {
+    let kind: String = r.get(4).or_raise("relkind").unwrap_or_default();
+    if kind != "r" && kind != "p" {
+        // An index or a composite type is no table to check (census N03).
+        Some(format!("{name} is {}, not a table", relkind_article(&kind)))
+    } else if schema == "vital_tenancy" {
         Some(format!("{name} is one of vital_tenancy's own tables"))
     } else if schema == "pg_catalog"
         || schema == "information_schema"
@@ -288,6 +292,23 @@ pub(crate) fn application_table_problem(
         ))
     } else {
         None
+    }
+}
+
+/// What a relation of this `relkind` is, with its article, for messages.
+pub(crate) fn relkind_article(kind: &str) -> &'static str {
+    match kind {
+        "r" => "a table",
+        "p" => "a partitioned table",
+        "v" => "a view",
+        "m" => "a materialized view",
+        "f" => "a foreign table",
+        "S" => "a sequence",
+        "i" => "an index",
+        "I" => "a partitioned index",
+        "c" => "a composite type",
+        "t" => "a TOAST table",
+        _ => "a relation of another kind",
     }
 }
 

@@ -6,7 +6,7 @@
 //! the distribution column, and every foreign key between distributed tables does too;
 //! tables referenced from everywhere must be reference tables.
 
-use crate::errors::{raise, raise_full, OrRaise};
+use crate::errors::{raise_full, OrRaise};
 use crate::logic::ident::quote_ident;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -532,12 +532,7 @@ fn prepare_for_citus(
         name!(ddl, Option<String>),
     ),
 > {
-    if lock_timeout_ms < 1 || retries < 0 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "lock_timeout_ms must be positive and retries not negative",
-        );
-    }
+    let limits = crate::ddl::limits(lock_timeout_ms, retries);
     let rows = Spi::connect_mut(|c| {
         let all = tables(c, &None);
         let bl = blockers(c, &all);
@@ -568,18 +563,7 @@ fn prepare_for_citus(
             return out;
         }
         let run = |c: &mut SpiClient<'_>, table: &str, step: &str, sql: &str| {
-            c.update(
-                "SELECT vital_tenancy.run_ddl($1, $2, $3, $4, $5)",
-                None,
-                &[
-                    sql.into(),
-                    step.into(),
-                    table.into(),
-                    lock_timeout_ms.into(),
-                    retries.into(),
-                ],
-            )
-            .or_raise("running a DDL step");
+            crate::ddl::run(c, table, step, sql, limits)
         };
         // 1. drop the foreign keys to rewrite, 2. swap keys, 3. re-add and validate.
         for b in bl

@@ -699,14 +699,7 @@ fn rules() -> TableIterator<
 #[search_path(pg_catalog, pg_temp)]
 fn set_rules(kind: &str, rules: JsonArg) {
     let kind = kind_arg(kind, true);
-    let (spec, _) = match RuleSet::from_json(kind, &rules.0) {
-        Ok(x) => x,
-        Err(e) => raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            e.to_string(),
-        ),
-    };
-    check_tenants_exist(&rule_tenants(&spec));
+    let spec = checked_rules(kind, &rules.0);
     let normalized = serde_json::to_value(&spec).unwrap_or(Value::Null);
     Spi::connect_mut(|c| {
         c.update(
@@ -789,15 +782,24 @@ fn rules_table_oid() -> Option<pg_sys::Oid> {
 fn check_rules_row(kind: Option<&str>, rules: Option<JsonArg>) {
     let kind = kind_arg(kind.unwrap_or(""), true);
     if let Some(JsonArg(v)) = rules {
-        match RuleSet::from_json(kind, &v) {
-            // As set_rules checks: every tenant the rules name exists (F15).
-            Ok((spec, _)) => check_tenants_exist(&rule_tenants(&spec)),
-            Err(e) => raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                e.to_string(),
-            ),
-        }
+        checked_rules(kind, &v);
     }
+}
+
+/// A rule set as `set_rules` and the rules table's trigger accept it: within the size
+/// limits (54000), compiling (22023), every tenant it names existing (F15).
+fn checked_rules(kind: Kind, v: &Value) -> crate::logic::classify::RuleSetSpec {
+    if let Some(why) = crate::logic::classify::size_problem(v) {
+        raise(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, why);
+    }
+    let (spec, _) = RuleSet::from_json(kind, v).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            e.to_string(),
+        )
+    });
+    check_tenants_exist(&rule_tenants(&spec));
+    spec
 }
 
 /// Tell every backend that its cached rules are stale (what the rules table's statement

@@ -287,6 +287,7 @@ fn apply_tenant_keys(
     lock_timeout_ms: default!(i32, 2000),
     retries: default!(i32, 5),
 ) -> TableIterator<'static, (name!(table_name, String), name!(change, String))> {
+    let limits = crate::ddl::limits(lock_timeout_ms, retries);
     let mut done = Vec::new();
     Spi::connect_mut(|c| {
         let rows = plan(c);
@@ -318,18 +319,7 @@ fn apply_tenant_keys(
         } in rows
         {
             let Some(ddl) = ddl else { continue };
-            c.update(
-                "SELECT vital_tenancy.run_ddl($1, $2, $3, $4, $5)",
-                None,
-                &[
-                    ddl.as_str().into(),
-                    "tenant keys".into(),
-                    table.as_str().into(),
-                    lock_timeout_ms.into(),
-                    retries.into(),
-                ],
-            )
-            .or_raise("applying a tenant key change");
+            crate::ddl::run(c, &table, "tenant keys", &ddl, limits);
             done.push((table, change));
         }
     });

@@ -42,6 +42,7 @@ pub mod catalog;
 pub mod citus;
 pub mod classify;
 pub mod context;
+pub mod ddl;
 pub mod errors;
 pub mod explain;
 pub mod guc;

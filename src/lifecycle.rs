@@ -6,6 +6,7 @@
 
 use crate::catalog::TenantTable;
 use crate::errors::{raise, raise_full, OrRaise};
+use crate::logic::ident::{display_ident, quote_ident};
 use crate::logic::lifecycle::{delete_order, Access, BUILTIN_STATUSES};
 use crate::logic::tenants::{uuid_bytes, PLATFORM};
 use pgrx::prelude::*;
@@ -188,6 +189,7 @@ fn set_status_column(column_name: Option<&str>) -> Option<String> {
                     format!("column \"{value}\" of tenants table {table} does not exist"),
                 );
             }
+            check_status_column(c, oid, &table, &value);
         }
         let sql: String = crate::catalog::value(
             c,
@@ -201,6 +203,61 @@ fn set_status_column(column_name: Option<&str>) -> Option<String> {
         on_workers(c, &sql);
     });
     (!value.is_empty()).then_some(value)
+}
+
+/// A status column holds words: text, varchar, char or an enum, else 42804 (an id or
+/// a number would give every tenant an unknown status, and no access; census N10).
+/// Values that neither the built-in statuses nor `tenant_statuses` know are one
+/// WARNING: those tenants get no access until the DBA names them.
+fn check_status_column(c: &SpiClient<'_>, oid: pg_sys::Oid, table: &str, column: &str) {
+    let (type_name, words): (String, bool) = c
+        .select(
+            "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod),
+                    t.typtype = 'e' OR CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+                                         = ANY ('{text,varchar,bpchar}'::pg_catalog.regtype[])
+               FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+              WHERE a.attrelid = $1 AND a.attname = $2",
+            Some(1),
+            &[oid.into(), column.into()],
+        )
+        .and_then(|t| {
+            let r = t.first();
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<bool>(2)?.unwrap_or(false),
+            ))
+        })
+        .or_raise("reading the status column's type");
+    if !words {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!(
+                "column {} of tenants table {table} is {type_name}; a status column is text, varchar or an enum",
+                display_ident(column)
+            ),
+        );
+    }
+    let builtin: Vec<String> = BUILTIN_STATUSES
+        .iter()
+        .map(|(s, _)| s.to_string())
+        .collect();
+    let unknown: Option<String> = crate::catalog::value(
+        c,
+        &format!(
+            "SELECT pg_catalog.string_agg(DISTINCT pg_catalog.quote_literal(t.{col}::text), ', ')
+               FROM {table} t
+              WHERE t.{col} IS NOT NULL AND t.{col}::text <> ALL ($1)
+                AND NOT EXISTS (SELECT 1 FROM vital_tenancy.tenant_statuses s WHERE s.status = t.{col}::text)",
+            col = quote_ident(column)
+        ),
+        &[builtin.into()],
+    );
+    if let Some(values) = unknown {
+        pgrx::warning!(
+            "status column {} of {table} holds {values}, which neither the built-in statuses nor vital_tenancy.tenant_statuses know: those tenants get no access until set_status_access() names them",
+            display_ident(column)
+        );
+    }
 }
 
 fn require_tenant(c: &SpiClient<'_>, tenant: Option<Uuid>, what: &str) -> (Uuid, String) {

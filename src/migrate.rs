@@ -265,41 +265,14 @@ fn run_steps(
     c: &mut SpiClient<'_>,
     table: &str,
     steps: &[Step],
-    lock_timeout_ms: i32,
-    retries: i32,
+    limits: crate::logic::migrate::LockLimits,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for s in steps {
-        c.update(
-            "SELECT vital_tenancy.run_ddl($1, $2, $3, $4, $5)",
-            None,
-            &[
-                s.sql.as_str().into(),
-                s.name.as_str().into(),
-                table.into(),
-                lock_timeout_ms.into(),
-                retries.into(),
-            ],
-        )
-        .or_raise("running a DDL step");
+        crate::ddl::run(c, table, &s.name, &s.sql, limits);
         out.push((s.name.clone(), s.sql.clone()));
     }
     out
-}
-
-fn check_limits(lock_timeout_ms: i32, retries: i32) {
-    if lock_timeout_ms < 1 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("lock_timeout_ms must be positive, not {lock_timeout_ms}"),
-        );
-    }
-    if retries < 0 {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("retries must not be negative, not {retries}"),
-        );
-    }
 }
 
 /// Add a nullable tenant column and a NOT VALID foreign key to the tenants table, each
@@ -377,7 +350,7 @@ fn add_tenant_column_impl(
     default_tenant: Option<Uuid>,
 ) -> Vec<(String, String, Option<String>)> {
     let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
-    check_limits(lock_timeout_ms, retries);
+    let limits = crate::ddl::limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
     let rows = Spi::connect_mut(|c| {
         let (name, relname) = require_table(c, oid);
@@ -402,11 +375,10 @@ fn add_tenant_column_impl(
             }
         }
         let steps = add_steps(&name, &relname, tenant_column, &tenants, &st, default);
-        let mut rows: Vec<(String, String, Option<String>)> =
-            run_steps(c, &name, &steps, lock_timeout_ms, retries)
-                .into_iter()
-                .map(|(s, d)| (s, d, None))
-                .collect();
+        let mut rows: Vec<(String, String, Option<String>)> = run_steps(c, &name, &steps, limits)
+            .into_iter()
+            .map(|(s, d)| (s, d, None))
+            .collect();
         if st.fk.is_none() && st.partitioned {
             rows.push((
                 "foreign key deferred".into(),
@@ -468,7 +440,7 @@ fn enforce_tenant_column(
     retries: default!(i32, 5),
 ) -> TableIterator<'static, (name!(step, String), name!(detail, String))> {
     let tenant_column = crate::catalog::name_arg("tenant_column", tenant_column);
-    check_limits(lock_timeout_ms, retries);
+    let limits = crate::ddl::limits(lock_timeout_ms, retries);
     let oid = tbl.oid();
     let rows = Spi::connect_mut(|c| {
         let (name, relname) = require_table(c, oid);
@@ -490,7 +462,7 @@ fn enforce_tenant_column(
             );
         }
         let steps = enforce_steps(&name, &relname, tenant_column, &tenants, &st);
-        let mut rows = run_steps(c, &name, &steps, lock_timeout_ms, retries);
+        let mut rows = run_steps(c, &name, &steps, limits);
         if rows.is_empty() {
             rows.push((
                 "nothing to do".into(),
@@ -691,24 +663,45 @@ fn revertible(c: &SpiClient<'_>, run_id: i64) -> bool {
     true
 }
 
-/// The run's tables (newest step first): (table, tenant column, whether it still
-/// exists; a table dropped since has a bare OID as its regclass text).
-fn revert_steps(c: &SpiClient<'_>, run_id: i64) -> Vec<(String, String, bool)> {
+/// One table of a run, as revert_run needs it.
+struct RevertStep {
+    table: String,
+    /// Its OID as text (a table dropped since may have left it to another).
+    oid: String,
+    column: String,
+    /// Whether it still exists, as the table the run changed.
+    exists: bool,
+    /// Where the run added the column with a catalog default and stopped before its
+    /// batches had walked every row: the default tenant and the checkpoint (the last
+    /// key done, None before the first batch). The rows past it hold the default
+    /// without a journal entry (census N05).
+    unwalked_default: Option<(String, Option<String>)>,
+}
+
+/// The run's tables, newest step first.
+fn revert_steps(c: &SpiClient<'_>, run_id: i64) -> Vec<RevertStep> {
     c.select(
-        "SELECT s.tbl::pg_catalog.text, s.tenant_column::text,
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_class k WHERE k.oid = s.tbl)
+        "SELECT s.tbl::pg_catalog.text, s.tbl::pg_catalog.oid::pg_catalog.text, s.tenant_column::text,
+                    -- Steps of 0.1.0 and 0.2.0 (before their UPDATE) lack dropped_at, and
+                    -- 0.1.0's default_tenant: read as jsonb.
+                    pg_catalog.to_jsonb(s) ->> 'dropped_at' IS NULL AND EXISTS (SELECT 1 FROM pg_catalog.pg_class k WHERE k.oid = s.tbl),
+                    CASE WHEN s.phase = 'queue' THEN pg_catalog.to_jsonb(s) ->> 'default_tenant' END, s.last_key
                FROM vital_tenancy.migration_steps s
               WHERE s.run_id = $1 ORDER BY s.started_at DESC, s.tbl::pg_catalog.text",
         None,
         &[run_id.into()],
     )
     .or_raise("reading the run's steps")
-    .map(|r| {
-        (
-            r.get::<String>(1).ok().flatten().unwrap_or_default(),
-            r.get::<String>(2).ok().flatten().unwrap_or_default(),
-            r.get::<bool>(3).ok().flatten().unwrap_or(false),
-        )
+    .map(|r| RevertStep {
+        table: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+        oid: r.get::<String>(2).ok().flatten().unwrap_or_default(),
+        column: r.get::<String>(3).ok().flatten().unwrap_or_default(),
+        exists: r.get::<bool>(4).ok().flatten().unwrap_or(false),
+        unwalked_default: r
+            .get::<String>(5)
+            .ok()
+            .flatten()
+            .map(|d| (d, r.get::<String>(6).ok().flatten())),
     })
     .collect()
 }
@@ -764,12 +757,14 @@ fn revert_dropped(c: &SpiClient<'_>, run_id: i64, table: &str) -> (String, i64, 
 }
 
 /// Put one table's journaled tenant values back: (table, reverted, changed since).
-fn revert_table(
-    c: &mut SpiClient<'_>,
-    run_id: i64,
-    table: String,
-    column: &str,
-) -> (String, i64, i64) {
+fn revert_table(c: &mut SpiClient<'_>, run_id: i64, step: RevertStep) -> (String, i64, i64) {
+    let RevertStep {
+        table,
+        column,
+        unwalked_default,
+        ..
+    } = step;
+    let column = column.as_str();
     let oid: pg_sys::Oid = c
         .select(
             "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
@@ -783,11 +778,16 @@ fn revert_table(
     let col = quote_ident(column);
     let needs_null: bool = c
         .select(
-            "SELECT EXISTS (SELECT 1 FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass
-                           AND old_tenant IS NULL)
+            "SELECT ($4 OR EXISTS (SELECT 1 FROM vital_tenancy.migration_journal_batches WHERE run_id = $1
+                                    AND tbl = $2::pg_catalog.regclass AND old_tenant IS NULL))
                 AND (SELECT attnotnull FROM pg_catalog.pg_attribute WHERE attrelid = $2::pg_catalog.regclass AND attname = $3)",
             Some(1),
-            &[run_id.into(), table.as_str().into(), column.into()],
+            &[
+                run_id.into(),
+                table.as_str().into(),
+                column.into(),
+                unwalked_default.is_some().into(),
+            ],
         )
         .and_then(|t| t.first().get_one())
         .or_raise("checking NOT NULL")
@@ -820,6 +820,32 @@ fn revert_table(
         .and_then(|t| t.first().get_one())
         .or_raise("reverting a table")
         .unwrap_or(0);
+    // Rows past the checkpoint of a run that stopped in its first phase still hold the
+    // catalog default the run gave them, unjournaled: before the run they had no tenant.
+    let unwalked: i64 = match &unwalked_default {
+        None => 0,
+        Some((tenant, after)) => {
+            let n: i64 = c
+                .update(
+                    &format!(
+                        "WITH u AS (UPDATE {table} t SET {col} = NULL
+                                     WHERE t.{col} = $1::pg_catalog.uuid AND ($2::pg_catalog.text IS NULL OR t.{pk} > $2::{pk_type})
+                                 RETURNING 1)
+                         SELECT count(*) FROM u"
+                    ),
+                    None,
+                    &[tenant.as_str().into(), after.as_deref().into()],
+                )
+                .and_then(|t| t.first().get_one())
+                .or_raise("resetting the rows past the run's checkpoint")
+                .unwrap_or(0);
+            notice(&format!(
+                "{table}: the run stopped after key {}; the {n} rows after it still held the tenant {tenant} the run had given them in the catalog, and are reset to NULL",
+                after.as_deref().unwrap_or("(start)")
+            ));
+            n
+        }
+    };
     let journaled: i64 = c
         .select(
             "SELECT COALESCE(sum(cardinality(keys)), 0)::bigint FROM vital_tenancy.migration_journal_batches WHERE run_id = $1 AND tbl = $2::pg_catalog.regclass",
@@ -829,7 +855,7 @@ fn revert_table(
         .and_then(|t| t.first().get_one())
         .or_raise("counting the journal")
         .unwrap_or(0);
-    (table, reverted, journaled - reverted)
+    (table, reverted + unwalked, journaled - reverted)
 }
 
 /// Put back the tenant values a migration run journaled, exactly: each row whose
@@ -854,11 +880,11 @@ fn revert_run(
         let steps = revert_steps(c, run_id);
         let restore = triggers_off(c);
         let mut out = Vec::new();
-        for (table, column, exists) in steps {
-            out.push(if exists {
-                revert_table(c, run_id, table, &column)
+        for step in steps {
+            out.push(if step.exists {
+                revert_table(c, run_id, step)
             } else {
-                revert_dropped(c, run_id, &table)
+                revert_dropped(c, run_id, &step.oid)
             });
         }
         if let Some(role) = restore {
@@ -880,20 +906,76 @@ fn revert_run(
     TableIterator::new(rows)
 }
 
-/// Mark a named migration run completed (the end of migration 004).
+/// Mark a named migration run completed (the end of migration 004). A run already
+/// completed is reported (migration 004 run again after a later step failed); a name
+/// no run has is 22023 (a typo would leave the real run running, census N08). A run
+/// with a step that stopped before its last batch is still marked, with a WARNING per
+/// step: it can no longer be resumed, only reverted.
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
 fn finish_run(run_name: &str) -> Option<i64> {
     Spi::connect_mut(|c| {
-        c.update(
-            "UPDATE vital_tenancy.migration_runs SET status = 'completed', finished_at = pg_catalog.now()
-              WHERE run_id = (SELECT max(run_id) FROM vital_tenancy.migration_runs WHERE name = $1 AND status = 'running')
-              RETURNING run_id",
-            None,
-            &[run_name.into()],
-        )
-        .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get_one::<i64>() })
-        .or_raise("finishing the run")
+        let finished = c
+            .update(
+                "UPDATE vital_tenancy.migration_runs SET status = 'completed', finished_at = pg_catalog.now()
+                  WHERE run_id = (SELECT max(run_id) FROM vital_tenancy.migration_runs WHERE name = $1 AND status = 'running')
+                  RETURNING run_id",
+                None,
+                &[run_name.into()],
+            )
+            .and_then(|t| if t.is_empty() { Ok(None) } else { t.first().get_one::<i64>() })
+            .or_raise("finishing the run");
+        let Some(run_id) = finished else {
+            let done = crate::catalog::value::<i64>(
+                c,
+                "SELECT max(run_id) FROM vital_tenancy.migration_runs WHERE name = $1 AND status = 'completed'",
+                &[run_name.into()],
+            );
+            match done {
+                Some(id) => notice(&format!(
+                    "migration run {id} ({}) is already completed",
+                    crate::logic::ident::quote_literal(run_name)
+                )),
+                None => raise_full(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!(
+                        "no running migration run is named {}",
+                        crate::logic::ident::quote_literal(run_name)
+                    ),
+                    None,
+                    Some("migration_runs lists the runs and their names.".into()),
+                ),
+            }
+            return done;
+        };
+        let open = c
+            .select(
+                // (0.1.0's steps, before its UPDATE, have no default_tenant: read as jsonb.)
+                "SELECT s.tbl::pg_catalog.text, s.phase, s.last_key, s.rows_done, s.rows_total,
+                        pg_catalog.to_jsonb(s) ->> 'default_tenant' IS NOT NULL
+                   FROM vital_tenancy.migration_steps s WHERE s.run_id = $1 AND s.phase <> 'done' ORDER BY 1",
+                None,
+                &[run_id.into()],
+            )
+            .or_raise("reading the run's steps");
+        for r in open {
+            let table: String = r.get(1).ok().flatten().unwrap_or_default();
+            let phase: String = r.get(2).ok().flatten().unwrap_or_default();
+            let key: Option<String> = r.get(3).ok().flatten();
+            let done: i64 = r.get(4).ok().flatten().unwrap_or(0);
+            let total: i64 = r.get(5).ok().flatten().unwrap_or(0);
+            let by_default: bool = r.get(6).ok().flatten().unwrap_or(false);
+            pgrx::warning!(
+                "migration run {run_id}: the backfill of {table} stopped in phase {phase} after key {} ({done} of {total} rows); finished, it cannot be resumed{}",
+                key.as_deref().unwrap_or("(start)"),
+                if by_default && phase == "queue" {
+                    ": the rows past that key hold the catalog default tenant, unclassified; revert_run() resets them"
+                } else {
+                    ""
+                }
+            );
+        }
+        Some(run_id)
     })
 }
 

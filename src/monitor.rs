@@ -261,6 +261,20 @@ impl Iterator for ExportRows {
                 }
                 let mut cur = c.find_cursor(&name).or_raise("finding the export cursor");
                 let mut t = cur.fetch(1000).or_raise("fetching exported rows");
+                // A portal of that name declared anew by the client (after a CLOSE) may
+                // sit where ours did: its rows are not (text, jsonb) (issue 32, item 3).
+                let ours = !t.is_empty()
+                    && t.columns().ok() == Some(2)
+                    && t.column_type_oid(1).ok() == Some(PgOid::from(pg_sys::TEXTOID))
+                    && t.column_type_oid(2).ok() == Some(PgOid::from(pg_sys::JSONBOID));
+                if !t.is_empty() && !ours {
+                    raise_full(
+                        PgSqlErrorCode::ERRCODE_INVALID_CURSOR_NAME,
+                        "export_tenant's cursor was replaced before the export finished",
+                        Some(format!("The portal \"{name}\" now holds another query's rows.")),
+                        Some("Run the export again, without closing or re-declaring its cursor midway.".into()),
+                    )
+                }
                 // The previous batch has been returned: its datums can go.
                 // SAFETY: nothing points into the context any more (the buffer is empty
                 // and its last row was returned by the previous call).

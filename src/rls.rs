@@ -8,6 +8,7 @@
 
 use crate::errors::{raise, raise_full, OrRaise};
 use crate::logic::ident::{display_ident, quote_ident};
+use crate::logic::migrate::LockLimits;
 use crate::logic::rls::{citus_policies, policies, CITUS_POLICY_NAMES, POLICY_NAMES};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -80,19 +81,6 @@ fn target(c: &SpiClient<'_>, oid: pg_sys::Oid, column: &str) -> Target {
     }
 }
 
-/// Run one DDL statement of ours under `lock_timeout` with retries (`run_ddl`, the
-/// toolkit's defaults: 2 s, 5 retries): behind a long transaction the ACCESS EXCLUSIVE
-/// request gives up with 55P03 naming the step instead of queueing every reader of the
-/// table behind it for as long as that transaction lasts.
-pub(crate) fn run(c: &mut SpiClient<'_>, sql: &str, what: &str) {
-    c.update(
-        "SELECT vital_tenancy.run_ddl($1, $2, NULL, 2000, 5)",
-        None,
-        &[sql.into(), what.into()],
-    )
-    .or_raise(what);
-}
-
 /// Drop the extension's policies on a table (and only those).
 fn drop_own_policies(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) {
     let existing: Vec<String> = c
@@ -110,10 +98,12 @@ fn drop_own_policies(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) {
         .filter_map(|r| r.get::<String>(1).ok().flatten())
         .collect();
     for name in existing {
-        run(
+        crate::ddl::run(
             c,
-            &format!("DROP POLICY {} ON {sql_name}", quote_ident(&name)),
+            sql_name,
             "dropping a policy",
+            &format!("DROP POLICY {} ON {sql_name}", quote_ident(&name)),
+            LockLimits::DEFAULT,
         );
     }
 }
@@ -141,14 +131,22 @@ fn restore_originals(c: &mut SpiClient<'_>, oid: pg_sys::Oid, sql_name: &str) ->
     let mut out = Vec::new();
     for (policy, definition) in rows {
         for name in [policy.clone(), crate::logic::rls::read_policy_name(&policy)] {
-            run(
+            crate::ddl::run(
                 c,
-                &format!("DROP POLICY IF EXISTS {} ON {sql_name}", quote_ident(&name)),
+                sql_name,
                 "dropping a folded policy",
+                &format!("DROP POLICY IF EXISTS {} ON {sql_name}", quote_ident(&name)),
+                LockLimits::DEFAULT,
             );
         }
         // The definition is the catalog's own deparsed text, kept when it was changed.
-        run(c, &definition, "restoring a policy");
+        crate::ddl::run(
+            c,
+            sql_name,
+            "restoring a policy",
+            &definition,
+            LockLimits::DEFAULT,
+        );
         out.push(format!("policy {} restored", display_ident(&policy)));
     }
     c.update(
@@ -207,7 +205,13 @@ fn apply_policies(c: &mut SpiClient<'_>, t: &Target, shared: bool) -> Vec<String
         policies(&t.sql_name, &col, shared, grant)
     };
     for (name, sql) in list {
-        run(c, &sql, "creating a policy");
+        crate::ddl::run(
+            c,
+            &t.sql_name,
+            "creating a policy",
+            &sql,
+            LockLimits::DEFAULT,
+        );
         actions.push(format!("policy {name}"));
     }
     if !grant {
@@ -327,27 +331,33 @@ fn enable_tenant_rls(
             .or_raise("updating the table's record");
         }
 
-        run(
+        crate::ddl::run(
             c,
-            &format!("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", t.sql_name),
+            &t.sql_name,
             "enabling RLS",
+            &format!("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", t.sql_name),
+            LockLimits::DEFAULT,
         );
-        run(
+        crate::ddl::run(
             c,
-            &format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", t.sql_name),
+            &t.sql_name,
             "forcing RLS",
+            &format!("ALTER TABLE {} FORCE ROW LEVEL SECURITY", t.sql_name),
+            LockLimits::DEFAULT,
         );
         actions.push("row level security enabled and forced".into());
 
         actions.extend(apply_policies(c, &t, shared));
 
-        run(
+        crate::ddl::run(
             c,
+            &t.sql_name,
+            "setting the column default",
             &format!(
                 "ALTER TABLE {} ALTER COLUMN {col} SET DEFAULT vital_tenancy.current_tenant_id()",
                 t.sql_name
             ),
-            "setting the column default",
+            LockLimits::DEFAULT,
         );
         actions.push(format!(
             "{} defaults to vital_tenancy.current_tenant_id()",
@@ -369,14 +379,16 @@ fn enable_tenant_rls(
                 // Truncated to 63 bytes keeping the suffix (a plain cut of a long
                 // table's name would give the table's own name back: F20).
                 let ix = crate::logic::migrate::derived_name(&table_name, &t.column, "vt_idx");
-                run(
+                crate::ddl::run(
                     c,
+                    &t.sql_name,
+                    "creating the tenant index",
                     &format!(
                         "CREATE INDEX {} ON {} ({col})",
                         quote_ident(&ix),
                         t.sql_name
                     ),
-                    "creating the tenant index",
+                    LockLimits::DEFAULT,
                 );
                 c.update(
                     "UPDATE vital_tenancy.rls_tables SET created_index = $2 WHERE tbl = $1",
@@ -430,15 +442,19 @@ fn disable_tenant_rls(
         let col = quote_ident(&column);
         match &prior_default {
             // The prior default is deparsed catalog text (pg_get_expr), not user input.
-            Some(d) => run(
+            Some(d) => crate::ddl::run(
                 c,
-                &format!("ALTER TABLE {name} ALTER COLUMN {col} SET DEFAULT {d}"),
+                &name,
                 "restoring the default",
+                &format!("ALTER TABLE {name} ALTER COLUMN {col} SET DEFAULT {d}"),
+                LockLimits::DEFAULT,
             ),
-            None => run(
+            None => crate::ddl::run(
                 c,
-                &format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT"),
+                &name,
                 "dropping the default",
+                &format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT"),
+                LockLimits::DEFAULT,
             ),
         }
         actions.push(match prior_default {
@@ -456,25 +472,31 @@ fn disable_tenant_rls(
                 .and_then(|t| t.first().get_one())
                 .or_raise("reading the schema")
                 .unwrap_or_default();
-            run(
+            crate::ddl::run(
                 c,
-                &format!("DROP INDEX IF EXISTS {ns}.{}", quote_ident(&ix)),
+                &name,
                 "dropping the index",
+                &format!("DROP INDEX IF EXISTS {ns}.{}", quote_ident(&ix)),
+                LockLimits::DEFAULT,
             );
             actions.push(format!("index {} dropped", display_ident(&ix)));
         }
         if !was_forced {
-            run(
+            crate::ddl::run(
                 c,
-                &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY"),
+                &name,
                 "unforcing RLS",
+                &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY"),
+                LockLimits::DEFAULT,
             );
         }
         if !was_enabled {
-            run(
+            crate::ddl::run(
                 c,
-                &format!("ALTER TABLE {name} DISABLE ROW LEVEL SECURITY"),
+                &name,
                 "disabling RLS",
+                &format!("ALTER TABLE {name} DISABLE ROW LEVEL SECURITY"),
+                LockLimits::DEFAULT,
             );
         }
         actions.push(format!(

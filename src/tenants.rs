@@ -130,6 +130,23 @@ fn ensure_tenants(
 }
 
 fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sys::Oid {
+    // Checked by name first (pg_temp names no schema of its own).
+    // The registry is the application's: never in a system schema, the extension's own
+    // or a session's temporary one.
+    let s = table.schema.as_str();
+    if s == "pg_catalog"
+        || s == "information_schema"
+        || s == "vital_tenancy"
+        || s.starts_with("pg_toast")
+        || s.starts_with("pg_temp")
+    {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "tenants table {table} would be in schema \"{s}\"; the tenants registry belongs in an application schema"
+            ),
+        );
+    }
     let nsp: Option<pg_sys::Oid> = client
         .select(
             "SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1",
@@ -147,22 +164,6 @@ fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sy
             ),
         )
     };
-    // The registry is the application's: never in a system schema, the extension's own
-    // or a session's temporary one.
-    let s = table.schema.as_str();
-    if s == "pg_catalog"
-        || s == "information_schema"
-        || s == "vital_tenancy"
-        || s.starts_with("pg_toast")
-        || s.starts_with("pg_temp")
-    {
-        raise(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!(
-                "tenants table {table} would be in schema \"{s}\"; the tenants registry belongs in an application schema"
-            ),
-        );
-    }
     // Concurrent calls for a table that does not exist yet: one creates it, the others
     // wait here and then find it (the lookup below takes its snapshot after the wait).
     client
@@ -189,20 +190,16 @@ fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sy
     match found {
         (Some(oid), Some(kind)) if kind == "r" || kind == "p" => {
             // Serialise concurrent ensure_tenants() calls; readers are not blocked.
-            client
-                .update(
-                    &format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", table.quoted()),
-                    None,
-                    &[],
-                )
-                .or_raise("locking the tenants table");
+            // Behind an open writer of the registry it gives up (55P03) after the
+            // toolkit's lock timeout rather than blocking other writers behind it (N02).
+            lock_registry(client, table);
             oid
         }
         (Some(_), Some(kind)) => raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!(
-                "tenants table {table} is a {}, not a table",
-                relkind_name(&kind)
+                "tenants table {table} is {}, not a table",
+                crate::catalog::relkind_article(&kind)
             ),
         ),
         _ => {
@@ -240,25 +237,43 @@ fn resolve_or_create(client: &mut SpiClient<'_>, table: &QualifiedName) -> pg_sy
     }
 }
 
+/// LOCK the registry IN SHARE ROW EXCLUSIVE MODE within the toolkit's lock timeout
+/// (PostgreSQL's 55P03 beyond it), the caller's own lock_timeout again afterwards.
+fn lock_registry(client: &mut SpiClient<'_>, table: &QualifiedName) {
+    let prior = crate::catalog::value::<String>(
+        client,
+        "SELECT pg_catalog.current_setting('lock_timeout')",
+        &[],
+    )
+    .unwrap_or_else(|| "0".into());
+    let ms = crate::logic::migrate::LockLimits::DEFAULT.lock_timeout_ms;
+    for (sql, args) in [
+        (
+            "SELECT pg_catalog.set_config('lock_timeout', $1, true)".to_string(),
+            vec![format!("{ms}ms")],
+        ),
+        (
+            format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", table.quoted()),
+            vec![],
+        ),
+        (
+            "SELECT pg_catalog.set_config('lock_timeout', $1, true)".to_string(),
+            vec![prior],
+        ),
+    ] {
+        let args: Vec<_> = args.iter().map(|a| a.as_str().into()).collect();
+        client
+            .update(&sql, None, &args)
+            .or_raise("locking the tenants registry");
+    }
+}
+
 /// The first column of the first row, or `None` when there is no row.
 fn first_value<A: FromDatum + IntoDatum>(t: SpiTupleTable<'_>) -> SpiResult<Option<A>> {
     if t.is_empty() {
         Ok(None)
     } else {
         t.first().get_one()
-    }
-}
-
-fn relkind_name(kind: &str) -> &'static str {
-    match kind {
-        "v" => "view",
-        "m" => "materialized view",
-        "f" => "foreign table",
-        "S" => "sequence",
-        "i" | "I" => "index",
-        "c" => "composite type",
-        "t" => "TOAST table",
-        _ => "relation of another kind",
     }
 }
 
@@ -425,6 +440,17 @@ fn add_tenant(
         let columns = load_columns(client, relid);
         check_columns(&table, &columns, &plan);
         let checks = load_checks(client, relid);
+        // Two calls with one slug at once behave as one after the other (census N06):
+        // the second waits for the first to commit, then finds its tenant (the look-up
+        // below takes its snapshot after the wait, in READ COMMITTED).
+        client
+            .update(
+                "SELECT pg_catalog.pg_advisory_xact_lock($1::pg_catalog.oid::integer,
+                        pg_catalog.hashtext('vital_tenancy.add_tenant ' OPERATOR(pg_catalog.||) $2))",
+                None,
+                &[relid.into(), slug.into()],
+            )
+            .or_raise("serialising add_tenant");
         // Without an id, a tenant of this slug is the one asked for (a second call).
         let by_slug: Option<Uuid> = client
             .select(
@@ -780,9 +806,13 @@ fn protect_tenants_table() -> TableIterator<'static, (name!(action, String),)> {
             .or_raise("reading the registry's privileges")
             .filter_map(|r| r.get::<String>(1).ok().flatten())
             .collect();
+        // Every statement through the DDL runner: ENABLE ROW LEVEL SECURITY and the
+        // policies take ACCESS EXCLUSIVE on the registry, which the tenant context
+        // reads; behind an open reader they give up (55P03) instead of queueing every
+        // request behind them (census N02).
+        let limits = crate::logic::migrate::LockLimits::DEFAULT;
         for ddl in revokes {
-            c.update(&ddl, None, &[])
-                .or_raise("revoking a registry privilege");
+            crate::ddl::run(c, &table, "revoking a registry privilege", &ddl, limits);
             actions.push(ddl);
         }
         for (ddl, what) in [
@@ -795,8 +825,7 @@ fn protect_tenants_table() -> TableIterator<'static, (name!(action, String),)> {
                 "row level security enabled (not forced: the owner manages the registry)",
             ),
         ] {
-            c.update(&ddl, None, &[])
-                .or_raise("protecting the registry");
+            crate::ddl::run(c, &table, "protecting the registry", &ddl, limits);
             actions.push(what.into());
         }
         let existing: Vec<String> = c
@@ -812,12 +841,13 @@ fn protect_tenants_table() -> TableIterator<'static, (name!(action, String),)> {
             .filter_map(|r| r.get::<String>(1).ok().flatten())
             .collect();
         for name in existing {
-            c.update(
+            crate::ddl::run(
+                c,
+                &table,
+                "dropping a registry policy",
                 &format!("DROP POLICY {} ON {table}", quote_ident(&name)),
-                None,
-                &[],
-            )
-            .or_raise("dropping a registry policy");
+                limits,
+            );
         }
         let citus = crate::catalog::value::<String>(
             c,
@@ -832,8 +862,7 @@ fn protect_tenants_table() -> TableIterator<'static, (name!(action, String),)> {
             crate::logic::rls::registry_policies(&table)
         };
         for (name, ddl) in policies {
-            c.update(&ddl, None, &[])
-                .or_raise("creating a registry policy");
+            crate::ddl::run(c, &table, "creating a registry policy", &ddl, limits);
             actions.push(format!("policy {name}"));
         }
     });

@@ -206,8 +206,10 @@ impl fmt::Display for ContextError {
     }
 }
 
+/// A setting's value, `None` when unset or blank. Not trimmed: a uuid with spaces
+/// around it is malformed here as in PostgreSQL's uuid input (census N14).
 fn non_empty(s: &Option<String>) -> Option<&str> {
-    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    s.as_deref().filter(|s| !s.trim().is_empty())
 }
 
 fn short(s: &str) -> String {
@@ -238,6 +240,9 @@ fn parse_json(
         Ok(Value::Number(_)) => "is a JSON number, not an object",
         Ok(Value::Bool(_)) => "is a JSON boolean, not an object",
         Err(e) if e.to_string().contains("recursion limit") => "is nested deeper than 128 levels",
+        Err(e) if e.to_string().contains("number out of range") => {
+            "holds a number beyond double precision"
+        }
         Err(_) => "is not valid JSON",
     };
     Err(ContextError::MalformedJson {
@@ -256,7 +261,7 @@ fn json_str<'a>(
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(ContextError::MalformedUuid {
             source: source.to_string(),
             value: short(&other.to_string()),
@@ -282,7 +287,7 @@ fn header<'a>(
     {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(ContextError::MalformedUuid {
             source: src,
             value: short(&other.to_string()),
@@ -298,8 +303,8 @@ pub fn own_only(raw: &RawContext) -> Result<bool, ContextError> {
     };
     match header(&h, SCOPE_HEADER) {
         Ok(None) => Ok(false),
-        Ok(Some(v)) if v.eq_ignore_ascii_case("own") => Ok(true),
-        Ok(Some(v)) if v.eq_ignore_ascii_case("shared") => Ok(false),
+        Ok(Some(v)) if v.trim().eq_ignore_ascii_case("own") => Ok(true),
+        Ok(Some(v)) if v.trim().eq_ignore_ascii_case("shared") => Ok(false),
         Ok(Some(v)) => Err(ContextError::MalformedScope { value: short(v) }),
         Err(_) => Err(ContextError::MalformedScope {
             value: "(not a string)".into(),
@@ -398,6 +403,33 @@ mod tests {
 
     fn b(s: &str) -> [u8; 16] {
         uuid_bytes(s).unwrap()
+    }
+
+    #[test]
+    fn a_uuid_with_spaces_around_it_is_malformed_in_every_source() {
+        let claims_no_tenant = format!(r#"{{"sub": "{U}"}}"#);
+        for r in [
+            raw(Some(&format!(" {T}")), None, None),
+            raw(Some(&format!("{T} ")), None, None),
+            raw(None, Some(&format!(r#"{{"tenant_id": " {T} "}}"#)), None),
+            raw(
+                None,
+                Some(&claims_no_tenant),
+                Some(&format!(r#"{{"x-tenant-id": " {T}"}}"#)),
+            ),
+        ] {
+            assert!(
+                matches!(resolve(&r), Err(ContextError::MalformedUuid { .. })),
+                "{r:?}"
+            );
+        }
+        // A number JSON can write but double precision cannot hold: named as such.
+        let e = resolve(&raw(None, Some(r#"{"tenant_id": 1e400}"#), None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("holds a number beyond double precision"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -121,7 +121,29 @@ impl Classifier {
                 },
             }
         };
-        match name.trim().to_ascii_lowercase().as_str() {
+        let kind = name.trim().to_ascii_lowercase();
+        // A key the classifier does not read is refused (a typo such as "fallbak"
+        // would otherwise run without its fallback; census N09).
+        let allowed: &[&str] = match kind.as_str() {
+            "tenant" => &["tenant"],
+            "parent" => &["column", "parent", "match", "fallback", "private"],
+            _ => &[],
+        };
+        if let Value::Object(m) = options {
+            if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+                return Err(err(
+                    "22023",
+                    format!(
+                        "unknown option \"{k}\" for classifier \"{kind}\"{}",
+                        match allowed {
+                            [] => " (it takes no options)".to_string(),
+                            a => format!("; it takes {}", a.join(", ")),
+                        }
+                    ),
+                ));
+            }
+        }
+        match kind.as_str() {
             "prompt" => Ok(Classifier::Prompt),
             "knowledge" => Ok(Classifier::Knowledge),
             "agent" => Ok(Classifier::Agent),
@@ -318,15 +340,31 @@ pub fn expression(
                     ),
                 )
             })?;
-            if parent.column(tenant_column).is_none() {
-                return Err(err(
-                    "42703",
-                    format!(
-                        "parent table {} has no tenant column {}; backfill it first",
-                        parent.sql_name,
-                        quote_ident(tenant_column)
-                    ),
-                ));
+            match parent.column(tenant_column) {
+                None => {
+                    return Err(err(
+                        "42703",
+                        format!(
+                            "parent table {} has no tenant column {}; backfill it first",
+                            parent.sql_name,
+                            quote_ident(tenant_column)
+                        ),
+                    ))
+                }
+                // Found before anything is written: a text tenant column failed only in
+                // the first batch, after the run and the column were committed (N04).
+                Some(c) if c.type_name != "uuid" => {
+                    return Err(err(
+                        "42804",
+                        format!(
+                            "tenant column {} of parent table {} is {}, not uuid",
+                            quote_ident(tenant_column),
+                            parent.sql_name,
+                            c.type_name
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
             let mut parts = Vec::new();
             for k in keys {
@@ -370,6 +408,52 @@ pub fn expression(
             }
         }
     })
+}
+
+/// How long the extension's DDL waits for its lock, and how often it tries again
+/// (every DDL runner and every function taking `lock_timeout_ms`/`retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockLimits {
+    pub lock_timeout_ms: i32,
+    pub retries: i32,
+}
+
+impl LockLimits {
+    /// The toolkit's defaults: 2 s per attempt, 5 retries.
+    pub const DEFAULT: LockLimits = LockLimits {
+        lock_timeout_ms: 2000,
+        retries: 5,
+    };
+    /// At most ten minutes per attempt and 100 retries: beyond that a DDL step would
+    /// hold its place in the lock queue (and every reader behind it) for hours.
+    pub const MAX_LOCK_TIMEOUT_MS: i32 = 600_000;
+    pub const MAX_RETRIES: i32 = 100;
+
+    /// The limits, or 22023 naming the argument and its bounds.
+    pub fn new(lock_timeout_ms: i32, retries: i32) -> Result<LockLimits, PlanError> {
+        if !(1..=Self::MAX_LOCK_TIMEOUT_MS).contains(&lock_timeout_ms) {
+            return Err(err(
+                "22023",
+                format!(
+                    "lock_timeout_ms must be between 1 and {}, not {lock_timeout_ms}",
+                    Self::MAX_LOCK_TIMEOUT_MS
+                ),
+            ));
+        }
+        if !(0..=Self::MAX_RETRIES).contains(&retries) {
+            return Err(err(
+                "22023",
+                format!(
+                    "retries must be between 0 and {}, not {retries}",
+                    Self::MAX_RETRIES
+                ),
+            ));
+        }
+        Ok(LockLimits {
+            lock_timeout_ms,
+            retries,
+        })
+    }
 }
 
 /// A constraint or index name derived from a table name, within 63 bytes.
@@ -667,6 +751,89 @@ mod tests {
                 .unwrap_err()
                 .code,
             "42804"
+        );
+    }
+
+    #[test]
+    fn lock_limits_are_bounded_and_name_the_argument() {
+        assert_eq!(LockLimits::new(2000, 5), Ok(LockLimits::DEFAULT));
+        assert!(LockLimits::new(600_000, 100).is_ok());
+        assert!(LockLimits::new(1, 0).is_ok());
+        for (ms, r, msg) in [
+            (0, 5, "lock_timeout_ms must be between 1 and 600000, not 0"),
+            (
+                i32::MAX,
+                5,
+                "lock_timeout_ms must be between 1 and 600000, not 2147483647",
+            ),
+            (2000, -1, "retries must be between 0 and 100, not -1"),
+            (2000, 101, "retries must be between 0 and 100, not 101"),
+        ] {
+            let e = LockLimits::new(ms, r).unwrap_err();
+            assert_eq!((e.code, e.message.as_str()), ("22023", msg));
+        }
+    }
+
+    #[test]
+    fn options_a_classifier_does_not_read_are_refused() {
+        let e = Classifier::parse(
+            "parent",
+            &json!({"column": "name", "parent": "public.agents", "fallbak": "11111111-1111-1111-1111-111111111111"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "22023");
+        assert!(
+            e.message.starts_with(
+                "unknown option \"fallbak\" for classifier \"parent\"; it takes column,"
+            ),
+            "{e}"
+        );
+        let e = Classifier::parse(
+            "prompt",
+            &json!({"tenant": "11111111-1111-1111-1111-111111111111"}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown option \"tenant\" for classifier \"prompt\" (it takes no options)"
+        );
+        let e = Classifier::parse(
+            "tenant",
+            &json!({"tenant": "11111111-1111-1111-1111-111111111111", "tennant": 1}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("\"tennant\""), "{e}");
+        assert!(Classifier::parse("Prompt", &json!({})).is_ok());
+    }
+
+    #[test]
+    fn a_parent_whose_tenant_column_is_not_uuid_is_refused() {
+        let child = info(&[("name", "text")]);
+        let parent = TableInfo {
+            sql_name: "fz.par".into(),
+            columns: vec![
+                Column {
+                    name: "name".into(),
+                    type_name: "text".into(),
+                },
+                Column {
+                    name: "tenant_id".into(),
+                    type_name: "text".into(),
+                },
+            ],
+        };
+        let c = Classifier::Parent {
+            column: "name".into(),
+            parent: "fz.par".into(),
+            keys: vec!["name".into()],
+            fallback: None,
+            private: false,
+        };
+        let e = expression(&c, &child, "tenant_id", Some(&parent)).unwrap_err();
+        assert_eq!(e.code, "42804");
+        assert_eq!(
+            e.message,
+            "tenant column \"tenant_id\" of parent table fz.par is text, not uuid"
         );
     }
 

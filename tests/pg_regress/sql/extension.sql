@@ -20,7 +20,8 @@ select p.oid::regprocedure as function, p.provolatile, p.proparallel, p.proisstr
  where p.pronamespace = 'vital_tenancy'::regnamespace
  order by p.oid::regprocedure::text;
 
--- Every extension object is in schema vital_tenancy (or is the schema itself).
+-- Every extension object is in schema vital_tenancy (or is the schema itself, or its
+-- event trigger, which has no schema).
 select count(*) as objects_outside_schema
   from pg_depend d
   join pg_extension e on e.oid = d.refobjid and e.extname = 'vital_tenancy'
@@ -28,7 +29,8 @@ select count(*) as objects_outside_schema
    and not exists (select 1 from pg_proc p where p.oid = d.objid and p.pronamespace = 'vital_tenancy'::regnamespace)
    and not exists (select 1 from pg_class c where c.oid = d.objid and c.relnamespace = 'vital_tenancy'::regnamespace)
    and not exists (select 1 from pg_type t where t.oid = d.objid and t.typnamespace = 'vital_tenancy'::regnamespace)
-   and not (d.classid = 'pg_namespace'::regclass and d.objid = 'vital_tenancy'::regnamespace);
+   and not (d.classid = 'pg_namespace'::regclass and d.objid = 'vital_tenancy'::regnamespace)
+   and not exists (select 1 from pg_event_trigger t where t.oid = d.objid and t.evtname = 'vital_tenancy_forget_dropped');
 
 -- Every table of the extension is kept by pg_dump.
 select c.oid::regclass as config_table,

@@ -156,6 +156,7 @@ call vital_tenancy.backfill('public.prompts', 'prompt', batch_size => 2000000);
 select count(*) as cut_columns from pg_catalog.pg_attribute where attrelid = 'public.tools'::regclass and attname like 'ttt%';
 -- One batch is counted by backfill_run_batch: rows the classifier left without a
 -- tenant are the rest of the batch; rows inserted into its range count as walked.
+insert into vital_tenancy.migration_runs (run_id, name) values (0, 'batch counts');
 select * from vital_tenancy.backfill_run_batch('select 3::bigint, null::bigint, 3::bigint, null::bigint',
                                                'public.prompts', 0, null, null, null, 10, 5);
 select * from vital_tenancy.backfill_run_batch('select 4::bigint, 1::bigint, 2::bigint, 7::bigint',

@@ -42,7 +42,9 @@ insert into reviewed values
   ('vital_tenancy.explain_tenant(text,jsonb)', 'shows which rule classifies a row', 'a function of its arguments and the PUBLIC-readable rules; unknown kind 22023'),
   ('vital_tenancy.rules()', 'shows the classification rules in force', 'reads the PUBLIC-readable rules table'),
   ('vital_tenancy.all_tenant_ids()', 'not PUBLIC: platform admins (vital_tenancy_admin) list every tenant',
-   'no arguments; SECURITY DEFINER to read the closed registry');
+   'no arguments; SECURITY DEFINER to read the closed registry'),
+  ('vital_tenancy.forget_dropped_tables()', 'not PUBLIC: the event trigger on sql_drop runs it for every role''s DROP',
+   'no arguments (an event trigger function cannot be called); deletes only the records of the OIDs the DROP removed; SECURITY DEFINER because the dropping role cannot write the extension''s tables');
 
 with r as (
   select p.oid::regprocedure::text as routine, p.prosecdef,
