@@ -323,6 +323,13 @@ pub(crate) fn name_arg<'a>(arg: &str, name: &'a str) -> &'a str {
             format!("{arg} must not be empty"),
         );
     }
+    // Names are exact (as %I quotes them), but one of blanks only is a typo (N07).
+    if name.trim().is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("{arg} must not be blank"),
+        );
+    }
     let cut = crate::logic::ident::truncate_identifier(name);
     if cut.len() < name.len() {
         ereport!(
