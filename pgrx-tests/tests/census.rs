@@ -412,8 +412,7 @@ fn routines(c: &mut Client) -> Vec<(String, String, Args)> {
 /// parentheses.
 fn split_defaults(s: &str) -> Vec<String> {
     let (mut out, mut cur, mut depth, mut quoted) = (Vec::new(), String::new(), 0, false);
-    let mut chars = s.chars().peekable();
-    while let Some(ch) = chars.next() {
+    for ch in s.chars() {
         match ch {
             '\'' => quoted = !quoted,
             '(' | '[' if !quoted => depth += 1,
