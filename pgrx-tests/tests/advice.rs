@@ -15,8 +15,14 @@ const GET: &str = r#"WITH pgrst_source AS (SELECT "public"."prompts"."id", "publ
 const KNOWLEDGE: &str = r#"SELECT "public"."knowledge_base"."id", "public"."knowledge_base"."content" FROM "public"."knowledge_base" WHERE "public"."knowledge_base"."domain" = 'regulatory_affairs' AND "public"."knowledge_base"."is_active" = true ORDER BY "public"."knowledge_base"."created_at" DESC LIMIT 20"#;
 const TAGS: &str = "SELECT id FROM public.prompts WHERE compliance_tags @> ARRAY['HIPAA']::text[]";
 
+/// Roles and their memberships are cluster-wide, and two GRANTs of one membership at
+/// once collide in pg_auth_members (an advisory lock is per database): one test at a
+/// time sets them up.
+static ROLES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn setup(tag: &str) -> (FixtureDb, Client, bool) {
     let (db, mut dba) = FixtureDb::migrated(tag);
+    let roles = ROLES.lock().unwrap_or_else(|e| e.into_inner());
     let hypopg = server_has_library("hypopg");
     if !hypopg {
         eprintln!("SKIPPED advice tests, their hypopg part: hypopg is not installed for this server (the advice is checked unverified)");
@@ -46,6 +52,7 @@ fn setup(tag: &str) -> (FixtureDb, Client, bool) {
         if hypopg { "CREATE EXTENSION hypopg;" } else { "" }
     ))
     .unwrap();
+    drop(roles);
     dba.batch_execute("VACUUM ANALYZE public.prompts").unwrap();
     dba.batch_execute(
         "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0)",

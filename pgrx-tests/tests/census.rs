@@ -8,7 +8,7 @@
 use postgres::Client;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use vital_tenancy_e2e::{message, sqlstate, FixtureDb};
+use vital_tenancy_e2e::{sqlstate, FixtureDb};
 
 /// Fixture + extension + tenants + `fz.rv`: the fixture's prompts repeated `copies`
 /// times (their names, domains and authors), integer keys, no tenant column, with the
@@ -188,11 +188,13 @@ fn n02_registry_ddl_gives_up_behind_an_open_reader() {
         let mut c = vital_tenancy_e2e::connect(&name, "postgres");
         let t = Instant::now();
         let r = c.query("SELECT * FROM vital_tenancy.protect_tenants_table()", &[]);
-        (
-            t.elapsed(),
-            sqlstate(r.map(|_| ())),
-            message(c.query("SELECT 1/0", &[])),
-        )
+        let took = t.elapsed();
+        let msg = r
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_db_error())
+            .map(|d| d.message().to_string());
+        (took, sqlstate(r.map(|_| ())), msg.unwrap_or_default())
     });
     std::thread::sleep(Duration::from_millis(1000));
     let mut late = db.dba();
@@ -200,8 +202,14 @@ fn n02_registry_ddl_gives_up_behind_an_open_reader() {
     late.query_one("SELECT count(*) FROM public.tenants", &[])
         .unwrap();
     let waited = t.elapsed();
-    let (took, code, _) = ddl.join().unwrap();
+    let (took, code, msg) = ddl.join().unwrap();
     assert_eq!(code, "55P03");
+    // N13: the message names the table and the step.
+    assert!(
+        msg.starts_with("public.tenants: ")
+            && msg.contains("could not get its lock within 2000 ms, 6 attempts"),
+        "{msg}"
+    );
     assert!(
         took < Duration::from_secs(30),
         "gave up after {took:?}, within 6 attempts of 2 s and their backoff"

@@ -38,6 +38,14 @@ create table fz.ch (id int primary key, name text);
 select vital_tenancy.backfill_plan('fz.ch', 'parent', '{"column": "name", "parent": "fz.par", "match": ["name"]}');
 \echo :LAST_ERROR_SQLSTATE
 
+-- N07: column names are exact (as %I quotes them); one of blanks only is refused.
+select step from vital_tenancy.add_tenant_column('fz.plain', ' ');
+\echo :LAST_ERROR_SQLSTATE
+select step from vital_tenancy.add_tenant_column('fz.plain', E'\t\n ');
+\echo :LAST_ERROR_SQLSTATE
+select * from vital_tenancy.backfill_plan('fz.plain', 'platform', tenant_column => ' ');
+\echo :LAST_ERROR_SQLSTATE
+
 -- N08: finish_run of a run nobody started.
 select vital_tenancy.finish_run('no-such-run');
 \echo :LAST_ERROR_SQLSTATE
